@@ -1,0 +1,28 @@
+# Two entry points on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned, so nothing later resolves a different (multi-GB) build
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/mmcurate demo --run-dir demo-run
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/download.py
+
+clean:
+	rm -rf $(VENV) demo-run

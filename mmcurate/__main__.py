@@ -1,0 +1,3 @@
+from mmcurate.cli import main
+
+raise SystemExit(main())

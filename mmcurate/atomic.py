@@ -1,0 +1,60 @@
+"""Files that appear whole or not at all: write to a temp file beside the target, then rename."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TMP_SUFFIX = ".tmp"
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temp path in the target's folder; on success it is fsynced and renamed to target."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(target: str | Path, data: object) -> None:
+    """Write JSON atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+
+
+def write_parquet(target: str | Path, table: pa.Table) -> None:
+    """Write a parquet file atomically (zstd; deterministic for identical tables)."""
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def write_with(target: str | Path, writer: Callable[[Path], None]) -> None:
+    """Let `writer` fill a temp path, then move it into place atomically."""
+    with atomic_path(target) as tmp:
+        writer(tmp)
+
+
+def remove_stale_temps(folder: str | Path) -> int:
+    """Delete temp files a killed run left behind; return how many."""
+    count = 0
+    for path in Path(folder).rglob(f".*{TMP_SUFFIX}"):
+        path.unlink(missing_ok=True)
+        count += 1
+    return count

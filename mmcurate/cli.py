@@ -1,0 +1,230 @@
+"""The command line (DESIGN A.1): parses, prints, exits. Exit 0 ok, 2 bad config or input, 1 other."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from mmcurate import __version__
+from mmcurate.errors import ConfigError, MmcurateError
+
+log = logging.getLogger("mmcurate")
+
+
+class LineProgress:
+    """One live line per stage on stderr: shards done / total, rows, rows/s."""
+
+    def __init__(self, stream=sys.stderr, interval_s: float = 5.0):
+        self.stream = stream
+        self.live = stream.isatty()
+        self.interval_s = interval_s
+        self._state: dict[str, dict] = {}
+
+    def begin(self, stage: str, total: int, done: int) -> None:
+        self._state[stage] = {"total": total, "done": done, "rows": 0, "start": time.perf_counter(), "shown": 0.0}
+        self._draw(stage, final=False)
+
+    def advance(self, stage: str, stats: dict) -> None:
+        st = self._state[stage]
+        st["done"] += 1
+        st["rows"] += stats.get("rows_in", 0)
+        self._draw(stage, final=False)
+
+    def end(self, stage: str) -> None:
+        self._draw(stage, final=True)
+
+    def _draw(self, stage: str, final: bool) -> None:
+        st = self._state[stage]
+        now = time.perf_counter()
+        if not self.live and not final and now - st["shown"] < self.interval_s:
+            return
+        if not final and not self.live and st["total"] == 0:
+            return
+        st["shown"] = now
+        elapsed = max(now - st["start"], 1e-9)
+        total = st["total"] if st["total"] else st["done"]
+        line = f"{stage:<18} {st['done']:>6}/{total:<6} shards  {st['rows']:>10,} rows  {st['rows'] / elapsed:>9,.0f} rows/s"
+        if self.live:
+            self.stream.write("\r" + line + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _config(args) -> "object":
+    from mmcurate.schemas.config import load_config
+
+    return load_config(args.config, args.set or [])
+
+
+def cmd_run(args) -> int:
+    from mmcurate.jobs.run import NoProgress, run
+
+    config = _config(args)
+    run_dir = args.run_dir or Path("runs") / Path(args.config).stem
+    progress = NoProgress() if args.quiet else LineProgress()
+    result = run(config, run_dir, address=args.address, force=args.force, progress=progress)
+    led = result.ledger
+    print(f"run dir: {result.run_dir}")
+    print(f"ledger:  {led['rows']:,} rows = {led['kept']:,} kept + {led['dropped']:,} dropped + {led['failed']:,} failed")
+    print(f"report:  {result.report}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from mmcurate.demo import run_demo
+    from mmcurate.jobs.run import NoProgress
+
+    progress = NoProgress() if args.quiet else LineProgress()
+    result = run_demo(args.run_dir, progress=progress, force=args.force)
+    led = result.ledger
+    print(f"run dir: {result.run_dir}")
+    print(f"ledger:  {led['rows']:,} rows = {led['kept']:,} kept + {led['dropped']:,} dropped + {led['failed']:,} failed")
+    print(f"report:  {result.report}")
+    print(f"try:     mmcurate audit {result.run_dir} --status failed --limit 10")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from mmcurate.jobs.rundir import RunDir
+    from mmcurate.jobs.status import run_status
+
+    status = run_status(RunDir.at(args.run_dir))
+    if args.format == "json":
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"{status['run_dir']}: {status['status']}")
+    print(f"{'stage':<18} {'shards':>13} {'rows in':>10} {'kept':>10} {'dropped':>10} {'failed':>10}  status")
+    for s in status["stages"]:
+        if s.get("status") == "unavailable":
+            print(f"{s['stage']:<18} {'':>13} {'':>10} {'':>10} {'':>10} {'':>10}  not in this version")
+            continue
+        shards = f"{s['shards_done']}/{s['shards_total']}"
+        print(f"{s['stage']:<18} {shards:>13} {s['rows_in']:>10,} {s['kept']:>10,} {s['dropped']:>10,} {s['failed']:>10,}  {s['status']}")
+    if status.get("ledger"):
+        led = status["ledger"]
+        print(f"ledger: {led['rows']:,} rows = {led['kept']:,} kept + {led['dropped']:,} dropped + {led['failed']:,} failed")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from mmcurate.jobs.report import write_report
+    from mmcurate.jobs.rundir import RunDir
+
+    print(write_report(RunDir.at(args.run_dir)))
+    return 0
+
+
+def cmd_audit(args) -> int:
+    import polars as pl
+
+    from mmcurate.jobs.audit import query_ledger
+    from mmcurate.jobs.rundir import RunDir
+
+    frame = query_ledger(
+        RunDir.at(args.run_dir), stage=args.stage, reason=args.reason, uid=args.uid, status=args.status,
+        limit=None if args.limit <= 0 else args.limit,
+    )
+    if args.format == "json":
+        print(json.dumps(frame.to_dicts(), indent=2, default=str))
+    elif args.format == "csv":
+        sys.stdout.write(frame.write_csv())
+    else:
+        columns = [c for c in ("uid", "row", "status", "stage", "reason", "detail", "url") if c in frame.columns]
+        with pl.Config(tbl_rows=-1, fmt_str_lengths=60, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
+            print(frame.select(columns) if frame.height else "no ledger rows match")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from mmcurate.jobs.export import export_all
+    from mmcurate.jobs.rundir import RunDir
+    from mmcurate.pipelines import build_stages
+    from mmcurate.schemas.config import config_from_dict
+
+    run_dir = RunDir.at(args.run_dir)
+    manifest = run_dir.read_manifest()
+    if manifest.get("status") != "finished":
+        raise ConfigError(f"{run_dir.root}: the run has not finished (status {manifest.get('status')}); run it again to resume")
+    config = config_from_dict(manifest["config"], source=str(run_dir.manifest))
+    count = export_all(run_dir, build_stages(config), args.format, Path(args.out))
+    print(f"exported {count:,} samples as {args.format} to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmcurate", description="Curated, audited multimodal training data.")
+    parser.add_argument("--version", action="version", version=f"mmcurate {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the pipeline (re-running the same run dir resumes)")
+    p.add_argument("config")
+    p.add_argument("--run-dir", type=Path, help="default: runs/<config name>")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key by dotted path")
+    p.add_argument("--address", help="attach to a Ray cluster: auto or ray://host:port (default: embedded Ray)")
+    p.add_argument("--force", action="store_true", help="accept a changed config: redo what the change affects")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="run the embedded sample end to end from a loopback server")
+    p.add_argument("--run-dir", type=Path, default=Path("demo-run"))
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("status", help="stage-by-stage progress of a run dir")
+    p.add_argument("run_dir")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="(re)build report/ from the ledger")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("audit", help="query the ledger: why was a sample dropped")
+    p.add_argument("run_dir")
+    p.add_argument("--stage")
+    p.add_argument("--reason")
+    p.add_argument("--uid")
+    p.add_argument("--status", choices=["kept", "dropped", "failed"])
+    p.add_argument("--limit", type=int, default=20, help="0 for all")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("export", help="write the kept samples in a format")
+    p.add_argument("run_dir")
+    p.add_argument("--format", required=True, choices=["webdataset", "parquet", "hf", "llava"])
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `mmcurate` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except MmcurateError as err:
+        print(f"mmcurate: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("mmcurate: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001  (the command line is where errors become exit codes)
+        log.debug("unhandled error", exc_info=True)
+        print(f"mmcurate: error: {type(err).__name__}: {err} (run with -v for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The embedded demo: real photographs from scikit-image's wheel, served from a loopback server.
+
+The sample holds distinct images (photos and crops of them, as JPEG, PNG and WebP),
+near-duplicates (re-encoded, resized copies), redirects, broken links of every kind and rows
+that cannot be used at all, so every part of the ledger has something to show.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+from mmcurate.demo.server import ImageServer, Route
+
+PHOTOS = {
+    "astronaut.png": "an astronaut in a white spacesuit in front of a flag",
+    "brick.png": "a wall of bricks",
+    "camera.png": "a man with a camera on a tripod, black and white",
+    "cell.png": "cells under a microscope",
+    "chelsea.png": "a tabby cat looking at the camera",
+    "clock_motion.png": "a wall clock blurred by motion",
+    "coffee.png": "a cup of coffee on a saucer",
+    "coins.png": "old coins on a dark background",
+    "color.png": "a chart of colour patches",
+    "grass.png": "a close-up of green grass",
+    "gravel.png": "a close-up of grey gravel",
+    "horse.png": "the silhouette of a horse",
+    "hubble_deep_field.jpg": "galaxies in the Hubble deep field",
+    "ihc.png": "a stained tissue sample under a microscope",
+    "logo.png": "a logo of a snake drawn in blue and yellow",
+    "moon.png": "the cratered surface of the moon",
+    "motorcycle_left.png": "a motorcycle parked in a workshop",
+    "page.png": "a scanned page of printed text",
+    "retina.jpg": "a photograph of a human retina",
+    "rocket.jpg": "a rocket standing on its launch pad",
+    "text.png": "handwritten text on a sheet of paper",
+    "phantom.png": "a medical imaging test phantom",
+}
+NEAR_DUPLICATES = 8  # the first photos also appear as re-encoded, slightly resized copies
+
+
+def _photo_dir() -> Path:
+    import skimage.data
+
+    return Path(skimage.data.__file__).parent
+
+
+def _encode(img, fmt: str, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        img.convert("RGB").save(buf, "JPEG", quality=quality)
+    elif fmt == "WEBP":
+        img.convert("RGB").save(buf, "WEBP", quality=quality)
+    else:
+        img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
+    """A small file whose header claims a huge image: a decompression bomb, caught from the header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+
+
+def build_sample(server: ImageServer) -> list[dict]:
+    """Register the sample's routes on `server`; return the input rows (url, caption), bad ones included."""
+    from PIL import Image
+
+    rows: list[dict] = []
+    folder = _photo_dir()
+    for i, (name, caption) in enumerate(PHOTOS.items()):
+        path = folder / name
+        if not path.exists():
+            continue
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+        img.thumbnail((640, 640))
+        stem = path.stem
+        server.routes[f"/img/{stem}.jpg"] = Route(_encode(img, "JPEG"))
+        rows.append({"url": server.url(f"/img/{stem}.jpg"), "caption": caption})
+        w, h = img.size
+        for j, box in enumerate([(0, 0, int(w * 0.6), int(h * 0.6)), (int(w * 0.4), int(h * 0.4), w, h)]):
+            fmt, ctype, ext = [("PNG", "image/png", "png"), ("WEBP", "image/webp", "webp")][j]
+            server.routes[f"/img/{stem}-part{j}.{ext}"] = Route(_encode(img.crop(box), fmt), content_type=ctype)
+            rows.append({"url": server.url(f"/img/{stem}-part{j}.{ext}"), "caption": f"part of {caption}"})
+        if i < NEAR_DUPLICATES:
+            copy = img.resize((int(w * 0.9), int(h * 0.9)))
+            server.routes[f"/img/{stem}-copy.jpg"] = Route(_encode(copy, "JPEG", quality=55))
+            rows.append({"url": server.url(f"/img/{stem}-copy.jpg"), "caption": caption})
+        if i < 3:
+            server.routes[f"/go/{stem}"] = Route(b"", 302, "text/plain", {"Location": f"/img/{stem}.jpg"})
+            rows.append({"url": server.url(f"/go/{stem}"), "caption": f"{caption} (via a redirect)"})
+    server.routes["/error.jpg"] = Route(b"oops", 500, "text/plain")
+    server.routes["/page.jpg"] = Route(b"<html><body>not an image</body></html>", content_type="image/jpeg")
+    server.routes["/bomb.png"] = Route(bomb_png(), content_type="image/png")
+    server.routes["/slow.jpg"] = Route(b"late", delay_s=4.0)
+    server.routes["/loop"] = Route(b"", 302, "text/plain", {"Location": "/loop"})
+    server.routes["/optout.jpg"] = Route(next(iter(server.routes.values())).body, headers={"X-Robots-Tag": "noai"})
+    rows += [
+        {"url": server.url("/missing-1.jpg"), "caption": "a photo that was deleted"},
+        {"url": server.url("/missing-2.jpg"), "caption": "another deleted photo"},
+        {"url": server.url("/error.jpg"), "caption": "a server that fails"},
+        {"url": server.url("/page.jpg"), "caption": "an html page served as an image"},
+        {"url": server.url("/bomb.png"), "caption": "a decompression bomb"},
+        {"url": server.url("/slow.jpg"), "caption": "a server too slow to answer"},
+        {"url": server.url("/loop"), "caption": "a redirect loop"},
+        {"url": server.url("/optout.jpg"), "caption": "an image whose owner opted out of AI use"},
+        {"url": server.url("/img/astronaut.jpg", host="127.0.0.2"), "caption": "a loopback alias the guard refuses"},
+        {"url": "ftp://example.com/image.jpg", "caption": "an ftp link"},
+        {"url": "", "caption": "a row without a url"},
+        {"url": "http://user:secret@example.com/a.jpg", "caption": "a url with a password in it"},
+    ]
+    return rows
+
+
+def write_inputs(rows: list[dict], folder: Path) -> str:
+    """Write the sample as a CSV plus a JSONL with a malformed line; return the input glob."""
+    folder.mkdir(parents=True, exist_ok=True)
+    half = len(rows) // 2
+    with open(folder / "urls.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["url", "caption"])
+        writer.writeheader()
+        writer.writerows(rows[:half])
+    with open(folder / "urls.jsonl", "w", encoding="utf-8") as f:
+        for i, row in enumerate(rows[half:]):
+            f.write(json.dumps(row) + "\n")
+            if i == 3:
+                f.write('{"url": "http://example.com/broken.jpg", "caption": \n')
+    return str(folder / "urls.*")
+
+
+def demo_config(input_glob: str) -> dict:
+    """The default pipeline, allowed to reach the loopback server and nothing else private."""
+    return {
+        "input": {"path": input_glob, "shard_size": 25},
+        "download": {"allow_networks": ["127.0.0.1/32"], "timeout_s": 2, "retries": 1, "threads": 16},
+    }
+
+
+def run_demo(run_dir: str | Path, progress=None, force: bool = True):
+    """Serve the sample on loopback, run the default pipeline on it, return the RunResult."""
+    from mmcurate.jobs.run import run
+    from mmcurate.schemas.config import config_from_dict
+
+    run_dir = Path(run_dir)
+    with ImageServer() as server:
+        rows = build_sample(server)
+        input_glob = write_inputs(rows, run_dir / "demo-input")
+        config = config_from_dict(demo_config(input_glob), source="demo")
+        # each demo serves on a new port, so its URLs (the input) change: start over when they do
+        return run(config, run_dir, progress=progress, force=force)

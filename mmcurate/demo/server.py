@@ -1,0 +1,88 @@
+"""A threaded loopback HTTP server over in-memory routes: the demo's image host and the tests'."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Route:
+    """What one path answers: status, body, headers; optionally slow or cut short."""
+
+    body: bytes = b""
+    status: int = 200
+    content_type: str = "image/jpeg"
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    truncate_to: int | None = None  # send Content-Length of the whole body, then only this many bytes
+
+
+class ImageServer:
+    """Serves `routes` on 127.0.0.1 at a free port (or `port`); counts requests per path."""
+
+    def __init__(self, routes: dict[str, Route] | None = None, port: int = 0, delay_s: float = 0.0):
+        self.routes: dict[str, Route] = dict(routes or {})
+        self.requests: Counter[str] = Counter()
+        self.delay_s = delay_s
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # keep test and demo output clean
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                path = self.path.split("?", 1)[0]
+                with server._lock:
+                    server.requests[path] += 1
+                route = server.routes.get(path)
+                if route is None:
+                    route = Route(b"not found", 404, "text/plain")
+                delay = route.delay_s or server.delay_s
+                if delay:
+                    time.sleep(delay)
+                try:
+                    self.send_response(route.status)
+                    self.send_header("Content-Type", route.content_type)
+                    self.send_header("Content-Length", str(len(route.body)))
+                    for key, value in route.headers.items():
+                        self.send_header(key, value)
+                    if route.truncate_to is not None:
+                        self.send_header("Connection", "close")
+                        self.close_connection = True
+                    self.end_headers()
+                    body = route.body if route.truncate_to is None else route.body[: route.truncate_to]
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="image-server", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def start(self) -> "ImageServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> "ImageServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,110 @@
+"""The run directory's layout (DESIGN A.3): one place that knows where every file lives."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmcurate.errors import ConfigError
+
+INGEST = "ingest"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run directory."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, path: str | Path) -> "RunDir":
+        return cls(Path(path).resolve())
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger.parquet"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def instructions(self) -> Path:
+        return self.root / "instructions"
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / "stages" / stage
+
+    def shard_file(self, stage: str, shard: int) -> Path:
+        return self.stage_dir(stage) / f"{shard:06d}.parquet"
+
+    def stats_file(self, stage: str, shard: int) -> Path:
+        """Written after the shard file: it is both the statistics and the resume marker."""
+        return self.stage_dir(stage) / f"{shard:06d}.stats.json"
+
+    def stage_meta(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "_stage.json"
+
+    def ingest_done(self) -> Path:
+        return self.stage_dir(INGEST) / "_SUCCESS.json"
+
+    def is_done(self, stage: str, shard: int) -> bool:
+        return self.stats_file(stage, shard).exists()
+
+    def read_shard(self, stage: str, shard: int, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.shard_file(stage, shard), columns=columns)
+
+    def read_stats(self, stage: str, shard: int) -> dict:
+        return json.loads(self.stats_file(stage, shard).read_text())
+
+    def read_manifest(self) -> dict:
+        if not self.manifest.exists():
+            raise ConfigError(f"{self.root}: not a run directory (no manifest.json)")
+        return json.loads(self.manifest.read_text())
+
+    def shard_count(self) -> int:
+        if not self.ingest_done().exists():
+            return 0
+        return json.loads(self.ingest_done().read_text())["shards"]
+
+
+class RunLock:
+    """An exclusive lock on a run directory, so two runs never write the same files."""
+
+    def __init__(self, run_dir: RunDir):
+        self.path = run_dir.root / ".lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ConfigError(f"{self.path.parent}: run directory is in use by pid {holder}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,62 @@
+"""Running one stage on one shard: read what is alive, decide, write output and stats atomically."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from mmcurate import atomic
+from mmcurate.jobs.rundir import RunDir
+from mmcurate.jobs.views import alive_rows, check_aligned
+from mmcurate.pipelines.stage import Stage
+from mmcurate.schemas import columns as C
+
+
+def shard_stats(stage: str, shard: int, out: pa.Table, seconds: float) -> dict:
+    """The statistics of one stage on one shard (also its resume marker)."""
+    status = Counter(out[C.STATUS].to_pylist())
+    reasons = Counter(r for r in out[C.REASON].to_pylist() if r is not None)
+    return {
+        "stage": stage,
+        "shard": shard,
+        "rows_in": out.num_rows,
+        C.KEPT: status[C.KEPT],
+        C.DROPPED: status[C.DROPPED],
+        C.FAILED: status[C.FAILED],
+        "reasons": dict(sorted(reasons.items())),
+        "seconds": round(seconds, 4),
+    }
+
+
+@dataclass
+class ShardTask:
+    """A picklable unit of work: `stage` over one shard of the run at `root`."""
+
+    root: str
+    stage: Stage
+    upstream: list[Stage] = field(default_factory=list)
+
+    def setup(self) -> None:
+        """Load the stage's models once per worker."""
+        self.stage.setup()
+
+    def __call__(self, shard: int) -> dict:
+        run_dir = RunDir(Path(self.root))
+        name = self.stage.name
+        if run_dir.is_done(name, shard):  # a retried task after its output landed
+            return run_dir.read_stats(name, shard)
+        start = time.perf_counter()
+        rows = alive_rows(run_dir, shard, self.upstream)
+        out = self.stage.process(rows)
+        check_aligned(name, rows, out)
+        bad = set(out[C.STATUS].to_pylist()) - set(C.STATUSES)
+        if bad:
+            raise RuntimeError(f"stage {name!r} produced unknown statuses {sorted(bad)}")
+        atomic.write_parquet(run_dir.shard_file(name, shard), out.cast(self.stage.output_schema))
+        stats = shard_stats(name, shard, out, time.perf_counter() - start)
+        atomic.write_json(run_dir.stats_file(name, shard), stats)
+        return stats

@@ -1,0 +1,38 @@
+"""Stage-by-stage progress of a run directory, read from its stats files (works mid-run)."""
+
+from __future__ import annotations
+
+import json
+
+from mmcurate.jobs.rundir import INGEST, RunDir
+from mmcurate.schemas import columns as C
+
+
+def run_status(run_dir: RunDir) -> dict:
+    """Shards done / total and rows in / kept / dropped / failed, per stage."""
+    manifest = run_dir.read_manifest()
+    total = run_dir.shard_count()
+    stages = []
+    stage_root = run_dir.root / "stages"
+    order = manifest.get("stage_order", [INGEST])
+    names = order + sorted(n for n in manifest.get("stages", {}) if n not in order)
+    names += sorted(p.name for p in stage_root.iterdir() if p.is_dir() and p.name not in names) if stage_root.exists() else []
+    for name in names:
+        info = manifest.get("stages", {}).get(name, {})
+        if info.get("status") == "unavailable":
+            stages.append({"stage": name, "status": "unavailable"})
+            continue
+        row = {"stage": name, "shards_done": 0, "shards_total": total, "rows_in": 0, C.KEPT: 0, C.DROPPED: 0, C.FAILED: 0}
+        if name == INGEST:
+            row.update(shards_done=total if run_dir.ingest_done().exists() else 0)
+            for key in ("rows_in", C.KEPT, C.FAILED):
+                row[key] = info.get(key, 0)
+        else:
+            for stats_file in sorted(run_dir.stage_dir(name).glob("*.stats.json")) if run_dir.stage_dir(name).exists() else []:
+                stats = json.loads(stats_file.read_text())
+                row["shards_done"] += 1
+                for key in ("rows_in", C.KEPT, C.DROPPED, C.FAILED):
+                    row[key] += stats.get(key, 0)
+        row["status"] = "done" if total and row["shards_done"] == total else ("running" if row["shards_done"] else "pending")
+        stages.append(row)
+    return {"run_dir": str(run_dir.root), "status": manifest.get("status"), "ledger": manifest.get("ledger"), "stages": stages}

@@ -1,0 +1,19 @@
+"""The stages of a run, in order. Each is plain Python over Arrow; executor.py runs them on Ray."""
+
+from __future__ import annotations
+
+from mmcurate.pipelines.download import DownloadStage
+from mmcurate.pipelines.stage import Stage
+from mmcurate.schemas.config import Config
+
+# Per-shard stages after ingest, in pipeline order. Later stages (features, dedup, clip,
+# safety, privacy, synthesis) join this list as they land.
+STAGE_CLASSES: list[type[Stage]] = [DownloadStage]
+
+# Config sections whose stages have not landed yet: a run records them as unavailable.
+PLANNED_SECTIONS = ("dedup", "clip", "safety", "privacy", "quality", "synthesis")
+
+
+def build_stages(config: Config) -> list[Stage]:
+    """The stages this config runs, in order."""
+    return [cls(config) for cls in STAGE_CLASSES if cls.enabled(config)]

@@ -1,0 +1,131 @@
+"""The download stage: fetch each URL through the guard, resize with img2dataset's resizer."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from mmcurate.pipelines.fetch import FetchError, Fetcher
+from mmcurate.pipelines.netguard import NetworkPolicy, guarded_opener
+from mmcurate.pipelines.stage import Resources, Stage, decisions
+from mmcurate.schemas import columns as C
+
+# img2dataset's resizer reports failures as text; these are the ones with a ledger reason of their own
+_RESIZER_REASONS = {
+    "Image decoding error": "not_an_image",
+    "image area too large": "image_too_large",
+}
+
+
+@dataclass
+class _Outcome:
+    reason: str | None = None
+    detail: str | None = None
+    image: bytes | None = None
+    width: int | None = None
+    height: int | None = None
+    original_width: int | None = None
+    original_height: int | None = None
+    nbytes: int | None = None
+
+
+class DownloadStage(Stage):
+    """Downloads, checks and resizes every image of a shard; failures become ledger reasons."""
+
+    name = "download"
+    version = "1"
+    output_schema = C.DOWNLOAD_SCHEMA
+    score_columns = (C.WIDTH, C.HEIGHT, C.ORIGINAL_WIDTH, C.ORIGINAL_HEIGHT, C.DOWNLOAD_BYTES)
+    data_columns = (C.IMAGE, C.IMAGE_FORMAT, C.WIDTH, C.HEIGHT, C.ORIGINAL_WIDTH, C.ORIGINAL_HEIGHT)
+
+    def config_sections(self) -> dict:
+        d = self.config.download
+        # timeouts, retries and thread counts change how, not what: resuming with new ones is fine
+        return d.model_dump(mode="json", exclude={"timeout_s", "retries", "threads"})
+
+    def resources(self) -> Resources:
+        return Resources(num_cpus=1)
+
+    def setup(self) -> None:
+        from img2dataset.resizer import Resizer
+        from PIL import Image
+
+        d = self.config.download
+        # Pixel counts are checked explicitly against max_image_pixels before any decode.
+        Image.MAX_IMAGE_PIXELS = None
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        self._resizer = Resizer(
+            image_size=d.image_size,
+            resize_mode=d.resize_mode,
+            resize_only_if_bigger=False,
+            encode_format=d.encode_format,
+            encode_quality=d.encode_quality if d.encode_format != "png" else 9,
+            max_image_area=d.max_image_pixels,
+        )
+        policy = NetworkPolicy.from_config(d.allow_private_networks, d.allow_networks)
+        self._fetcher = Fetcher(
+            opener=guarded_opener(policy),
+            timeout_s=d.timeout_s,
+            retries=d.retries,
+            max_bytes=d.max_image_bytes,
+            user_agent_token=d.user_agent_token,
+            respect_robots_header=d.respect_robots_header,
+        )
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        urls = [url.strip() for url in rows.column(C.URL).to_pylist()]
+        with ThreadPoolExecutor(max_workers=min(self.config.download.threads, max(1, len(urls)))) as pool:
+            outcomes = list(pool.map(self._one, urls))
+        status = [C.KEPT if o.reason is None else C.FAILED for o in outcomes]
+        fmt = self.config.download.encode_format
+        cols = decisions(rows, status, [o.reason for o in outcomes], [o.detail for o in outcomes])
+        cols[C.IMAGE] = pa.array([o.image for o in outcomes], pa.binary())
+        cols[C.IMAGE_FORMAT] = pa.array([fmt if o.image is not None else None for o in outcomes], pa.string())
+        for name, attr in (
+            (C.WIDTH, "width"),
+            (C.HEIGHT, "height"),
+            (C.ORIGINAL_WIDTH, "original_width"),
+            (C.ORIGINAL_HEIGHT, "original_height"),
+        ):
+            cols[name] = pa.array([getattr(o, attr) for o in outcomes], pa.int32())
+        cols[C.DOWNLOAD_BYTES] = pa.array([o.nbytes for o in outcomes], pa.int64())
+        return pa.table(cols, schema=self.output_schema)
+
+    def _one(self, url: str) -> _Outcome:
+        try:
+            body = self._fetcher.fetch(url)
+        except FetchError as err:
+            return _Outcome(err.reason, str(err))
+        size = len(body)
+        problem = self._check_header(body)
+        if problem is not None:
+            return _Outcome(*problem, nbytes=size)
+        image, width, height, ow, oh, err = self._resizer(io.BytesIO(body))
+        if err is not None:
+            reason = _RESIZER_REASONS.get(err, "resize_error")
+            return _Outcome(reason, f"img2dataset resizer: {err}", nbytes=size)
+        return _Outcome(None, None, image, width, height, ow, oh, size)
+
+    def _check_header(self, body: bytes) -> tuple[str, str] | None:
+        """Refuse non-images and decompression bombs from the header alone, before decoding."""
+        from PIL import Image, UnidentifiedImageError
+
+        if not body:
+            return "not_an_image", "empty body"
+        try:
+            with Image.open(io.BytesIO(body)) as im:
+                width, height = im.size
+                kind = im.format
+        except UnidentifiedImageError:
+            head = body[:40].decode("latin-1").strip()
+            return "not_an_image", f"not a known image format; body starts {head[:32]!r}"
+        except Exception as err:  # a header PIL cannot parse is no image we can use
+            return "not_an_image", f"unreadable image header: {type(err).__name__}: {err}"
+        limit = self.config.download.max_image_pixels
+        if width * height > limit:
+            return "image_too_large", f"{kind} {width}x{height} = {width * height} pixels > max_image_pixels {limit}"
+        return None

@@ -1,0 +1,96 @@
+"""The one module that talks to Ray: start or attach, and map shard tasks over the cluster.
+
+Everything else in mmcurate is plain Python over Arrow tables. A shard task is any picklable
+callable `task(shard) -> stats` with an optional `setup()`; here it becomes a Ray Data
+`map_batches` over shard ids, as stateless tasks or as an actor pool that loads its model once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from mmcurate.pipelines.stage import Resources
+
+log = logging.getLogger(__name__)
+
+
+class ShardCallable(Protocol):
+    def setup(self) -> None: ...
+    def __call__(self, shard: int) -> dict: ...
+
+
+def start(address: str | None = None) -> dict[str, Any]:
+    """Start Ray embedded (sized to this machine) or attach to `address`; return cluster resources."""
+    import ray
+    import ray.data
+
+    for name in ("ray.data", "ray._private.authentication"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = dict(
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+            configure_logging=True,
+        )
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    return dict(ray.cluster_resources())
+
+
+def stop() -> None:
+    """Disconnect from Ray (stops the embedded cluster)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _run_batch(batch: dict, task: ShardCallable) -> dict:
+    task.setup()
+    return {"stats": [json.dumps(task(int(s))) for s in batch["shard"]]}
+
+
+class _ActorRunner:
+    """An actor-pool member: the task's models load once, in the constructor."""
+
+    def __init__(self, task: ShardCallable):
+        self.task = task
+        task.setup()
+
+    def __call__(self, batch: dict) -> dict:
+        return {"stats": [json.dumps(self.task(int(s))) for s in batch["shard"]]}
+
+
+def map_shards(
+    task: ShardCallable,
+    shards: Iterable[int],
+    resources: Resources,
+    on_done: Callable[[dict], None],
+) -> None:
+    """Run `task` on every shard on the cluster; call `on_done(stats)` as each one finishes."""
+    import ray.data
+
+    items = [{"shard": s} for s in shards]
+    if not items:
+        return
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    common = dict(batch_size=1, batch_format="numpy", num_cpus=resources.num_cpus)
+    if resources.num_gpus:
+        common["num_gpus"] = resources.num_gpus
+    if resources.actors:
+        ds = ds.map_batches(_ActorRunner, fn_constructor_args=(task,), concurrency=resources.actors, **common)
+    else:
+        ds = ds.map_batches(_run_batch, fn_args=(task,), **common)
+    for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
+        for text in batch["stats"]:
+            on_done(json.loads(text))

@@ -1,0 +1,290 @@
+"""Ingest: read URL lists (parquet, csv, tsv, jsonl; a glob; .gz too) into shards of rows.
+
+Every input row gets a shard row: usable rows with status `kept`, unusable ones `failed` with a
+reason. Nothing is skipped. Rows are numbered across all files in sorted order (`row`).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import hashlib
+import io
+import json
+import sys
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmcurate.errors import InputError
+from mmcurate.schemas import columns as C
+from mmcurate.schemas.config import InputConfig
+
+FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+ALLOWED_SCHEMES = ("http", "https")
+MAX_FIELD_BYTES = 64 * 1024 * 1024
+csv.field_size_limit(min(sys.maxsize, MAX_FIELD_BYTES))
+
+
+@dataclass(frozen=True)
+class RawRow:
+    """One input row as read: its position, values, and a read problem if there was one."""
+
+    source: str
+    line: int
+    url: object
+    caption: object
+    problem: tuple[str, str] | None = None
+
+
+def uid_of(url: object, caption: object) -> str:
+    """The stable id of an input row: a hash of (url, caption)."""
+    text = json.dumps([url, caption], ensure_ascii=True, default=repr)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:32]
+
+
+def resolve_inputs(pattern: str) -> list[Path]:
+    """The input files `input.path` names (a file or a glob), sorted; errors name the problem."""
+    if any(ch in pattern for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+        if not files:
+            raise InputError(f"input.path: no file matches {pattern!r}")
+    else:
+        path = Path(pattern)
+        if not path.exists():
+            raise InputError(f"input.path: {pattern}: file not found")
+        if not path.is_file():
+            raise InputError(f"input.path: {pattern}: not a file (use a glob such as {pattern}/*.parquet)")
+        files = [path]
+    for f in files:
+        format_of(f)
+    return files
+
+
+def format_of(path: Path) -> str:
+    """The input format of a file, from its extension."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    kind = FORMATS.get(suffixes[-1] if suffixes else "")
+    if kind is None:
+        raise InputError(f"input.path: {path}: unknown format (expected one of {', '.join(sorted(FORMATS))}, optionally .gz)")
+    if kind == "parquet" and path.suffix.lower() == ".gz":
+        raise InputError(f"input.path: {path}: parquet is compressed inside; do not gzip it")
+    return kind
+
+
+def fingerprint(files: list[Path]) -> str:
+    """A content hash of the input files, names included."""
+    h = hashlib.sha256()
+    for path in files:
+        h.update(str(path.name).encode() + b"\0")
+        try:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        except OSError as err:
+            raise InputError(f"input.path: {path}: cannot read ({err.strerror or err})") from None
+    return h.hexdigest()
+
+
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    try:
+        return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
+    except OSError as err:
+        raise InputError(f"input.path: {path}: cannot read ({err.strerror or err})") from None
+
+
+def read_rows(path: Path, cfg: InputConfig) -> Iterator[RawRow]:
+    """Yield every row of one input file, malformed ones included (with a problem)."""
+    kind = format_of(path)
+    try:
+        if kind == "parquet":
+            yield from _read_parquet(path, cfg)
+        elif kind == "jsonl":
+            yield from _read_jsonl(path, cfg)
+        else:
+            yield from _read_delimited(path, cfg, "\t" if kind == "tsv" else ",")
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raise InputError(f"input.path: {path}: cannot read ({err})") from None
+
+
+def _read_parquet(path: Path, cfg: InputConfig) -> Iterator[RawRow]:
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise InputError(f"input.path: {path}: not a readable parquet file ({err})") from None
+    names = pf.schema_arrow.names
+    _require_columns(path, names, cfg)
+    line = 0
+    for batch in pf.iter_batches(batch_size=65536, columns=[cfg.url_col, cfg.caption_col]):
+        for url, caption in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+            line += 1
+            yield RawRow(str(path), line, url, caption)
+
+
+def _read_jsonl(path: Path, cfg: InputConfig) -> Iterator[RawRow]:
+    with _open_binary(path) as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield RawRow(str(path), line_no, None, None, ("not_utf8", f"line {line_no}: {err}"))
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as err:
+                yield RawRow(str(path), line_no, None, None, ("malformed_row", f"line {line_no}: not JSON ({err.msg})"))
+                continue
+            if not isinstance(obj, dict):
+                kind = type(obj).__name__
+                yield RawRow(str(path), line_no, None, None, ("malformed_row", f"line {line_no}: a JSON {kind}, not an object"))
+                continue
+            yield RawRow(str(path), line_no, obj.get(cfg.url_col), obj.get(cfg.caption_col))
+
+
+def _read_delimited(path: Path, cfg: InputConfig, delimiter: str) -> Iterator[RawRow]:
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    with _open_binary(path) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+        reader = csv.reader(text, delimiter=delimiter, quoting=quoting, strict=False)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise InputError(f"input.path: {path}: line 1: unreadable header ({err})") from None
+        header = [h.strip().lstrip("\ufeff") for h in header]
+        _require_columns(path, header, cfg)
+        iu, ic, width = header.index(cfg.url_col), header.index(cfg.caption_col), len(header)
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                line = reader.line_num
+                yield RawRow(str(path), line, None, None, ("malformed_row", f"line {line}: {err}"))
+                continue
+            line = reader.line_num
+            if not fields:
+                continue
+            if len(fields) != width:
+                detail = f"line {line}: expected {width} fields, got {len(fields)}"
+                yield RawRow(str(path), line, None, None, ("malformed_row", detail))
+                continue
+            yield RawRow(str(path), line, fields[iu], fields[ic])
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _require_columns(path: Path, names: list[str], cfg: InputConfig) -> None:
+    for key, col in (("input.url_col", cfg.url_col), ("input.caption_col", cfg.caption_col)):
+        if col not in names:
+            found = ", ".join(names[:20]) or "none"
+            raise InputError(f"{key}: column {col!r} not in {path} (columns found: {found})")
+
+
+def check_row(url: object, caption: object) -> tuple[str, str] | None:
+    """Why a row cannot be used (reason, detail), or None when it can."""
+    if url is None or (isinstance(url, str) and not url.strip()):
+        return "missing_url", "the url is empty"
+    if not isinstance(url, str):
+        return "bad_url", f"the url is a {type(url).__name__}, not text"
+    text = url.strip()
+    if any(ord(ch) < 33 or ord(ch) == 127 for ch in text):
+        return "bad_url", "the url contains whitespace or control characters"
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as err:
+        return "bad_url", f"unparsable url: {err}"
+    scheme = parts.scheme.lower()
+    if scheme not in ALLOWED_SCHEMES:
+        shown = scheme or "none"
+        return "unsupported_scheme", f"scheme {shown!r} is not http or https"
+    if not parts.hostname:
+        return "bad_url", "the url has no host"
+    if parts.username is not None or parts.password is not None:
+        return "credentials_in_url", "the url carries user:password; refused so credentials are never sent"
+    if _has_surrogates(text):
+        return "not_utf8", "the url holds characters that are not valid UTF-8"
+    if caption is None:
+        return "missing_caption", "the caption is empty (null)"
+    if not isinstance(caption, str):
+        return "caption_not_text", f"the caption is a {type(caption).__name__}, not text"
+    if _has_surrogates(caption):
+        return "not_utf8", "the caption holds characters that are not valid UTF-8"
+    return None
+
+
+def _text(value: object) -> str | None:
+    """A value as storable text: None stays None, non-text becomes JSON, bad UTF-8 is replaced."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, default=repr)
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _where(line: int, detail: str) -> str:
+    return detail if detail.startswith("line ") else f"line {line}: {detail}"
+
+
+@dataclass
+class ShardBuffer:
+    """Collects ingest rows and writes a shard every `shard_size` rows."""
+
+    shard_size: int
+    write: Callable[[int, pa.Table], None]
+    shard: int = 0
+    rows: int = 0
+    failed: int = 0
+
+    def __post_init__(self) -> None:
+        self._cols: dict[str, list] = {f.name: [] for f in C.INGEST_SCHEMA}
+
+    def add(self, raw: RawRow) -> None:
+        """Validate one input row and buffer it; flush when the shard is full."""
+        problem = raw.problem or check_row(raw.url, raw.caption)
+        if raw.problem is not None:  # no values could be read: the uid names the place instead
+            uid = uid_of(f"{raw.source}:{raw.line}", None)
+        else:
+            uid = uid_of(raw.url, raw.caption)
+        values = {
+            C.UID: uid,
+            C.ROW: self.rows,
+            C.SOURCE: raw.source,
+            C.SOURCE_LINE: raw.line,
+            C.URL: _text(raw.url),
+            C.CAPTION: _text(raw.caption),
+            C.STATUS: C.FAILED if problem else C.KEPT,
+            C.REASON: problem[0] if problem else None,
+            C.DETAIL: _where(raw.line, problem[1]) if problem else None,
+        }
+        for key, value in values.items():
+            self._cols[key].append(value)
+        self.rows += 1
+        self.failed += bool(problem)
+        if len(self._cols[C.UID]) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows as the next shard."""
+        if not self._cols[C.UID]:
+            return
+        self.write(self.shard, pa.table(self._cols, schema=C.INGEST_SCHEMA))
+        self.shard += 1
+        self._cols = {name: [] for name in self._cols}

@@ -1,0 +1,83 @@
+"""What a per-shard stage is: plain Python over Arrow tables, with no Ray in sight.
+
+A stage receives the rows of one shard that are still alive (kept by every earlier stage) and
+returns one output row per input row, in the same order: identity, a decision (status, reason,
+detail), its scores and any data columns it produces. The run around it does the bookkeeping:
+atomic shard files, stats, resume, ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pyarrow as pa
+
+from mmcurate.schemas import columns as C
+from mmcurate.schemas.config import Config
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker of a stage needs; `actors` > 0 means an actor pool of that size."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    actors: int = 0
+
+
+class Stage:
+    """Base class of per-shard stages; subclasses set the class attributes and `process`."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    output_schema: ClassVar[pa.Schema]
+    score_columns: ClassVar[tuple[str, ...]] = ()  # copied into the ledger's scores struct
+    data_columns: ClassVar[tuple[str, ...]] = ()  # flow on to later stages and exports
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    @classmethod
+    def enabled(cls, config: Config) -> bool:
+        """Whether this stage runs under `config`."""
+        return True
+
+    def config_sections(self) -> dict:
+        """The configuration this stage's output depends on (its part of the fingerprint)."""
+        return {}
+
+    def fingerprint(self, upstream: str) -> str:
+        """A hash of everything that determines this stage's output, chained to its upstream."""
+        data = {"stage": self.name, "version": self.version, "config": self.config_sections(), "up": upstream}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def resources(self) -> Resources:
+        """What one worker needs."""
+        return Resources()
+
+    def setup(self) -> None:
+        """Load models or open clients; called once per worker before `process`."""
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        """Decide about every row of `rows`; return one row per input row, same order."""
+        raise NotImplementedError
+
+    def score_fields(self) -> list[pa.Field]:
+        """The Arrow fields of this stage's scores, for the ledger."""
+        return [self.output_schema.field(name) for name in self.score_columns]
+
+
+def decisions(
+    rows: pa.Table, status: list[str], reason: list[str | None], detail: list[str | None]
+) -> dict[str, pa.Array]:
+    """The identity and decision columns of a stage's output, as a dict of arrays."""
+    return {
+        C.UID: rows.column(C.UID).combine_chunks() if rows.num_rows else pa.array([], pa.string()),
+        C.ROW: rows.column(C.ROW).combine_chunks() if rows.num_rows else pa.array([], pa.int64()),
+        C.STATUS: pa.array(status, pa.string()),
+        C.REASON: pa.array(reason, pa.string()),
+        C.DETAIL: pa.array(detail, pa.string()),
+    }

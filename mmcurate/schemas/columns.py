@@ -1,0 +1,85 @@
+"""Every column mmcurate writes, named once, with the Arrow schemas built from them."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# identity of an input row
+UID = "uid"  # sha256 of (url, caption): identical input -> identical uid
+ROW = "row"  # 0-based position in the whole input (files in sorted order): unique
+SOURCE = "source"  # input file the row came from
+SOURCE_LINE = "source_line"  # 1-based line (csv, tsv, jsonl) or row (parquet) within that file
+URL = "url"
+CAPTION = "caption"
+
+# a stage's decision about a row
+STATUS = "status"
+STAGE = "stage"
+REASON = "reason"
+DETAIL = "detail"
+SCORES = "scores"
+
+KEPT, DROPPED, FAILED = "kept", "dropped", "failed"
+STATUSES = (KEPT, DROPPED, FAILED)
+
+# image data produced by download (and possibly rewritten by later stages)
+IMAGE = "image"  # encoded bytes as stored
+IMAGE_FORMAT = "image_format"  # jpg | png | webp
+WIDTH = "width"
+HEIGHT = "height"
+ORIGINAL_WIDTH = "original_width"
+ORIGINAL_HEIGHT = "original_height"
+DOWNLOAD_BYTES = "download_bytes"  # size of the body as fetched
+
+IDENTITY_FIELDS = [
+    pa.field(UID, pa.string(), nullable=False),
+    pa.field(ROW, pa.int64(), nullable=False),
+]
+DECISION_FIELDS = [
+    pa.field(STATUS, pa.string(), nullable=False),
+    pa.field(REASON, pa.string()),
+    pa.field(DETAIL, pa.string()),
+]
+
+INGEST_SCHEMA = pa.schema(
+    IDENTITY_FIELDS
+    + [
+        pa.field(SOURCE, pa.string()),
+        pa.field(SOURCE_LINE, pa.int64()),
+        pa.field(URL, pa.string()),
+        pa.field(CAPTION, pa.string()),
+    ]
+    + DECISION_FIELDS
+)
+
+DOWNLOAD_SCHEMA = pa.schema(
+    IDENTITY_FIELDS
+    + DECISION_FIELDS
+    + [
+        pa.field(IMAGE, pa.binary()),
+        pa.field(IMAGE_FORMAT, pa.string()),
+        pa.field(WIDTH, pa.int32()),
+        pa.field(HEIGHT, pa.int32()),
+        pa.field(ORIGINAL_WIDTH, pa.int32()),
+        pa.field(ORIGINAL_HEIGHT, pa.int32()),
+        pa.field(DOWNLOAD_BYTES, pa.int64()),
+    ]
+)
+
+LEDGER_BASE_FIELDS = [
+    pa.field(UID, pa.string(), nullable=False),
+    pa.field(ROW, pa.int64(), nullable=False),
+    pa.field(SOURCE, pa.string()),
+    pa.field(SOURCE_LINE, pa.int64()),
+    pa.field(URL, pa.string()),
+    pa.field(CAPTION, pa.string()),
+    pa.field(STATUS, pa.string(), nullable=False),
+    pa.field(STAGE, pa.string()),
+    pa.field(REASON, pa.string()),
+    pa.field(DETAIL, pa.string()),
+]
+
+
+def ledger_schema(score_fields: list[pa.Field]) -> pa.Schema:
+    """The ledger's schema: fixed columns plus a `scores` struct of every score the run computed."""
+    return pa.schema(LEDGER_BASE_FIELDS + [pa.field(SCORES, pa.struct(score_fields))])

@@ -1,0 +1,287 @@
+"""The run configuration (DESIGN A.2): YAML validated into pydantic models.
+
+Unknown keys are errors; every error names the dotted key and, when the value came
+from a file, the file and line.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import ipaddress
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mmcurate.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputConfig(_Section):
+    path: str
+    url_col: str = "url"
+    caption_col: str = "caption"
+    shard_size: int = Field(1000, ge=1, le=10_000_000)
+
+
+class DownloadConfig(_Section):
+    image_size: int = Field(256, ge=8, le=16384)
+    resize_mode: Literal["no", "border", "keep_ratio", "center_crop"] = "keep_ratio"
+    timeout_s: float = Field(10, gt=0)
+    retries: int = Field(2, ge=0, le=20)
+    allow_private_networks: bool = False
+    allow_networks: list[str] = Field(default_factory=list)
+    max_image_pixels: int = Field(89_478_485, ge=1)
+    # extensions of the contract
+    max_image_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    threads: int = Field(32, ge=1, le=1024)
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    encode_quality: int = Field(95, ge=0, le=100)
+    user_agent_token: str | None = "mmcurate"
+    respect_robots_header: bool = True
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as err:
+                raise ValueError(f"{cidr!r} is not a CIDR network ({err})") from None
+        return value
+
+
+class PhashConfig(_Section):
+    enabled: bool = True
+    max_distance: int = Field(6, ge=0, le=32)
+    keep: Literal["largest", "first"] = "largest"
+
+
+class SemanticDedupConfig(_Section):
+    enabled: bool = False
+    threshold: float = Field(0.95, gt=0, le=1)
+
+
+class DedupConfig(_Section):
+    exact: bool = True
+    phash: PhashConfig = Field(default_factory=PhashConfig)
+    reference_path: str | None = None
+    semantic: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
+
+
+class ClipConfig(_Section):
+    enabled: bool = True
+    model: str = "ViT-B-32"
+    pretrained: str | None = "laion2b_s34b_b79k"
+    min_score: float | None = 0.28
+    min_percentile: float | None = Field(None, ge=0, le=100)
+    batch_size: int = Field(256, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> "ClipConfig":
+        if self.min_percentile is not None and "min_score" in self.model_fields_set:
+            raise ValueError("set either min_score or min_percentile, not both")
+        return self
+
+
+class ToxicityConfig(_Section):
+    enabled: bool = True
+    model: str = "original"
+    checkpoint: str | None = None
+    max_score: float = Field(0.5, ge=0, le=1)
+
+
+class NsfwConfig(_Section):
+    enabled: bool = True
+    max_score: float = Field(0.5, ge=0, le=1)
+
+
+class SafetyConfig(_Section):
+    toxicity: ToxicityConfig = Field(default_factory=ToxicityConfig)
+    nsfw: NsfwConfig = Field(default_factory=NsfwConfig)
+
+
+class FacesConfig(_Section):
+    enabled: bool = True
+    action: Literal["blur", "drop", "flag"] = "blur"
+
+
+class PiiConfig(_Section):
+    enabled: bool = True
+    action: Literal["redact", "drop", "flag"] = "redact"
+
+
+class PrivacyConfig(_Section):
+    faces: FacesConfig = Field(default_factory=FacesConfig)
+    pii: PiiConfig = Field(default_factory=PiiConfig)
+
+
+class BasicQualityConfig(_Section):
+    enabled: bool = False
+    languages: list[str] = Field(default_factory=lambda: ["en"])
+    min_words: int = Field(3, ge=0)
+    min_chars: int = Field(6, ge=0)
+    min_side: int = Field(200, ge=0)
+    max_aspect: float = Field(3.0, gt=0)
+
+
+class QualityConfig(_Section):
+    basic: BasicQualityConfig = Field(default_factory=BasicQualityConfig)
+
+
+class SynthesisConfig(_Section):
+    enabled: bool = False
+    endpoint: str = "http://127.0.0.1:8000/v1"
+    model: str = "teacher-model-name"
+    api_key_env: str | None = None
+    tasks: list[str] = Field(default_factory=lambda: ["conversation", "detail", "reasoning"])
+    max_concurrency: int = Field(16, ge=1)
+    max_retries: int = Field(5, ge=0)
+    timeout_s: float = Field(60, gt=0)
+
+
+class ExportConfig(_Section):
+    formats: list[Literal["webdataset", "parquet", "hf", "llava"]] = Field(
+        default_factory=lambda: ["webdataset", "parquet"]
+    )
+
+
+class Config(_Section):
+    input: InputConfig
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    clip: ClipConfig = Field(default_factory=ClipConfig)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    def resolved(self) -> dict[str, Any]:
+        """The full config with defaults filled in, as plain JSON-able data (holds no secrets)."""
+        return self.model_dump(mode="json")
+
+    def section_hash(self, *sections: str) -> str:
+        """A stable hash of the named top-level sections (all when none are named)."""
+        data = self.resolved()
+        picked = {k: data[k] for k in (sections or sorted(data))}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each dotted key path in a YAML document to its 1-based line."""
+    lines: dict[tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = path + (str(key.value),)
+                lines[sub] = key.start_mark.line + 1
+                walk(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[path + (str(i),)] = item.start_mark.line + 1
+                walk(item, path + (str(i),))
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"--set {dotted}={raw}: empty key in dotted path")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {dotted}: value {raw!r} is not valid YAML ({err})") from None
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> list[tuple[str, str]]:
+    """Split `key.path=value` strings."""
+    out = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. clip.min_score=0.3")
+        out.append((key.strip(), value))
+    return out
+
+
+def config_from_dict(data: Any, overrides: list[str] = (), source: str = "<config>", text: str = "") -> Config:
+    """Validate a config mapping (plus `--set` overrides); errors name key, file and line."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a YAML mapping of sections, got {type(data).__name__}")
+    data = copy.deepcopy(data)
+    overridden = set()
+    for key, value in parse_overrides(list(overrides)):
+        _set_dotted(data, key, value)
+        overridden.add(tuple(key.split(".")))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        lines = _key_lines(text)
+        first = err.errors()[0]
+        loc = tuple(str(p) for p in first["loc"])
+        key = ".".join(loc) or "(top level)"
+        where = source
+        if any(loc[: len(o)] == o for o in overridden):
+            where = "--set"
+        else:
+            for n in range(len(loc), 0, -1):
+                if loc[:n] in lines:
+                    where = f"{source}, line {lines[loc[:n]]}"
+                    break
+        kind = first["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown key"
+        elif kind == "missing":
+            msg = "required key is missing"
+        else:
+            msg = first["msg"]
+            if "input" in first and not isinstance(first["input"], (dict, list)):
+                msg += f" (got {first['input']!r})"
+        more = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
+        raise ConfigError(f"{where}: {key}: {msg}{more}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read config ({err})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    return config_from_dict(data if data is not None else {}, overrides, str(path), text)

@@ -1,0 +1,110 @@
+"""Ingest: every input row becomes a shard row; unusable ones fail with a reason, never vanish."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mmcurate.errors import InputError
+from mmcurate.pipelines import ingest
+from mmcurate.schemas import columns as C
+from mmcurate.schemas.config import InputConfig
+
+
+def collect(path_glob: str, shard_size: int = 3, **cols) -> list[pa.Table]:
+    cfg = InputConfig(path=path_glob, shard_size=shard_size, **cols)
+    shards: list[pa.Table] = []
+    buf = ingest.ShardBuffer(shard_size, lambda i, t: shards.append(t))
+    for path in ingest.resolve_inputs(path_glob):
+        for raw in ingest.read_rows(path, cfg):
+            buf.add(raw)
+    buf.flush()
+    return shards
+
+
+def rows_of(shards: list[pa.Table]) -> list[dict]:
+    return pa.concat_tables(shards).to_pylist()
+
+
+def test_every_format_and_glob_in_sorted_order(tmp_path):
+    pq.write_table(pa.table({"url": ["http://a.test/1.jpg"], "caption": ["one"]}), tmp_path / "a.parquet")
+    (tmp_path / "b.csv").write_text('url,caption\nhttp://a.test/2.jpg,"two, with comma"\n')
+    (tmp_path / "c.tsv").write_text('url\tcaption\nhttp://a.test/3.jpg\tthree "quoted"\n')
+    (tmp_path / "d.jsonl").write_text(json.dumps({"url": "http://a.test/4.jpg", "caption": "four"}) + "\n")
+    with gzip.open(tmp_path / "e.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"url": "http://a.test/5.jpg", "caption": "five"}) + "\n")
+    rows = rows_of(collect(str(tmp_path / "*")))
+    assert [r[C.CAPTION] for r in rows] == ["one", "two, with comma", 'three "quoted"', "four", "five"]
+    assert [r[C.ROW] for r in rows] == [0, 1, 2, 3, 4]
+    assert all(r[C.STATUS] == C.KEPT for r in rows)
+    assert rows[1][C.SOURCE].endswith("b.csv") and rows[1][C.SOURCE_LINE] == 2
+
+
+def test_shards_of_shard_size(tmp_path):
+    n = 10
+    pq.write_table(pa.table({"url": [f"http://a.test/{i}.jpg" for i in range(n)], "caption": ["c"] * n}), tmp_path / "x.parquet")
+    shards = collect(str(tmp_path / "x.parquet"), shard_size=4)
+    assert [t.num_rows for t in shards] == [4, 4, 2]
+
+
+def test_uid_is_a_stable_hash_of_url_and_caption():
+    assert ingest.uid_of("http://a/1.jpg", "x") == ingest.uid_of("http://a/1.jpg", "x")
+    assert ingest.uid_of("http://a/1.jpg", "x") != ingest.uid_of("http://a/1.jpg", "y")
+    assert len(ingest.uid_of("u", None)) == 32
+
+
+def test_unusable_rows_fail_with_reasons(tmp_path):
+    lines = [
+        {"url": "http://ok.test/a.jpg", "caption": "fine"},
+        {"url": "", "caption": "no url"},
+        {"url": None, "caption": "null url"},
+        {"url": "ftp://x.test/a.jpg", "caption": "ftp"},
+        {"url": "file:///etc/passwd", "caption": "file"},
+        {"url": "data:image/png;base64,AAAA", "caption": "data"},
+        {"url": "gopher://x.test/", "caption": "gopher"},
+        {"url": "http://[::1", "caption": "bad ipv6"},
+        {"url": "http:///nohost.jpg", "caption": "no host"},
+        {"url": "http://a b.test/x.jpg", "caption": "space"},
+        {"url": "http://u:p@x.test/a.jpg", "caption": "creds"},
+        {"url": "http://x.test:99999/a.jpg", "caption": "port"},
+        {"url": "http://x.test/a.jpg", "caption": 42},
+        {"url": "http://x.test/b.jpg", "caption": None},
+        {"url": 7, "caption": "int url"},
+    ]
+    text = "\n".join(json.dumps(x) for x in lines) + "\nnot json at all\n[1, 2]\n"
+    (tmp_path / "in.jsonl").write_text(text)
+    rows = rows_of(collect(str(tmp_path / "in.jsonl")))
+    reasons = [r[C.REASON] for r in rows]
+    assert reasons == [
+        None, "missing_url", "missing_url", "unsupported_scheme", "unsupported_scheme", "unsupported_scheme",
+        "unsupported_scheme", "bad_url", "bad_url", "bad_url", "credentials_in_url", "bad_url",
+        "caption_not_text", "missing_caption", "bad_url", "malformed_row", "malformed_row",
+    ]
+    assert len(rows) == len(lines) + 2  # nothing skipped
+    assert all(r[C.STATUS] == C.FAILED for r in rows[1:])
+    assert rows[15][C.DETAIL].startswith("line 16: not JSON")
+
+
+def test_malformed_csv_rows_and_bad_utf8_are_ledger_rows(tmp_path):
+    data = b"url,caption\nhttp://x.test/1.jpg,good\nhttp://x.test/2.jpg,too,many\nhttp://x.test/3.jpg,caf\xe9\n\nhttp://x.test/4.jpg,\n"
+    (tmp_path / "in.csv").write_bytes(data)
+    rows = rows_of(collect(str(tmp_path / "in.csv")))
+    assert [r[C.REASON] for r in rows] == [None, "malformed_row", "not_utf8", None]
+    assert [r[C.SOURCE_LINE] for r in rows] == [2, 3, 4, 6]
+    assert "expected 2 fields, got 3" in rows[1][C.DETAIL]
+    assert rows[3][C.CAPTION] == ""  # an empty caption is text; quality filters judge it later
+
+
+def test_input_errors_name_the_problem(tmp_path):
+    with pytest.raises(InputError, match="no file matches"):
+        ingest.resolve_inputs(str(tmp_path / "*.parquet"))
+    (tmp_path / "x.csv").write_text("link,caption\nhttp://a/1.jpg,x\n")
+    with pytest.raises(InputError, match=r"input.url_col: column 'url' not in .*x.csv \(columns found: link, caption\)"):
+        collect(str(tmp_path / "x.csv"))
+    (tmp_path / "y.parquet").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="not a readable parquet"):
+        collect(str(tmp_path / "y.parquet"))

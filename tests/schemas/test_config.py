@@ -1,0 +1,92 @@
+"""Config validation: every error names the key (and the file and line it came from)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmcurate.cli import main
+from mmcurate.errors import ConfigError
+from mmcurate.schemas.config import load_config
+
+GOOD = """\
+input:
+  path: urls.parquet
+  shard_size: 100
+download:
+  timeout_s: 5
+clip:
+  min_score: 0.3
+"""
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_follow_the_contract(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD))
+    assert cfg.input.shard_size == 100 and cfg.input.url_col == "url"
+    assert cfg.download.allow_private_networks is False and cfg.download.max_image_pixels == 89478485
+    assert cfg.dedup.phash.max_distance == 6 and cfg.clip.model == "ViT-B-32"
+    assert cfg.privacy.faces.action == "blur" and cfg.export.formats == ["webdataset", "parquet"]
+
+
+def test_unknown_key_names_key_file_and_line(tmp_path):
+    path = write(tmp_path, GOOD + "  colour: blue\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "clip.colour: unknown key" in str(err.value)
+    assert f"{path}, line 8" in str(err.value)
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, GOOD.replace("timeout_s: 5", "timeout_s: soon")))
+    assert "download.timeout_s" in str(err.value) and "'soon'" in str(err.value) and "line 5" in str(err.value)
+
+
+def test_missing_input_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"input.path: required key is missing"):
+        load_config(write(tmp_path, "input:\n  shard_size: 10\n"))
+
+
+def test_bad_cidr_and_yaml_syntax(tmp_path):
+    with pytest.raises(ConfigError, match=r"download.allow_networks.*not a CIDR"):
+        load_config(write(tmp_path, GOOD.replace("timeout_s: 5", "allow_networks: [not-a-net]")))
+    with pytest.raises(ConfigError, match=r"line \d+: not valid YAML"):
+        load_config(write(tmp_path, "input: [unclosed\n"))
+
+
+def test_set_overrides_by_dotted_path(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD), ["clip.min_score=0.1", "download.allow_networks=[127.0.0.1/32]"])
+    assert cfg.clip.min_score == 0.1 and cfg.download.allow_networks == ["127.0.0.1/32"]
+    with pytest.raises(ConfigError, match=r"--set: clip.nope: unknown key"):
+        load_config(write(tmp_path, GOOD), ["clip.nope=1"])
+    with pytest.raises(ConfigError, match=r"expected KEY=VALUE"):
+        load_config(write(tmp_path, GOOD), ["clip.min_score"])
+
+
+def test_cli_exits_2_with_one_message(tmp_path, capsys):
+    path = write(tmp_path, GOOD + "bogus: 1\n")
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bogus: unknown key" in err[0] and "line 8" in err[0]
+    assert main(["run", str(tmp_path / "absent.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_cli_exits_2_on_missing_or_bad_input(tmp_path, capsys):
+    path = write(tmp_path, GOOD.replace("urls.parquet", str(tmp_path / "nope.parquet")))
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "r1")]) == 2
+    assert "input.path" in capsys.readouterr().err
+    bad = tmp_path / "urls.csv"
+    bad.write_text("link,text\nhttp://x/a.jpg,hello\n")
+    path = write(tmp_path, GOOD.replace("urls.parquet", str(bad)))
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "r2")]) == 2
+    assert "input.url_col: column 'url' not in" in capsys.readouterr().err
+    (tmp_path / "urls.xlsx").write_text("x")
+    path = write(tmp_path, GOOD.replace("urls.parquet", str(tmp_path / "urls.xlsx")))
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "r3")]) == 2
+    assert "unknown format" in capsys.readouterr().err
