@@ -21,6 +21,12 @@ class Route:
     truncate_to: int | None = None  # send Content-Length of the whole body, then only this many bytes
 
 
+class _Server(ThreadingHTTPServer):
+    # the default backlog of 5 drops connections when many download threads arrive at once
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 class ImageServer:
     """Serves `routes` on 127.0.0.1 at a free port (or `port`); counts requests per path."""
 
@@ -62,8 +68,7 @@ class ImageServer:
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", port), Handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="image-server", daemon=True)
 
     @property

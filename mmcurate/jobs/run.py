@@ -95,7 +95,8 @@ class Job:
         self.force = force
         self.progress = progress or NoProgress()
         self.stages: list[Stage] = build_stages(config)
-        self._ray_started = False
+        self._ray_started = False  # whether this job started Ray (and so stops it)
+        self._ray_ready = False
 
     # ------------------------------------------------------------------ manifest
     def _load_or_create_manifest(self) -> dict:
@@ -135,11 +136,11 @@ class Job:
 
     # ------------------------------------------------------------------ ray
     def _ensure_ray(self) -> None:
-        if not self._ray_started:
+        if not self._ray_ready:
             from mmcurate.pipelines import executor
 
-            executor.start(self.address)
-            self._ray_started = True
+            self._ray_started = executor.start(self.address)
+            self._ray_ready = True
 
     def _map(self, name: str, task, shards: list[int], resources: Resources, total: int, on_stats) -> None:
         from mmcurate.pipelines import executor

@@ -23,14 +23,19 @@ class ShardCallable(Protocol):
     def __call__(self, shard: int) -> dict: ...
 
 
-def start(address: str | None = None) -> dict[str, Any]:
-    """Start Ray embedded (sized to this machine) or attach to `address`; return cluster resources."""
+def start(address: str | None = None) -> bool:
+    """Start Ray embedded (sized to this machine) or attach to `address`.
+
+    Returns False when Ray was already initialised in this process (e.g. a notebook or a
+    benchmark started it): the caller then leaves it running when done.
+    """
     import ray
     import ray.data
 
     for name in ("ray.data", "ray._private.authentication"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         kwargs: dict[str, Any] = dict(
             include_dashboard=False,
             logging_level=logging.WARNING,
@@ -44,7 +49,7 @@ def start(address: str | None = None) -> dict[str, Any]:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    return dict(ray.cluster_resources())
+    return started
 
 
 def stop() -> None:

@@ -1,0 +1,33 @@
+"""`mmcurate demo`: the embedded sample runs end to end offline and every part answers."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_end_to_end(tmp_path):
+    run_dir = tmp_path / "demo"
+    proc = run_cli("demo", "--run-dir", str(run_dir), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert f"report:  {run_dir / 'report' / 'index.html'}" in proc.stdout
+    ledger = pq.read_table(run_dir / "ledger.parquet").to_pylist()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert len(ledger) == manifest["input"]["rows"] == manifest["ledger"]["rows"]
+    reasons = {r["reason"] for r in ledger if r["status"] != "kept"}
+    assert {"http_404", "http_500", "not_an_image", "image_too_large", "timeout", "redirect_loop",
+            "robots_disallowed", "private_address", "unsupported_scheme", "missing_url",
+            "credentials_in_url", "malformed_row"} <= reasons
+    kept = [r for r in ledger if r["status"] == "kept"]
+    assert len(kept) >= 60
+    assert list((run_dir / "shards" / "webdataset").glob("*.tar"))
+    audit = run_cli("audit", str(run_dir), "--reason", "private_address", "--format", "json")
+    assert json.loads(audit.stdout)[0]["url"].startswith("http://127.0.0.2:")
+    report = json.loads((run_dir / "report" / "report.json").read_text())
+    assert report["invariant_holds"] and report["rows"] == len(ledger)
