@@ -19,7 +19,7 @@ from mmcurate.jobs.ledger import build_ledger
 from mmcurate.jobs.report import write_report
 from mmcurate.jobs.rundir import INGEST, RunDir, RunLock
 from mmcurate.pipelines import PLANNED_SECTIONS, build_stages, ingest
-from mmcurate.pipelines.stage import Resources, Stage
+from mmcurate.pipelines.stage import GlobalStage, Resources, Stage
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import Config
 
@@ -146,7 +146,10 @@ class Job:
         from mmcurate.pipelines import executor
 
         self.progress.begin(name, total, total - len(shards))
-        if shards:
+        if shards and isinstance(task, GlobalTask):
+            for stats in task.run(shards):
+                self.progress.advance(name, stats)
+        elif shards:
             self._ensure_ray()
 
             def done(stats: dict) -> None:
@@ -271,7 +274,10 @@ class Job:
                 chain = done["input_fingerprint"][:16]
                 for stage in self.stages:
                     chain = stage.fingerprint(chain)
-                    task = ShardTask(str(self.run_dir.root), stage, list(upstream))
+                    if isinstance(stage, GlobalStage):
+                        task = GlobalTask(self, stage, list(upstream))
+                    else:
+                        task = ShardTask(str(self.run_dir.root), stage, list(upstream))
                     manifest["stages"][stage.name] = self._run_stage(stage.name, task, stage.resources(), chain, shards)
                     self._save(manifest)
                     upstream.append(stage)
@@ -303,6 +309,40 @@ class Job:
                     from mmcurate.pipelines import executor
 
                     executor.stop()
+
+
+class GlobalTask:
+    """A global stage over the whole run: gather alive rows of every shard, decide, split back."""
+
+    def __init__(self, job: Job, stage: GlobalStage, upstream: list[Stage]):
+        self.job, self.stage, self.upstream = job, stage, upstream
+
+    def run(self, pending: list[int]) -> list[dict]:
+        import pyarrow as pa
+
+        from mmcurate.jobs.shard_task import write_stage_shard
+        from mmcurate.jobs.views import alive_rows, check_aligned
+
+        run_dir = self.job.run_dir
+        start = time.perf_counter()
+        parts = [
+            alive_rows(run_dir, s, self.upstream, self.stage.input_columns)
+            for s in range(run_dir.shard_count())
+        ]
+        rows = pa.concat_tables(parts) if parts else pa.table({})
+        self.job._ensure_ray()
+        from mmcurate.pipelines import executor
+
+        self.stage.setup()
+        out = self.stage.decide(rows, executor.map_tasks)
+        check_aligned(self.stage.name, rows, out)
+        seconds = (time.perf_counter() - start) / max(len(parts), 1)
+        stats, offset = [], 0
+        for shard, part in enumerate(parts):
+            if shard in pending:
+                stats.append(write_stage_shard(run_dir, self.stage, shard, out.slice(offset, part.num_rows), seconds))
+            offset += part.num_rows
+        return stats
 
 
 def run(config: Config, run_dir: str | Path, **kwargs) -> RunResult:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ def shard_stats(stage: str, shard: int, out: pa.Table, seconds: float) -> dict:
         C.FAILED: status[C.FAILED],
         "reasons": dict(sorted(reasons.items())),
         "seconds": round(seconds, 4),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
     }
 
 
@@ -50,13 +53,18 @@ class ShardTask:
         if run_dir.is_done(name, shard):  # a retried task after its output landed
             return run_dir.read_stats(name, shard)
         start = time.perf_counter()
-        rows = alive_rows(run_dir, shard, self.upstream)
+        rows = alive_rows(run_dir, shard, self.upstream, self.stage.input_columns)
         out = self.stage.process(rows)
         check_aligned(name, rows, out)
-        bad = set(out[C.STATUS].to_pylist()) - set(C.STATUSES)
-        if bad:
-            raise RuntimeError(f"stage {name!r} produced unknown statuses {sorted(bad)}")
-        atomic.write_parquet(run_dir.shard_file(name, shard), out.cast(self.stage.output_schema))
-        stats = shard_stats(name, shard, out, time.perf_counter() - start)
-        atomic.write_json(run_dir.stats_file(name, shard), stats)
-        return stats
+        return write_stage_shard(run_dir, self.stage, shard, out, time.perf_counter() - start)
+
+
+def write_stage_shard(run_dir: RunDir, stage: Stage, shard: int, out: pa.Table, seconds: float) -> dict:
+    """Write a stage's output for one shard, then its stats (the resume marker); return the stats."""
+    bad = set(out[C.STATUS].to_pylist()) - set(C.STATUSES)
+    if bad:
+        raise RuntimeError(f"stage {stage.name!r} produced unknown statuses {sorted(bad)}")
+    atomic.write_parquet(run_dir.shard_file(stage.name, shard), out.cast(stage.output_schema))
+    stats = shard_stats(stage.name, shard, out, seconds)
+    atomic.write_json(run_dir.stats_file(stage.name, shard), stats)
+    return stats

@@ -12,17 +12,21 @@ from mmcurate.pipelines.stage import Stage
 from mmcurate.schemas import columns as C
 
 
-def alive_rows(run_dir: RunDir, shard: int, stages: Sequence[Stage]) -> pa.Table:
-    """Rows of `shard` that ingest and every stage in `stages` kept, with the stages' data columns."""
-    table = run_dir.read_shard(INGEST, shard)
+def alive_rows(
+    run_dir: RunDir, shard: int, stages: Sequence[Stage], columns: Sequence[str] | None = None
+) -> pa.Table:
+    """Rows of `shard` that ingest and every stage in `stages` kept, with the stages' data columns
+    (only those named in `columns`, when given: only they are read from disk)."""
+    table = run_dir.read_shard(INGEST, shard, columns=[C.UID, C.ROW, C.URL, C.CAPTION, C.STATUS])
     table = table.filter(pc.equal(table[C.STATUS], C.KEPT)).select([C.UID, C.ROW, C.URL, C.CAPTION])
     for stage in stages:
-        out = run_dir.read_shard(stage.name, shard)
+        wanted = [c for c in stage.data_columns if columns is None or c in columns]
+        out = run_dir.read_shard(stage.name, shard, columns=[C.ROW, C.STATUS] + wanted)
         check_aligned(stage.name, table, out)
         mask = pc.equal(out[C.STATUS], C.KEPT)
         table = table.filter(mask)
         kept = out.filter(mask)
-        for name in stage.data_columns:
+        for name in wanted:
             if name in table.column_names:
                 table = table.set_column(table.column_names.index(name), kept.schema.field(name), kept[name])
             else:

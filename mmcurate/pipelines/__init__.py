@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from mmcurate.pipelines.dedup import DedupStage
 from mmcurate.pipelines.download import DownloadStage
+from mmcurate.pipelines.features import FeaturesStage
 from mmcurate.pipelines.stage import Stage
 from mmcurate.schemas.config import Config
 
-# Per-shard stages after ingest, in pipeline order. Later stages (features, dedup, clip,
-# safety, privacy, synthesis) join this list as they land.
-STAGE_CLASSES: list[type[Stage]] = [DownloadStage]
+# Stages after ingest, in pipeline order. Later stages (clip, safety, privacy, synthesis)
+# join this list as they land.
+STAGE_CLASSES: list[type[Stage]] = [DownloadStage, FeaturesStage, DedupStage]
 
 # Config sections whose stages have not landed yet: a run records them as unavailable.
-PLANNED_SECTIONS = ("dedup", "clip", "safety", "privacy", "quality", "synthesis")
+PLANNED_SECTIONS = ("clip", "safety", "privacy", "quality", "synthesis")
 
 
 def build_stages(config: Config) -> list[Stage]:

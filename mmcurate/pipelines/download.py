@@ -41,6 +41,7 @@ class DownloadStage(Stage):
     output_schema = C.DOWNLOAD_SCHEMA
     score_columns = (C.WIDTH, C.HEIGHT, C.ORIGINAL_WIDTH, C.ORIGINAL_HEIGHT, C.DOWNLOAD_BYTES)
     data_columns = (C.IMAGE, C.IMAGE_FORMAT, C.WIDTH, C.HEIGHT, C.ORIGINAL_WIDTH, C.ORIGINAL_HEIGHT)
+    input_columns = ()
 
     def config_sections(self) -> dict:
         d = self.config.download

@@ -99,3 +99,16 @@ def map_shards(
     for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
         for text in batch["stats"]:
             on_done(json.loads(text))
+
+
+def _call(fn: Callable, shared: Any, item: Any) -> Any:
+    return fn(shared, item)
+
+
+def map_tasks(fn: Callable[[Any, Any], Any], items: list, shared: Any) -> list:
+    """[fn(shared, item) for item in items] as Ray tasks; `shared` is put in the object store once."""
+    import ray
+
+    ref = ray.put(shared)
+    remote = ray.remote(num_cpus=1)(_call)
+    return ray.get([remote.remote(fn, ref, item) for item in items])

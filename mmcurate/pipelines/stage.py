@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
@@ -36,6 +37,8 @@ class Stage:
     output_schema: ClassVar[pa.Schema]
     score_columns: ClassVar[tuple[str, ...]] = ()  # copied into the ledger's scores struct
     data_columns: ClassVar[tuple[str, ...]] = ()  # flow on to later stages and exports
+    # data columns of earlier stages this stage reads (None: all); url and caption always come
+    input_columns: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, config: Config):
         self.config = config
@@ -68,6 +71,31 @@ class Stage:
     def score_fields(self) -> list[pa.Field]:
         """The Arrow fields of this stage's scores, for the ledger."""
         return [self.output_schema.field(name) for name in self.score_columns]
+
+
+# parallel(fn, items, shared) -> [fn(shared, item) for item in items], possibly on other workers
+Parallel = Callable[[Callable[[Any, Any], Any], list, Any], list]
+
+
+class GlobalStage(Stage):
+    """A stage that must see every alive row of the run at once (deduplication, percentiles).
+
+    `decide` gets the alive rows of all shards concatenated and returns one output row per
+    input row, in order; the run splits the result back into shard files. `parallel(fn, items,
+    shared)` runs `fn(shared, item)` for each item, on Ray workers when a run provides it.
+    """
+
+    def decide(self, rows: pa.Table, parallel: Parallel) -> pa.Table:
+        raise NotImplementedError
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        return self.decide(rows, serial)
+
+
+def serial(fn, items, shared):
+    """The in-process `parallel`: tests and small runs."""
+    return [fn(shared, item) for item in items]
+
 
 
 def decisions(

@@ -31,6 +31,17 @@ ORIGINAL_WIDTH = "original_width"
 ORIGINAL_HEIGHT = "original_height"
 DOWNLOAD_BYTES = "download_bytes"  # size of the body as fetched
 
+# features (one decode per stored image)
+SHA256 = "sha256"  # of the stored image bytes
+PHASH = "phash"  # 64-bit perceptual hash, 16 hex digits (imagehash's form)
+DHASH = "dhash"  # 64-bit difference hash, 16 hex digits
+LUMA_STD = "luma_std"  # spread of the 32x32 greyscale; ~0 for blank images
+COLOUR = "colour"  # 4x4 RGB thumbnail, 48 bytes: confirms matches of low-detail images
+
+# deduplication
+DUP_OF = "dup_of"  # uid of the kept sample (or reference) this row duplicates
+DUP_DISTANCE = "dup_distance"  # pHash Hamming distance to it
+
 IDENTITY_FIELDS = [
     pa.field(UID, pa.string(), nullable=False),
     pa.field(ROW, pa.int64(), nullable=False),
@@ -64,6 +75,22 @@ DOWNLOAD_SCHEMA = pa.schema(
         pa.field(ORIGINAL_HEIGHT, pa.int32()),
         pa.field(DOWNLOAD_BYTES, pa.int64()),
     ]
+)
+
+FEATURES_SCHEMA = pa.schema(
+    IDENTITY_FIELDS
+    + DECISION_FIELDS
+    + [
+        pa.field(SHA256, pa.string()),
+        pa.field(PHASH, pa.string()),
+        pa.field(DHASH, pa.string()),
+        pa.field(LUMA_STD, pa.float32()),
+        pa.field(COLOUR, pa.binary()),
+    ]
+)
+
+DEDUP_SCHEMA = pa.schema(
+    IDENTITY_FIELDS + DECISION_FIELDS + [pa.field(DUP_OF, pa.string()), pa.field(DUP_DISTANCE, pa.int16())]
 )
 
 LEDGER_BASE_FIELDS = [

@@ -59,8 +59,11 @@ class DownloadConfig(_Section):
 
 class PhashConfig(_Section):
     enabled: bool = True
-    max_distance: int = Field(6, ge=0, le=32)
-    keep: Literal["largest", "first"] = "largest"
+    max_distance: int = Field(8, ge=0, le=32)
+    # dHash within this (and pHash within 2 x max_distance) also makes a near-duplicate; null: off
+    dhash_distance: int | None = Field(8, ge=0, le=32)
+    keep: Literal["largest", "first"] = "largest"  # largest: most original pixels, then lowest uid
+    exact: bool = False  # true: hashes bit-identical to imagehash.phash (slower decode)
 
 
 class SemanticDedupConfig(_Section):
