@@ -36,6 +36,8 @@ def finished_run(server, tmp_path_factory):
     config = {
         "input": {"path": str(tmp / "urls.jsonl"), "shard_size": 100},
         "download": {"allow_networks": ["127.0.0.1/32"], "timeout_s": 1, "retries": 0, "image_size": 64},
+        # the failure routes repeat the same images on purpose: this test is about download outcomes
+        "dedup": {"exact": False, "phash": {"enabled": False}},
     }
     (tmp / "config.yaml").write_text(yaml.safe_dump(config))
     proc = run_cli("run", str(tmp / "config.yaml"), "--run-dir", str(tmp / "run"), "--quiet")

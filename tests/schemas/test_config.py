@@ -29,7 +29,7 @@ def test_defaults_follow_the_contract(tmp_path):
     cfg = load_config(write(tmp_path, GOOD))
     assert cfg.input.shard_size == 100 and cfg.input.url_col == "url"
     assert cfg.download.allow_private_networks is False and cfg.download.max_image_pixels == 89478485
-    assert cfg.dedup.phash.max_distance == 6 and cfg.clip.model == "ViT-B-32"
+    assert cfg.dedup.phash.max_distance == 8 and cfg.clip.model == "ViT-B-32"
     assert cfg.privacy.faces.action == "blur" and cfg.export.formats == ["webdataset", "parquet"]
 
 
