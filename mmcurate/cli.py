@@ -55,7 +55,8 @@ class LineProgress:
         self.stream.flush()
 
 
-def _config(args) -> "object":
+def _config(args):
+    """The validated config of `mmcurate run` (file plus --set overrides)."""
     from mmcurate.schemas.config import load_config
 
     return load_config(args.config, args.set or [])

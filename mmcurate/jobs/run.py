@@ -142,7 +142,7 @@ class Job:
             self._ray_started = executor.start(self.address)
             self._ray_ready = True
 
-    def _map(self, name: str, task, shards: list[int], resources: Resources, total: int, on_stats) -> None:
+    def _map(self, name: str, task, shards: list[int], resources: Resources, total: int) -> None:
         from mmcurate.pipelines import executor
 
         self.progress.begin(name, total, total - len(shards))
@@ -152,11 +152,7 @@ class Job:
         elif shards:
             self._ensure_ray()
 
-            def done(stats: dict) -> None:
-                on_stats(stats)
-                self.progress.advance(name, stats)
-
-            executor.map_shards(task, shards, resources, done)
+            executor.map_shards(task, shards, resources, lambda stats: self.progress.advance(name, stats))
         self.progress.end(name)
 
     # ------------------------------------------------------------------ steps
@@ -223,7 +219,7 @@ class Job:
         self._prepare_stage(name, fingerprint)
         pending = [s for s in range(shards) if not self.run_dir.is_done(name, s)]
         start = time.perf_counter()
-        self._map(name, task, pending, resources, shards, lambda stats: None)
+        self._map(name, task, pending, resources, shards)
         seconds = time.perf_counter() - start
         all_stats = [self.run_dir.read_stats(name, s) for s in range(shards)]
         totals = {"rows_in": 0, C.KEPT: 0, C.DROPPED: 0, C.FAILED: 0}
