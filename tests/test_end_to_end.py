@@ -151,3 +151,23 @@ def test_ledger_invariant_failure_is_loud(finished_run, tmp_path):
     config = config_from_dict(run_dir.read_manifest()["config"])
     with pytest.raises(LedgerError, match="ledger invariant broken"):
         build_ledger(run_dir, build_stages(config))
+
+
+def test_force_redoes_only_the_stages_a_change_affects(finished_run, server, tmp_path):
+    import shutil
+
+    tmp, _, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(tmp / "run", copy)
+    before = sum(server.requests.values())
+    download_stats = sorted((copy / "stages" / "download").glob("*.stats.json"))
+    mtimes = [p.stat().st_mtime_ns for p in download_stats]
+    proc = run_cli("run", str(tmp / "config.yaml"), "--run-dir", str(copy), "--quiet", "--force",
+                   "--set", "dedup.exact=true")
+    assert proc.returncode == 0, proc.stderr
+    assert sum(server.requests.values()) == before  # nothing downloaded again
+    assert [p.stat().st_mtime_ns for p in download_stats] == mtimes
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["config"]["dedup"]["exact"] is True and manifest["stages"]["dedup"]["status"] == "done"
+    ledger = pq.read_table(copy / "ledger.parquet").to_pylist()
+    assert any(r["reason"] == "exact_duplicate" for r in ledger)  # the repeated routes now count
