@@ -14,7 +14,8 @@ from typing import Protocol
 
 from mmcurate import __version__, atomic
 from mmcurate.errors import ConfigError, InputError
-from mmcurate.jobs.export import FORMATS as EXPORT_FORMATS, ExportTask
+from mmcurate.jobs.export import FORMATS as EXPORT_FORMATS
+from mmcurate.jobs.export import ExportTask
 from mmcurate.jobs.ledger import build_ledger
 from mmcurate.jobs.report import write_report
 from mmcurate.jobs.rundir import INGEST, RunDir, RunLock

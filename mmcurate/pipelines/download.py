@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from mmcurate.pipelines.fetch import FetchError, Fetcher
+from mmcurate.pipelines.fetch import Fetcher, FetchError
 from mmcurate.pipelines.netguard import NetworkPolicy, guarded_opener
 from mmcurate.pipelines.stage import Resources, Stage, decisions
 from mmcurate.schemas import columns as C

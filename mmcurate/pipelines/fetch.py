@@ -51,7 +51,9 @@ class Fetcher:
             time.sleep(min(self.backoff_s * 2 ** (attempt - 1), 5.0))
 
     def _fetch_once(self, url: str) -> bytes:
-        from img2dataset.downloader import is_disallowed  # heavy package: import in workers only
+        from img2dataset.downloader import (
+            is_disallowed,  # heavy package: import in workers only
+        )
 
         agent = USER_AGENT
         if self.user_agent_token:
