@@ -21,21 +21,17 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 def stored_jpegs(count: int) -> list[bytes]:
     from img2dataset.resizer import Resizer
-    from PIL import Image
 
-    from mmcurate.demo import PHOTOS, _photo_dir
+    from mmcurate.demo import load_photos, random_crop
 
     resizer = Resizer(image_size=256, resize_mode="keep_ratio", resize_only_if_bigger=False)
     rng = np.random.default_rng(0)
-    photos = [Image.open(_photo_dir() / n).convert("RGB") for n in PHOTOS if (_photo_dir() / n).exists()]
+    photos = load_photos()
     out = []
     for i in range(count):
-        p = photos[i % len(photos)]
-        w, h = p.size
-        cw, ch = int(w * rng.uniform(0.5, 1)), int(h * rng.uniform(0.5, 1))
-        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        crop = random_crop(photos[i % len(photos)], rng, 0.5)
         buf = io.BytesIO()
-        p.crop((x, y, x + cw, y + ch)).resize((cw * 2, ch * 2)).save(buf, "PNG")
+        crop.resize((crop.width * 2, crop.height * 2)).save(buf, "PNG")
         data, *_ , err = resizer(io.BytesIO(buf.getvalue()))
         assert err is None, err
         out.append(data)

@@ -49,6 +49,27 @@ def _photo_dir() -> Path:
     return Path(skimage.data.__file__).parent
 
 
+def load_photos() -> list:
+    """The sample's photographs as RGB PIL images (those present in the installed wheel)."""
+    from PIL import Image
+
+    photos = []
+    for name in PHOTOS:
+        path = _photo_dir() / name
+        if path.exists():
+            with Image.open(path) as im:
+                photos.append(im.convert("RGB"))
+    return photos
+
+
+def random_crop(photo, rng, smallest: float):
+    """A crop of `photo` covering a random fraction (smallest..1) of each side, at a random place."""
+    w, h = photo.size
+    cw, ch = int(w * rng.uniform(smallest, 1.0)), int(h * rng.uniform(smallest, 1.0))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return photo.crop((x, y, x + cw, y + ch))
+
+
 def _encode(img, fmt: str, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     if fmt == "JPEG":

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmcurate.demo import PHOTOS, _photo_dir
+from mmcurate.demo import load_photos, random_crop
 from mmcurate.filters.image_hash import hex_to_uint64, signals
 
 MODES = ["RGB", "L", "RGBA", "P", "CMYK"]
@@ -18,19 +18,10 @@ MODES = ["RGB", "L", "RGBA", "P", "CMYK"]
 def varied_images(count: int = 1000, seed: int = 0) -> list[bytes]:
     """Crops of real photos at many sizes, in modes L, RGB, RGBA, P and CMYK, as JPEG, PNG and WebP."""
     rng = np.random.default_rng(seed)
-    photos = []
-    for name in PHOTOS:
-        path = _photo_dir() / name
-        if path.exists():
-            with Image.open(path) as im:
-                photos.append(im.convert("RGB"))
+    photos = load_photos()
     out = []
     for i in range(count):
-        photo = photos[i % len(photos)]
-        w, h = photo.size
-        cw, ch = int(w * rng.uniform(0.2, 1.0)), int(h * rng.uniform(0.2, 1.0))
-        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        img = photo.crop((x, y, x + cw, y + ch))
+        img = random_crop(photos[i % len(photos)], rng, 0.2)
         side = int(rng.choice([24, 40, 64, 100, 160, 256, 384, 512]))
         img.thumbnail((side, side)) if rng.random() < 0.5 else None
         mode = MODES[i % len(MODES)]
