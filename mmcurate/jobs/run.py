@@ -152,7 +152,6 @@ class Job:
                 self.progress.advance(name, stats)
         elif shards:
             self._ensure_ray()
-
             executor.map_shards(task, shards, resources, lambda stats: self.progress.advance(name, stats))
         self.progress.end(name)
 
@@ -319,6 +318,7 @@ class GlobalTask:
 
         from mmcurate.jobs.shard_task import write_stage_shard
         from mmcurate.jobs.views import alive_rows, check_aligned
+        from mmcurate.pipelines import executor
 
         run_dir = self.job.run_dir
         start = time.perf_counter()
@@ -326,17 +326,15 @@ class GlobalTask:
             alive_rows(run_dir, s, self.upstream, self.stage.input_columns)
             for s in range(run_dir.shard_count())
         ]
-        rows = pa.concat_tables(parts) if parts else pa.table({})
+        rows = pa.concat_tables(parts)  # run() is only called with pending shards, so parts is not empty
         self.job._ensure_ray()
-        from mmcurate.pipelines import executor
-
         self.stage.setup()
         out = self.stage.decide(rows, executor.map_tasks)
         check_aligned(self.stage.name, rows, out)
         seconds = (time.perf_counter() - start) / max(len(parts), 1)
-        stats, offset = [], 0
+        stats, offset, todo = [], 0, set(pending)
         for shard, part in enumerate(parts):
-            if shard in pending:
+            if shard in todo:
                 stats.append(write_stage_shard(run_dir, self.stage, shard, out.slice(offset, part.num_rows), seconds))
             offset += part.num_rows
         return stats

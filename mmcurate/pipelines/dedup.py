@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from mmcurate.filters.image_hash import colour_distance, hex_to_uint64
+from mmcurate.filters.image_hash import COLOUR_GRID, colour_distance, hex_to_uint64
 from mmcurate.pipelines import hamming
 from mmcurate.pipelines.stage import GlobalStage, Parallel, decisions
 from mmcurate.schemas import columns as C
@@ -29,6 +29,7 @@ LOW_DETAIL_STD = 6.0  # luma std (0..255) of the 32x32 greyscale
 LOW_DETAIL_COLOUR = 12.0  # mean abs colour-grid difference allowed for low-detail matches
 MAX_COLOUR = 60.0  # for every match: a roughly similar colour layout (brightness shifts pass)
 PASSES_PER_TASK = 12
+COLOUR_BYTES = COLOUR_GRID * COLOUR_GRID * 3
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,12 @@ class Signals:
     dhash: np.ndarray  # uint64
     luma_std: np.ndarray  # float32
     colour: np.ndarray  # (n, 48) uint8
+
+    @classmethod
+    def from_columns(cls, phash: list[str], dhash: list[str], luma_std, colour: list[bytes]) -> "Signals":
+        """From the features stage's stored forms: hex hashes, floats and colour-grid bytes."""
+        grid = np.frombuffer(b"".join(colour), np.uint8).reshape(len(colour), COLOUR_BYTES)
+        return cls(hex_to_uint64(phash), hex_to_uint64(dhash), np.asarray(luma_std, np.float32), grid)
 
     def near(self, i: int | np.ndarray, j: np.ndarray, k: int, kd: int | None) -> tuple[np.ndarray, np.ndarray]:
         """Which (i, j) are near-duplicates, and their pHash distances.
@@ -142,11 +149,8 @@ def load_reference(path: str, exact: bool) -> tuple[list[str], Signals | None, n
             ids.append(str(p.relative_to(ref)))
         except Exception:  # not an image: a reference folder may hold READMEs and labels
             continue
-    sig = Signals(
-        hex_to_uint64([s.phash for s in sigs]),
-        hex_to_uint64([s.dhash for s in sigs]),
-        np.array([s.luma_std for s in sigs], np.float32),
-        np.frombuffer(b"".join(s.colour for s in sigs), np.uint8).reshape(len(sigs), -1),
+    sig = Signals.from_columns(
+        [s.phash for s in sigs], [s.dhash for s in sigs], [s.luma_std for s in sigs], [s.colour for s in sigs]
     )
     return ids, sig, sig.phash
 
@@ -162,8 +166,7 @@ class DedupStage(GlobalStage):
 
     @classmethod
     def enabled(cls, config: Config) -> bool:
-        d = config.dedup
-        return d.exact or d.phash.enabled or d.reference_path is not None
+        return config.dedup.active
 
     def config_sections(self) -> dict:
         d = self.config.dedup
@@ -187,11 +190,9 @@ class DedupStage(GlobalStage):
         n = rows.num_rows
         k = cfg.phash.max_distance
         uid = rows[C.UID].to_pylist()
-        sig = Signals(
-            hex_to_uint64(rows[C.PHASH].to_pylist()),
-            hex_to_uint64(rows[C.DHASH].to_pylist()),
-            rows[C.LUMA_STD].to_numpy(zero_copy_only=False).astype(np.float32),
-            np.frombuffer(b"".join(rows[C.COLOUR].to_pylist()), np.uint8).reshape(n, -1) if n else np.zeros((0, 48), np.uint8),
+        sig = Signals.from_columns(
+            rows[C.PHASH].to_pylist(), rows[C.DHASH].to_pylist(),
+            rows[C.LUMA_STD].to_numpy(zero_copy_only=False), rows[C.COLOUR].to_pylist(),
         )
         rank = self.rank(rows)
         status = [C.KEPT] * n

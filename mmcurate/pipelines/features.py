@@ -22,8 +22,7 @@ class FeaturesStage(Stage):
 
     @classmethod
     def enabled(cls, config: Config) -> bool:
-        d = config.dedup
-        return d.exact or d.phash.enabled or d.reference_path is not None
+        return config.dedup.active
 
     def config_sections(self) -> dict:
         return {"exact": self.config.dedup.phash.exact}

@@ -97,7 +97,6 @@ def serial(fn, items, shared):
     return [fn(shared, item) for item in items]
 
 
-
 def decisions(
     rows: pa.Table, status: list[str], reason: list[str | None], detail: list[str | None]
 ) -> dict[str, pa.Array]:

@@ -84,6 +84,11 @@ class DedupConfig(_Section):
     reference_path: str | None = None
     semantic: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
 
+    @property
+    def active(self) -> bool:
+        """Whether any deduplication runs (and so whether image features are computed)."""
+        return self.exact or self.phash.enabled or self.reference_path is not None
+
 
 class ClipConfig(_Section):
     enabled: bool = True
