@@ -37,7 +37,7 @@ def _image(i: int) -> bytes:
     return buf.getvalue()
 
 
-def _serve(n: int, port_queue: "mp.Queue", stop: "mp.Event") -> None:
+def _serve(n: int, port_queue: mp.Queue, stop: mp.Event) -> None:
     from mmcurate.demo.server import ImageServer, Route
 
     routes = {f"/img/{i}.jpg": Route(_image(i)) for i in range(n)}
@@ -68,6 +68,8 @@ def run_mmcurate(urls: Path, run_dir: Path, args) -> tuple[float, dict]:
         "input": {"path": str(urls), "shard_size": args.shard_size},
         "download": {"allow_networks": ["127.0.0.1/32"], "threads": args.threads, "retries": 0,
                      "image_size": args.image_size, "resize_mode": "keep_ratio"},
+        "dedup": {"exact": False, "phash": {"enabled": False}},
+        "clip": {"enabled": False},
         "export": {"formats": []},
     })
     start = time.perf_counter()

@@ -77,10 +77,12 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from mmcurate.demo import run_demo
+    from mmcurate.demo import run_demo, shapes
     from mmcurate.jobs.run import NoProgress
 
     progress = NoProgress() if args.quiet else LineProgress()
+    if not (shapes.cache_dir() / "mmcurate_card.json").exists() and not args.quiet:
+        print(f"training the demo's offline stand-in CLIP once (about a minute) into {shapes.cache_dir()}", flush=True)
     result = run_demo(args.run_dir, progress=progress, force=args.force)
     led = result.ledger
     print(f"run dir: {result.run_dir}")
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mmcurate: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001  (the command line is where errors become exit codes)
+    except Exception as err:
         log.debug("unhandled error", exc_info=True)
         print(f"mmcurate: error: {type(err).__name__}: {err} (run with -v for the traceback)", file=sys.stderr)
         return 1

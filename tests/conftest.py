@@ -121,3 +121,17 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
     cmd = [sys.executable, "-m", "mmcurate", *args]
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def shapes_clip(tmp_path_factory) -> tuple[Path, dict]:
+    """The offline stand-in CLIP (trained once per session, ~1.5 min on 2 cores) and its card.
+
+    Trained into a session cache that MMCURATE_CACHE points at, so `mmcurate demo` run by a
+    test as a subprocess finds the same model instead of training its own.
+    """
+    from mmcurate.demo import shapes
+
+    cache = tmp_path_factory.mktemp("mmcurate-cache")
+    os.environ["MMCURATE_CACHE"] = str(cache)
+    return shapes.ensure_model()

@@ -12,7 +12,7 @@ from tests.conftest import run_cli
 pytestmark = pytest.mark.slow
 
 
-def test_demo_end_to_end(tmp_path):
+def test_demo_end_to_end(tmp_path, shapes_clip):
     run_dir = tmp_path / "demo"
     proc = run_cli("demo", "--run-dir", str(run_dir), "--quiet")
     assert proc.returncode == 0, proc.stderr
@@ -23,7 +23,13 @@ def test_demo_end_to_end(tmp_path):
     reasons = {r["reason"] for r in ledger if r["status"] != "kept"}
     assert {"http_404", "http_500", "not_an_image", "image_too_large", "timeout", "redirect_loop",
             "robots_disallowed", "private_address", "unsupported_scheme", "missing_url",
-            "credentials_in_url", "malformed_row"} <= reasons
+            "credentials_in_url", "malformed_row", "low_clip_score", "near_duplicate"} <= reasons
+    # the photos captioned with another photo's caption are caught; the sample's photos pass
+    by_url = {r["url"].split("/img/")[-1]: r for r in ledger if "127.0.0.1" in (r["url"] or "") and "/img/" in r["url"]}
+    assert by_url["coffee-mirrored.jpg"]["reason"] == by_url["rocket-mirrored.jpg"]["reason"] == "low_clip_score"
+    assert by_url["astronaut.jpg"]["status"] == by_url["chelsea.jpg"]["status"] == "kept"
+    shape_rows = [r for r in ledger if "/shapes/" in (r["url"] or "")]
+    assert sum(r["reason"] == "low_clip_score" for r in shape_rows) >= len(shape_rows) // 3 - 2
     kept = [r for r in ledger if r["status"] == "kept"]
     assert len(kept) >= 60
     assert list((run_dir / "shards" / "webdataset").glob("*.tar"))

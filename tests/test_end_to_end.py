@@ -25,7 +25,7 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def finished_run(server, tmp_path_factory):
+def finished_run(server, tmp_path_factory, shapes_clip):
     tmp = tmp_path_factory.mktemp("e2e")
     lines = [{"url": server.url(f"/img/{i}.jpg"), "caption": f"picture number {i}"} for i in range(N_IMAGES)]
     for k in range(5):  # every failure route, five times over
@@ -37,6 +37,8 @@ def finished_run(server, tmp_path_factory):
         "download": {"allow_networks": ["127.0.0.1/32"], "timeout_s": 1, "retries": 0, "image_size": 64},
         # the failure routes repeat the same images on purpose: this test is about download outcomes
         "dedup": {"exact": False, "phash": {"enabled": False}},
+        # scored by the offline stand-in CLIP, no threshold: every kept image passes through it
+        "clip": {"model": f"local-dir:{shapes_clip[0]}", "min_score": None, "batch_size": 64},
     }
     (tmp / "config.yaml").write_text(yaml.safe_dump(config))
     proc = run_cli("run", str(tmp / "config.yaml"), "--run-dir", str(tmp / "run"), "--quiet")

@@ -2,7 +2,10 @@
 
 The sample holds distinct images (photos and crops of them, as JPEG, PNG and WebP),
 near-duplicates (re-encoded, resized copies), redirects, broken links of every kind and rows
-that cannot be used at all, so every part of the ledger has something to show.
+that cannot be used at all, so every part of the ledger has something to show. A shapes subset
+(coloured shapes, a third of them with wrong captions) and two photos with another photo's
+caption give the CLIP stage something to find; it scores them with the offline stand-in CLIP
+of `mmcurate.demo.shapes`, which knows shapes and these photos and nothing else.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ PHOTOS = {
     "phantom.png": "a medical imaging test phantom",
 }
 NEAR_DUPLICATES = 8  # the first photos also appear as re-encoded, slightly resized copies
+SHAPES = 36  # shape pictures in the sample; every third has a wrong caption
+MISCAPTIONED = {"coffee.png": "chelsea.png", "rocket.jpg": "moon.png"}  # photo -> photo whose caption it gets
 
 
 def _photo_dir() -> Path:
@@ -119,6 +124,14 @@ def build_sample(server: ImageServer) -> list[dict]:
         if i < 3:
             server.routes[f"/go/{stem}"] = Route(b"", 302, "text/plain", {"Location": f"/img/{stem}.jpg"})
             rows.append({"url": server.url(f"/go/{stem}"), "caption": f"{caption} (via a redirect)"})
+    rows += _shape_rows(server)
+    for name, other in MISCAPTIONED.items():
+        if (folder / name).exists() and (folder / other).exists():
+            with Image.open(folder / name) as im:
+                img = im.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)  # not a duplicate
+            img.thumbnail((480, 480))
+            server.routes[f"/img/{Path(name).stem}-mirrored.jpg"] = Route(_encode(img, "JPEG"))
+            rows.append({"url": server.url(f"/img/{Path(name).stem}-mirrored.jpg"), "caption": PHOTOS[other]})
     server.routes["/error.jpg"] = Route(b"oops", 500, "text/plain")
     server.routes["/page.jpg"] = Route(b"<html><body>not an image</body></html>", content_type="image/jpeg")
     server.routes["/bomb.png"] = Route(bomb_png(), content_type="image/png")
@@ -142,6 +155,21 @@ def build_sample(server: ImageServer) -> list[dict]:
     return rows
 
 
+def _shape_rows(server: ImageServer) -> list[dict]:
+    """Coloured shapes; every third captioned wrongly (another colour or shape)."""
+    import numpy as np
+
+    from mmcurate.demo import shapes
+
+    rng = np.random.default_rng(7)
+    rows = []
+    for i, pair in enumerate(shapes.pairs(SHAPES, seed=2024, size=96)):
+        server.routes[f"/shapes/{i}.png"] = Route(shapes.png(pair.image), content_type="image/png")
+        text = shapes.wrong_caption(pair, rng) if i % 3 == 2 else pair.caption
+        rows.append({"url": server.url(f"/shapes/{i}.png"), "caption": text})
+    return rows
+
+
 def write_inputs(rows: list[dict], folder: Path) -> str:
     """Write the sample as a CSV plus a JSONL with a malformed line; return the input glob."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -158,23 +186,27 @@ def write_inputs(rows: list[dict], folder: Path) -> str:
     return str(folder / "urls.*")
 
 
-def demo_config(input_glob: str) -> dict:
-    """The default pipeline, allowed to reach the loopback server and nothing else private."""
+def demo_config(input_glob: str, clip_dir: str | Path, clip_threshold: float) -> dict:
+    """The default pipeline, allowed to reach the loopback server and nothing else private,
+    with the offline stand-in CLIP in place of ViT-B-32 (no model hub here)."""
     return {
         "input": {"path": input_glob, "shard_size": 25},
         "download": {"allow_networks": ["127.0.0.1/32"], "timeout_s": 2, "retries": 1, "threads": 16},
+        "clip": {"model": f"local-dir:{clip_dir}", "min_score": clip_threshold, "batch_size": 64},
     }
 
 
 def run_demo(run_dir: str | Path, progress=None, force: bool = True):
     """Serve the sample on loopback, run the default pipeline on it, return the RunResult."""
+    from mmcurate.demo import shapes
     from mmcurate.jobs.run import run
     from mmcurate.schemas.config import config_from_dict
 
     run_dir = Path(run_dir)
+    clip_dir, card = shapes.ensure_model()
     with ImageServer() as server:
         rows = build_sample(server)
         input_glob = write_inputs(rows, run_dir / "demo-input")
-        config = config_from_dict(demo_config(input_glob), source="demo")
+        config = config_from_dict(demo_config(input_glob, clip_dir, card["threshold"]), source="demo")
         # each demo serves on a new port, so its URLs (the input) change: start over when they do
         return run(config, run_dir, progress=progress, force=force)

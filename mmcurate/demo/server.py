@@ -43,7 +43,7 @@ class ImageServer:
             def log_message(self, *args) -> None:  # keep test and demo output clean
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 with server._lock:
                     server.requests[path] += 1
@@ -78,7 +78,7 @@ class ImageServer:
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
 
-    def start(self) -> "ImageServer":
+    def start(self) -> ImageServer:
         self._thread.start()
         return self
 
@@ -86,7 +86,7 @@ class ImageServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def __enter__(self) -> "ImageServer":
+    def __enter__(self) -> ImageServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

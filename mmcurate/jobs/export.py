@@ -34,8 +34,11 @@ def sample_key(row: int) -> str:
 def kept_samples(run_dir: RunDir, shard: int, stages: Sequence[Stage]) -> pa.Table:
     """The kept samples of one shard with their data columns and every score as a column."""
     rows = alive_rows(run_dir, shard, stages)
-    # internal signals (e.g. dedup's colour grid) stay out of exports; the image is the only bytes
-    rows = rows.drop_columns([f.name for f in rows.schema if pa.types.is_binary(f.type) and f.name != C.IMAGE])
+    # internal signals (dedup's colour grid, CLIP embeddings) stay out of exports: the image is
+    # the only bytes; embeddings stay in stages/clip_embed/ for whoever wants them
+    internal = [f.name for f in rows.schema
+                if (pa.types.is_binary(f.type) and f.name != C.IMAGE) or pa.types.is_list(f.type)]
+    rows = rows.drop_columns(internal)
     ledger = ledger_shard(run_dir, shard, stages)
     ledger = ledger.filter(pc.equal(ledger[C.STATUS], C.KEPT))
     if ledger.num_rows != rows.num_rows:

@@ -6,8 +6,9 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Protocol
@@ -20,12 +21,15 @@ from mmcurate.jobs.ledger import build_ledger
 from mmcurate.jobs.report import write_report
 from mmcurate.jobs.rundir import INGEST, RunDir, RunLock
 from mmcurate.pipelines import PLANNED_SECTIONS, build_stages, ingest
-from mmcurate.pipelines.stage import GlobalStage, Resources, Stage
+from mmcurate.pipelines.stage import Cluster, GlobalStage, Resources, Stage
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import Config
 
 log = logging.getLogger(__name__)
 PACKAGES = ("mmcurate", "ray", "pyarrow", "polars", "img2dataset", "pillow", "opencv-python-headless", "torch", "open_clip_torch")
+
+
+ResourcesFor = Callable[[Cluster], Resources]  # a stage's needs, decided once Ray says what is there
 
 
 class Progress(Protocol):
@@ -51,7 +55,7 @@ class RunResult:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _versions() -> dict[str, str | None]:
@@ -143,7 +147,7 @@ class Job:
             self._ray_started = executor.start(self.address)
             self._ray_ready = True
 
-    def _map(self, name: str, task, shards: list[int], resources: Resources, total: int) -> None:
+    def _map(self, name: str, task, shards: list[int], resources: ResourcesFor, total: int) -> None:
         from mmcurate.pipelines import executor
 
         self.progress.begin(name, total, total - len(shards))
@@ -152,7 +156,8 @@ class Job:
                 self.progress.advance(name, stats)
         elif shards:
             self._ensure_ray()
-            executor.map_shards(task, shards, resources, lambda stats: self.progress.advance(name, stats))
+            need = resources(executor.cluster())
+            executor.map_shards(task, shards, need, lambda stats: self.progress.advance(name, stats))
         self.progress.end(name)
 
     # ------------------------------------------------------------------ steps
@@ -215,7 +220,7 @@ class Job:
                 shutil.rmtree(self.run_dir.shards / name.removeprefix("export-"), ignore_errors=True)
         atomic.write_json(meta, {"stage": name, "fingerprint": fingerprint})
 
-    def _run_stage(self, name: str, task, resources: Resources, fingerprint: str, shards: int) -> dict:
+    def _run_stage(self, name: str, task, resources: ResourcesFor, fingerprint: str, shards: int) -> dict:
         self._prepare_stage(name, fingerprint)
         pending = [s for s in range(shards) if not self.run_dir.is_done(name, s)]
         start = time.perf_counter()
@@ -255,7 +260,11 @@ class Job:
                 log.info("removed %d temp files a killed run left behind", stale)
             self._save(manifest)
             try:
-                done = self._ingest(manifest)
+                done = self._ingest(manifest)  # checks the input (cheap) before models are fetched
+                for stage in self.stages:  # find models and check them before any image moves
+                    model = stage.prepare()
+                    if model:
+                        manifest["models"][stage.name] = model
                 manifest["input"] = {k: done[k] for k in ("files", "input_fingerprint", "rows", "shards")}
                 manifest["stages"][INGEST] = {
                     "status": "done",
@@ -274,7 +283,7 @@ class Job:
                         task = GlobalTask(self, stage, list(upstream))
                     else:
                         task = ShardTask(str(self.run_dir.root), stage, list(upstream))
-                    manifest["stages"][stage.name] = self._run_stage(stage.name, task, stage.resources(), chain, shards)
+                    manifest["stages"][stage.name] = self._run_stage(stage.name, task, stage.resources, chain, shards)
                     self._save(manifest)
                     upstream.append(stage)
                 for section in PLANNED_SECTIONS:
@@ -288,7 +297,7 @@ class Job:
                         continue
                     name = f"export-{fmt}"
                     task = ExportTask(str(self.run_dir.root), list(self.stages), fmt)
-                    info = self._run_stage(name, task, Resources(num_cpus=1), f"{chain}:{fmt}", shards)
+                    info = self._run_stage(name, task, lambda cluster: Resources(num_cpus=1), f"{chain}:{fmt}", shards)
                     exports[fmt] = {"status": "done", "rows": info[C.KEPT], "path": str(self.run_dir.shards / fmt)}
                 manifest["exports"] = exports
                 manifest["status"] = "finished"

@@ -23,7 +23,7 @@ class RunDir:
     root: Path
 
     @classmethod
-    def at(cls, path: str | Path) -> "RunDir":
+    def at(cls, path: str | Path) -> RunDir:
         return cls(Path(path).resolve())
 
     @property
@@ -89,7 +89,7 @@ class RunLock:
         self.path = run_dir.root / ".lock"
         self._fd: int | None = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from mmcurate.pipelines.clip import ClipEmbedStage, ClipFilterStage
 from mmcurate.pipelines.dedup import DedupStage
 from mmcurate.pipelines.download import DownloadStage
 from mmcurate.pipelines.features import FeaturesStage
+from mmcurate.pipelines.semantic_dedup import SemanticDedupStage
 from mmcurate.pipelines.stage import Stage
 from mmcurate.schemas.config import Config
 
-# Stages after ingest, in pipeline order. Later stages (clip, safety, privacy, synthesis)
-# join this list as they land.
-STAGE_CLASSES: list[type[Stage]] = [DownloadStage, FeaturesStage, DedupStage]
+# Stages after ingest, in pipeline order. Later stages (safety, privacy, synthesis) join this
+# list as they land.
+STAGE_CLASSES: list[type[Stage]] = [
+    DownloadStage,
+    FeaturesStage,
+    DedupStage,
+    ClipEmbedStage,
+    ClipFilterStage,
+    SemanticDedupStage,
+]
 
 # Config sections whose stages have not landed yet: a run records them as unavailable.
-PLANNED_SECTIONS = ("clip", "safety", "privacy", "quality", "synthesis")
+PLANNED_SECTIONS = ("safety", "privacy", "quality", "synthesis")
 
 
 def build_stages(config: Config) -> list[Stage]:

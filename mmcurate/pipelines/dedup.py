@@ -42,7 +42,7 @@ class Signals:
     colour: np.ndarray  # (n, 48) uint8
 
     @classmethod
-    def from_columns(cls, phash: list[str], dhash: list[str], luma_std, colour: list[bytes]) -> "Signals":
+    def from_columns(cls, phash: list[str], dhash: list[str], luma_std, colour: list[bytes]) -> Signals:
         """From the features stage's stored forms: hex hashes, floats and colour-grid bytes."""
         grid = np.frombuffer(b"".join(colour), np.uint8).reshape(len(colour), COLOUR_BYTES)
         return cls(hex_to_uint64(phash), hex_to_uint64(dhash), np.asarray(luma_std, np.float32), grid)

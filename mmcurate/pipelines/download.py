@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from mmcurate.pipelines.fetch import Fetcher, FetchError
 from mmcurate.pipelines.netguard import NetworkPolicy, guarded_opener
-from mmcurate.pipelines.stage import Resources, Stage, decisions
+from mmcurate.pipelines.stage import Cluster, Resources, Stage, decisions
 from mmcurate.schemas import columns as C
 
 # img2dataset's resizer reports failures as text; these are the ones with a ledger reason of their own
@@ -48,7 +48,7 @@ class DownloadStage(Stage):
         # timeouts, retries and thread counts change how, not what: resuming with new ones is fine
         return d.model_dump(mode="json", exclude={"timeout_s", "retries", "threads"})
 
-    def resources(self) -> Resources:
+    def resources(self, cluster: Cluster) -> Resources:
         return Resources(num_cpus=1)
 
     def setup(self) -> None:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from mmcurate.pipelines.stage import Resources
+from mmcurate.pipelines.stage import Cluster, Resources
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,17 @@ def start(address: str | None = None) -> bool:
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     return started
+
+
+def cluster() -> Cluster:
+    """The CPUs and GPUs of the cluster Ray is connected to."""
+    import ray
+
+    total = ray.cluster_resources()
+    node_cpus = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    return Cluster(
+        cpus=int(total.get("CPU", 1)), gpus=int(total.get("GPU", 0)), node_cpus=int(max(node_cpus, default=1)) or 1
+    )
 
 
 def stop() -> None:

@@ -32,7 +32,7 @@ class NetworkPolicy:
     allow_networks: tuple[IPNetwork, ...] = field(default_factory=tuple)
 
     @classmethod
-    def from_config(cls, allow_private_networks: bool, allow_networks: list[str]) -> "NetworkPolicy":
+    def from_config(cls, allow_private_networks: bool, allow_networks: list[str]) -> NetworkPolicy:
         """Build the policy from `download.allow_private_networks` and `download.allow_networks`."""
         nets = tuple(ipaddress.ip_network(c, strict=False) for c in allow_networks)
         return cls(allow_private_networks, nets)

@@ -29,6 +29,15 @@ class Resources:
     actors: int = 0
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """What the cluster a run uses offers: total CPUs and GPUs, and CPUs of its largest node."""
+
+    cpus: int = 1
+    gpus: int = 0
+    node_cpus: int = 1
+
+
 class Stage:
     """Base class of per-shard stages; subclasses set the class attributes and `process`."""
 
@@ -48,6 +57,14 @@ class Stage:
         """Whether this stage runs under `config`."""
         return True
 
+    def prepare(self) -> dict:
+        """Driver-side checks before any worker starts (find and hash model weights).
+
+        Returns what the manifest records about the stage's models ({} when it has none);
+        raises ConfigError when the configuration cannot work.
+        """
+        return {}
+
     def config_sections(self) -> dict:
         """The configuration this stage's output depends on (its part of the fingerprint)."""
         return {}
@@ -57,8 +74,8 @@ class Stage:
         data = {"stage": self.name, "version": self.version, "config": self.config_sections(), "up": upstream}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
-    def resources(self) -> Resources:
-        """What one worker needs."""
+    def resources(self, cluster: Cluster) -> Resources:
+        """What one worker needs, on `cluster`."""
         return Resources()
 
     def setup(self) -> None:

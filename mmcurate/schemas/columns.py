@@ -42,6 +42,14 @@ COLOUR = "colour"  # 4x4 RGB thumbnail, 48 bytes: confirms matches of low-detail
 DUP_OF = "dup_of"  # uid of the kept sample (or reference) this row duplicates
 DUP_DISTANCE = "dup_distance"  # pHash Hamming distance to it
 
+# CLIP
+CLIP_SCORE = "clip_score"  # cosine similarity of the image and caption embeddings
+CLIP_MODEL = "clip_model"  # the model that scored the row and its weights' sha256
+CLIP_EMBEDDING = "clip_image_embedding"  # normalised image embedding, float16
+CLIP_THRESHOLD = "clip_threshold"  # the score a row needed (fixed, or the run's percentile)
+SEMANTIC_DUP_OF = "semantic_dup_of"  # uid of the kept sample whose image embedding this row matches
+SEMANTIC_SIMILARITY = "semantic_similarity"  # cosine similarity of the two image embeddings
+
 IDENTITY_FIELDS = [
     pa.field(UID, pa.string(), nullable=False),
     pa.field(ROW, pa.int64(), nullable=False),
@@ -91,6 +99,24 @@ FEATURES_SCHEMA = pa.schema(
 
 DEDUP_SCHEMA = pa.schema(
     IDENTITY_FIELDS + DECISION_FIELDS + [pa.field(DUP_OF, pa.string()), pa.field(DUP_DISTANCE, pa.int16())]
+)
+
+CLIP_EMBED_SCHEMA = pa.schema(
+    IDENTITY_FIELDS
+    + DECISION_FIELDS
+    + [
+        pa.field(CLIP_SCORE, pa.float32()),
+        pa.field(CLIP_MODEL, pa.string()),
+        pa.field(CLIP_EMBEDDING, pa.list_(pa.float16())),
+    ]
+)
+
+CLIP_SCHEMA = pa.schema(IDENTITY_FIELDS + DECISION_FIELDS + [pa.field(CLIP_THRESHOLD, pa.float32())])
+
+SEMANTIC_DEDUP_SCHEMA = pa.schema(
+    IDENTITY_FIELDS
+    + DECISION_FIELDS
+    + [pa.field(SEMANTIC_DUP_OF, pa.string()), pa.field(SEMANTIC_SIMILARITY, pa.float32())]
 )
 
 LEDGER_BASE_FIELDS = [

@@ -99,11 +99,14 @@ class ClipConfig(_Section):
     batch_size: int = Field(256, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
-    @model_validator(mode="after")
-    def _one_threshold(self) -> "ClipConfig":
-        if self.min_percentile is not None and "min_score" in self.model_fields_set:
-            raise ValueError("set either min_score or min_percentile, not both")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _one_threshold(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("min_percentile") is not None:
+            if data.get("min_score") is not None:
+                raise ValueError("set either min_score or min_percentile, not both")
+            data = {**data, "min_score": None}  # the default threshold gives way to the percentile
+        return data
 
 
 class ToxicityConfig(_Section):
@@ -257,7 +260,7 @@ def config_from_dict(data: Any, overrides: list[str] = (), source: str = "<confi
         _set_dotted(data, key, value)
         overridden.add(tuple(key.split(".")))
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as err:
         lines = _key_lines(text)
         first = err.errors()[0]
@@ -282,6 +285,14 @@ def config_from_dict(data: Any, overrides: list[str] = (), source: str = "<confi
                 msg += f" (got {first['input']!r})"
         more = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
         raise ConfigError(f"{where}: {key}: {msg}{more}") from None
+    _cross_checks(config, source)
+    return config
+
+
+def _cross_checks(config: Config, source: str) -> None:
+    """Rules that span sections."""
+    if config.dedup.semantic.enabled and not config.clip.enabled:
+        raise ConfigError(f"{source}: dedup.semantic.enabled: needs clip.enabled (it compares CLIP image embeddings)")
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:

@@ -70,6 +70,7 @@ def test_sigkill_mid_download_then_resume(tmp_path):
         config = {
             "input": {"path": str(tmp_path / "urls.jsonl"), "shard_size": SHARD},
             "download": {"allow_networks": ["127.0.0.1/32"], "threads": 4, "retries": 0, "image_size": 48},
+            "clip": {"enabled": False},
         }
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
 

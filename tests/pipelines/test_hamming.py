@@ -43,6 +43,6 @@ def test_identical_hashes_and_components():
 
 def test_plan_keeps_every_pair_reachable():
     for n in (10, 10_000, 10_000_000):
-        for k in range(0, 11):
+        for k in range(11):
             plan = hamming.plan(n, k)
             assert sum(plan.widths) == 64 and len(plan.widths) - plan.need <= k or k == 0

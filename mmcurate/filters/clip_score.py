@@ -1,0 +1,201 @@
+"""CLIP image-text alignment: open_clip towers, cosine similarity, image embeddings. No Ray here.
+
+Models load the way open_clip users load them: `model` is a built-in architecture name
+(`ViT-B-32`), `hf-hub:org/repo` or `local-dir:/path` (a folder with `open_clip_config.json` and
+the weights); `pretrained` is an open_clip tag (downloaded where a hub is reachable) or a local
+checkpoint file, and is ignored for the `hf-hub:`/`local-dir:` forms, as in open_clip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a CLIP's weights come from, resolved: what the manifest and ledger record."""
+
+    model: str
+    pretrained: str | None
+    path: str | None  # the weights file, when there is one
+    sha256: str | None
+
+    @property
+    def label(self) -> str:
+        """`model[@pretrained] sha256:<first 12>`: one string per row in the ledger (dictionary-encoded)."""
+        name = self.model + (f"@{self.pretrained}" if self.pretrained else "")
+        return f"{name} sha256:{self.sha256[:12]}" if self.sha256 else f"{name} (random init)"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class WeightsError(ValueError):
+    """The configured model or weights cannot be found or fetched; `key` names the config key."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def resolve_weights(model: str, pretrained: str | None) -> Weights:
+    """Find (downloading a tag where a hub is reachable) the weights file and hash it."""
+    import open_clip
+    from open_clip.factory import _find_checkpoint_in_dir
+
+    if model.startswith(LOCAL_DIR):
+        folder = Path(model[len(LOCAL_DIR) :]).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise WeightsError("clip.model", f"{folder} is not an open_clip folder (no open_clip_config.json in it)")
+        path = _find_checkpoint_in_dir(folder)
+        if path is None:
+            raise WeightsError("clip.model", f"{folder} holds no weights (*.safetensors, *.bin or *.pth)")
+        return Weights(model, None, path, file_sha256(path))
+    if model.startswith(HF_HUB):
+        from open_clip.pretrained import download_pretrained_from_hf
+
+        try:
+            path = download_pretrained_from_hf(model[len(HF_HUB) :])
+        except Exception as err:
+            raise WeightsError("clip.model", f"cannot fetch {model} ({type(err).__name__}: {err}); "
+                               "with no hub, save the model to a folder and use local-dir:/path") from None
+        return Weights(model, None, path, file_sha256(path))
+    if model.replace("/", "-") not in open_clip.list_models():
+        raise WeightsError("clip.model", f"{model!r} is not an open_clip architecture (see open_clip.list_models()), "
+                           "nor hf-hub:org/repo or local-dir:/path")
+    if pretrained is None:
+        return Weights(model, None, None, None)
+    local = Path(pretrained).expanduser()
+    if local.is_file():
+        return Weights(model, pretrained, str(local), file_sha256(local))
+    cfg = open_clip.get_pretrained_cfg(model.replace("/", "-"), pretrained)
+    if not cfg:
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(model.replace("/", "-"))) or "none"
+        raise WeightsError("clip.pretrained", f"{pretrained!r} is neither a file nor a tag of {model} (tags: {known})")
+    try:
+        path = open_clip.download_pretrained(cfg)
+    except Exception as err:
+        raise WeightsError("clip.pretrained", f"cannot download {model}@{pretrained} ({type(err).__name__}: {err}); "
+                           "with no hub, give a local checkpoint file or a local-dir: model") from None
+    if not path:
+        raise WeightsError("clip.pretrained", f"open_clip has no download for {model}@{pretrained}")
+    return Weights(model, pretrained, path, file_sha256(path))
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("clip.device is cuda but this worker has no CUDA device")
+    return device
+
+
+class ClipScorer:
+    """Scores image-caption pairs: cosine similarity of the two towers' normalised embeddings.
+
+    Decoding and preprocessing run in a thread pool one batch ahead of the model, so the towers
+    (which release the GIL) are not kept waiting on PIL. On CUDA the towers run under autocast
+    (bf16 where supported, else fp16); on CPU in fp32.
+    """
+
+    def __init__(self, weights: Weights, device: str = "auto", batch_size: int = 256, decode_threads: int = 4):
+        self.weights = weights
+        self.device_setting = device
+        self.batch_size = batch_size
+        self.decode_threads = decode_threads
+        self.model = None
+
+    def load(self) -> None:
+        import open_clip
+        import torch
+
+        self.device = pick_device(self.device_setting)
+        w = self.weights
+        schema = w.model.startswith((LOCAL_DIR, HF_HUB))
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            w.model, pretrained=None if schema else w.pretrained, device=self.device
+        )
+        model.eval()
+        self.model, self.preprocess = model, preprocess
+        self.tokenizer = open_clip.get_tokenizer(w.model)
+        if self.device == "cuda":
+            self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="clip-decode")
+        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="clip-prefetch")  # waits on _pool, never in it
+
+    def _decode(self, data: bytes):
+        """(tensor, None) or (None, error text) for one image."""
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return self.preprocess(im.convert("RGB")), None
+        except Exception as err:  # stored bytes that do not decode: a ledger reason, not a crash
+            return None, f"{type(err).__name__}: {err}"
+
+    def _prepare(self, images: list[bytes]):
+        return list(self._pool.map(self._decode, images))
+
+    def encode(self, tensors: list, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised image embeddings and per-pair cosine scores for ready tensors."""
+        import contextlib
+
+        import torch
+
+        with torch.inference_mode():
+            x = torch.stack(tensors).to(self.device, non_blocking=True)
+            t = self.tokenizer(captions).to(self.device, non_blocking=True)
+            ctx = (torch.autocast("cuda", dtype=self.autocast_dtype) if self.device == "cuda"
+                   else contextlib.nullcontext())
+            with ctx:
+                img = self.model.encode_image(x)
+                txt = self.model.encode_text(t)
+            img = torch.nn.functional.normalize(img.float(), dim=-1)
+            txt = torch.nn.functional.normalize(txt.float(), dim=-1)
+            scores = (img * txt).sum(-1)
+        return img.cpu().numpy(), scores.cpu().numpy()
+
+    def score(self, images: list[bytes], captions: list[str]):
+        """(scores float32, image embeddings float32 (n, d) or None rows, errors) for each pair."""
+        if self.model is None:
+            self.load()
+        n = len(images)
+        scores = np.full(n, np.nan, np.float32)
+        embeddings: list[np.ndarray | None] = [None] * n
+        errors: list[str | None] = [None] * n
+        starts = list(range(0, n, self.batch_size))
+        ahead = self._ahead.submit(self._prepare, images[: self.batch_size]) if starts else None
+        for b, start in enumerate(starts):
+            prepared = ahead.result()
+            if b + 1 < len(starts):  # decode the next batch while the towers run on this one
+                nxt = starts[b + 1]
+                ahead = self._ahead.submit(self._prepare, images[nxt : nxt + self.batch_size])
+            ok = [i for i, (tensor, _) in enumerate(prepared) if tensor is not None]
+            for i, (_, err) in enumerate(prepared):
+                errors[start + i] = err
+            if not ok:
+                continue
+            emb, s = self.encode([prepared[i][0] for i in ok], [captions[start + i] for i in ok])
+            for j, i in enumerate(ok):
+                scores[start + i] = s[j]
+                embeddings[start + i] = emb[j]
+        return scores, embeddings, errors
