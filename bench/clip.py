@@ -31,7 +31,7 @@ def make_shard(path: Path, n: int, seed: int = 0) -> None:
     photos, captions = load_photos(), list(PHOTOS.values())
     rng = np.random.default_rng(seed)
     images, texts = [], []
-    for i in range(n):
+    for _ in range(n):
         k = int(rng.integers(len(photos)))
         img = random_crop(photos[k], rng, 0.5)
         img.thumbnail((512, 512))

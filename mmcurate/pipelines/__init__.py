@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from mmcurate.pipelines.clip import ClipEmbedStage, ClipFilterStage
+from mmcurate.pipelines.clip_quality import ClipHeadsStage, ImageBasedStage
 from mmcurate.pipelines.dedup import DedupStage
 from mmcurate.pipelines.download import DownloadStage
 from mmcurate.pipelines.features import FeaturesStage
+from mmcurate.pipelines.quality import QualityStage
 from mmcurate.pipelines.semantic_dedup import SemanticDedupStage
 from mmcurate.pipelines.stage import Stage
 from mmcurate.schemas.config import Config
@@ -14,15 +16,18 @@ from mmcurate.schemas.config import Config
 # list as they land.
 STAGE_CLASSES: list[type[Stage]] = [
     DownloadStage,
+    QualityStage,
     FeaturesStage,
     DedupStage,
     ClipEmbedStage,
     ClipFilterStage,
     SemanticDedupStage,
+    ImageBasedStage,
+    ClipHeadsStage,
 ]
 
 # Config sections whose stages have not landed yet: a run records them as unavailable.
-PLANNED_SECTIONS = ("safety", "privacy", "quality", "synthesis")
+PLANNED_SECTIONS = ("safety", "privacy", "synthesis")
 
 
 def build_stages(config: Config) -> list[Stage]:

@@ -50,6 +50,18 @@ CLIP_THRESHOLD = "clip_threshold"  # the score a row needed (fixed, or the run's
 SEMANTIC_DUP_OF = "semantic_dup_of"  # uid of the kept sample whose image embedding this row matches
 SEMANTIC_SIMILARITY = "semantic_similarity"  # cosine similarity of the two image embeddings
 
+# caption and image quality
+CAPTION_WORDS = "caption_words"
+CAPTION_CHARS = "caption_chars"
+CAPTION_DIGIT_FRACTION = "caption_digit_fraction"
+CAPTION_ALPHA_FRACTION = "caption_alpha_fraction"
+CAPTION_TOP_WORD_FRACTION = "caption_top_word_fraction"
+LANGUAGE = "language"  # ISO 639-1 code of the caption's most likely language
+LANGUAGE_CONFIDENCE = "language_confidence"
+IMAGE_CLUSTER = "image_cluster"  # nearest k-means centre of the pool's CLIP image embeddings
+AESTHETIC = "aesthetic_score"
+WATERMARK = "watermark_score"
+
 IDENTITY_FIELDS = [
     pa.field(UID, pa.string(), nullable=False),
     pa.field(ROW, pa.int64(), nullable=False),
@@ -117,6 +129,26 @@ SEMANTIC_DEDUP_SCHEMA = pa.schema(
     IDENTITY_FIELDS
     + DECISION_FIELDS
     + [pa.field(SEMANTIC_DUP_OF, pa.string()), pa.field(SEMANTIC_SIMILARITY, pa.float32())]
+)
+
+QUALITY_SCHEMA = pa.schema(
+    IDENTITY_FIELDS
+    + DECISION_FIELDS
+    + [
+        pa.field(CAPTION_WORDS, pa.int32()),
+        pa.field(CAPTION_CHARS, pa.int32()),
+        pa.field(CAPTION_DIGIT_FRACTION, pa.float32()),
+        pa.field(CAPTION_ALPHA_FRACTION, pa.float32()),
+        pa.field(CAPTION_TOP_WORD_FRACTION, pa.float32()),
+        pa.field(LANGUAGE, pa.string()),
+        pa.field(LANGUAGE_CONFIDENCE, pa.float32()),
+    ]
+)
+
+IMAGE_BASED_SCHEMA = pa.schema(IDENTITY_FIELDS + DECISION_FIELDS + [pa.field(IMAGE_CLUSTER, pa.int32())])
+
+CLIP_HEADS_SCHEMA = pa.schema(
+    IDENTITY_FIELDS + DECISION_FIELDS + [pa.field(AESTHETIC, pa.float32()), pa.field(WATERMARK, pa.float32())]
 )
 
 LEDGER_BASE_FIELDS = [

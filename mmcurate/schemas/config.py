@@ -150,8 +150,46 @@ class BasicQualityConfig(_Section):
     max_aspect: float = Field(3.0, gt=0)
 
 
+class LanguageConfig(_Section):
+    """How caption language is identified (used by quality.basic.languages)."""
+
+    accuracy: Literal["high", "low"] = "high"  # lingua's modes: high ~1.2 GB per worker, low ~0.1 GB
+    min_confidence: float = Field(0.0, ge=0, le=1)  # below this the caption's language counts as unknown
+
+
+class TextQualityConfig(_Section):
+    enabled: bool = False
+    max_digit_fraction: float = Field(0.5, ge=0, le=1)  # of non-space characters
+    max_repeat_fraction: float = Field(0.5, gt=0, le=1)  # share of words taken by the most repeated word
+    min_words_for_repeat: int = Field(4, ge=2)  # shorter captions are not judged for repetition
+
+
+class ImageBasedConfig(_Section):
+    enabled: bool = False
+    reference_path: str | None = None  # parquet of embeddings (clip_image_embedding) or a folder of images
+    clusters: int | None = Field(None, ge=2)  # k-means centres fitted on the pool; null: pool rows / 128
+
+
+class HeadConfig(_Section):
+    enabled: bool = False
+    weights: str | None = None  # a torch state dict: LAION's aesthetic MLP, or a linear probe
+
+
+class AestheticConfig(HeadConfig):
+    min_score: float = 5.0  # LAION's predictor scores 1-10; LAION-Aesthetics used 4.5, 5 and 6
+
+
+class WatermarkConfig(HeadConfig):
+    max_score: float = Field(0.5, ge=0, le=1)  # probability of a watermark; LAION-5B flagged 0.8
+
+
 class QualityConfig(_Section):
     basic: BasicQualityConfig = Field(default_factory=BasicQualityConfig)
+    language: LanguageConfig = Field(default_factory=LanguageConfig)
+    text: TextQualityConfig = Field(default_factory=TextQualityConfig)
+    image_based: ImageBasedConfig = Field(default_factory=ImageBasedConfig)
+    aesthetic: AestheticConfig = Field(default_factory=AestheticConfig)
+    watermark: WatermarkConfig = Field(default_factory=WatermarkConfig)
 
 
 class SynthesisConfig(_Section):
@@ -293,6 +331,16 @@ def _cross_checks(config: Config, source: str) -> None:
     """Rules that span sections."""
     if config.dedup.semantic.enabled and not config.clip.enabled:
         raise ConfigError(f"{source}: dedup.semantic.enabled: needs clip.enabled (it compares CLIP image embeddings)")
+    q = config.quality
+    for key, part in (("image_based", q.image_based), ("aesthetic", q.aesthetic), ("watermark", q.watermark)):
+        if part.enabled and not config.clip.enabled:
+            raise ConfigError(f"{source}: quality.{key}.enabled: needs clip.enabled (it uses CLIP image embeddings)")
+    if q.image_based.enabled and not q.image_based.reference_path:
+        raise ConfigError(f"{source}: quality.image_based.reference_path: required when quality.image_based is enabled")
+    for key, part in (("aesthetic", q.aesthetic), ("watermark", q.watermark)):
+        if part.enabled and not part.weights:
+            raise ConfigError(f"{source}: quality.{key}.weights: required when quality.{key} is enabled "
+                              "(the weights are downloads; give a local path)")
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:

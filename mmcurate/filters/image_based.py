@@ -1,0 +1,59 @@
+"""DataComp's image-based filtering: keep the pool's samples that fall where a target task's images do.
+
+As DataComp did it: fit k-means on the pool's CLIP image embeddings, find each reference image's
+(the target task's training images) nearest centre, and keep the pool samples whose nearest
+centre is one of those. Reference embeddings come from a parquet file (a `clip_image_embedding`
+or `embedding` column) or are computed from a folder of images with the run's CLIP model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mmcurate.pipelines.semantic_dedup import BLOCK, kmeans
+
+POOL_ROWS_PER_CLUSTER = 128  # DataComp: 100k centres for 12.8M samples
+
+
+def nearest(emb: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.argmax(emb[i : i + BLOCK] @ centres.T, axis=1) for i in range(0, len(emb), BLOCK)]
+                          or [np.zeros(0, np.int64)])
+
+
+def centres_of(emb: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    out = np.zeros((k, emb.shape[1]), np.float32)
+    np.add.at(out, labels, emb)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def select(pool: np.ndarray, reference: np.ndarray, clusters: int | None, seed: int = 0):
+    """(pool cluster labels, keep mask, number of target centres, k)."""
+    k = clusters or max(2, len(pool) // POOL_ROWS_PER_CLUSTER)
+    k = min(k, len(pool))
+    labels = kmeans(pool, k, seed)
+    centres = centres_of(pool, labels, k)
+    targets = np.unique(nearest(reference, centres))
+    return labels, np.isin(labels, targets), len(targets), k
+
+
+def load_reference(path: str, embed_images) -> np.ndarray:
+    """Unit-length reference embeddings from a parquet file or (via `embed_images(list[bytes])`) a folder."""
+    ref = Path(path)
+    if ref.is_file():
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(ref)
+        column = next((c for c in ("clip_image_embedding", "embedding") if c in table.column_names), None)
+        if column is None:
+            raise ValueError(f"{ref} has no clip_image_embedding or embedding column")
+        emb = np.asarray(table[column].to_pylist(), np.float32)
+    elif ref.is_dir():
+        files = sorted(p for p in ref.rglob("*") if p.is_file())
+        emb = embed_images([p.read_bytes() for p in files])
+    else:
+        raise ValueError(f"{ref}: no such file or folder")
+    if not len(emb):
+        raise ValueError(f"{ref}: no reference images or embeddings in it")
+    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
