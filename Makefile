@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean browser
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,7 +18,13 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/mmcurate demo --run-dir demo-run
 
-test: install
+# Chromium for the report's browser test: Debian's packages, where this machine can install them
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1; } || \
+	  echo "note: chromium/chromedriver not installed: the report's browser test will be skipped"
+
+test: install browser
 	$(PY) -m pytest -q
 
 bench: install

@@ -7,9 +7,10 @@ import json
 import logging
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
-from mmcurate import __version__
+from mmcurate import __version__, atomic
 from mmcurate.errors import ConfigError, MmcurateError
 
 log = logging.getLogger("mmcurate")
@@ -125,13 +126,33 @@ def cmd_report(args) -> int:
 def cmd_audit(args) -> int:
     import polars as pl
 
-    from mmcurate.jobs.audit import query_ledger
+    from mmcurate.jobs.audit import explain, query_ledger, sample_ledger
     from mmcurate.jobs.rundir import RunDir
 
-    frame = query_ledger(
-        RunDir.at(args.run_dir), stage=args.stage, reason=args.reason, uid=args.uid, status=args.status,
-        limit=None if args.limit <= 0 else args.limit,
-    )
+    run_dir = RunDir.at(args.run_dir)
+    if args.explain:
+        found = explain(run_dir, args.explain)
+        if args.format == "json":
+            print(json.dumps(found, indent=2, default=str))
+            return 0
+        for row in found:
+            print(f"uid {row['uid']}  row {row['row']}  {row['status'].upper()}"
+                  + (f" by {row['stage']}: {row['reason']}" if row["stage"] else ""))
+            print(f"  url:     {row['url']}\n  caption: {row['caption']}")
+            for step in row["steps"]:
+                verdict = step["status"] + (f" ({step['reason']}: {step['detail']})" if step["reason"] else "")
+                print(f"  {step['stage']:<15} {verdict}")
+                for k, v in step["values"].items():
+                    if v is not None:
+                        print(f"  {'':<15}   {k} = {v}")
+                for k, v in step["settings"].items():
+                    print(f"  {'':<15}   setting {k} = {json.dumps(v)}")
+        return 0
+    filters = {"stage": args.stage, "reason": args.reason, "uid": args.uid, "status": args.status}
+    if args.sample:
+        frame = sample_ledger(run_dir, args.sample, args.seed, **filters)
+    else:
+        frame = query_ledger(run_dir, **filters, limit=None if args.limit <= 0 else args.limit)
     if args.format == "json":
         print(json.dumps(frame.to_dicts(), indent=2, default=str))
     elif args.format == "csv":
@@ -154,8 +175,14 @@ def cmd_export(args) -> int:
     if manifest.get("status") != "finished":
         raise ConfigError(f"{run_dir.root}: the run has not finished (status {manifest.get('status')}); run it again to resume")
     config = config_from_dict(manifest["config"], source=str(run_dir.manifest))
-    count = export_all(run_dir, build_stages(config), args.format, Path(args.out))
-    print(f"exported {count:,} samples as {args.format} to {args.out}")
+    out = Path(args.out)
+    count = export_all(run_dir, build_stages(config), args.format, out, where=args.where)
+    atomic.write_json(out / "mmcurate_export.json", {
+        "run_dir": str(run_dir.root), "config_hash": manifest.get("config_hash"), "format": args.format,
+        "where": args.where, "rows": count, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+    cut = f" where {args.where}" if args.where else ""
+    print(f"exported {count:,} samples{cut} as {args.format} to {out}")
     return 0
 
 
@@ -196,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uid")
     p.add_argument("--status", choices=["kept", "dropped", "failed"])
     p.add_argument("--limit", type=int, default=20, help="0 for all")
+    p.add_argument("--explain", metavar="UID", help="every stage's decision, scores and settings for this sample")
+    p.add_argument("--sample", type=int, metavar="N", help="a reproducible random sample of N matching rows")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample (same run + seed = same rows)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.set_defaults(func=cmd_audit)
 
@@ -203,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--format", required=True, choices=["webdataset", "parquet", "hf", "llava"])
     p.add_argument("--out", required=True)
+    p.add_argument("--where", help="another cut of the same run: a polars SQL expression over ledger columns, "
+                   "e.g. \"clip_score > 0.3 and caption_words >= 5\"")
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -29,3 +29,80 @@ def query_ledger(
     if limit is not None:
         frame = frame.head(limit)
     return frame.collect().unnest(C.SCORES)
+
+
+def sample_ledger(run_dir: RunDir, n: int, seed: int, **filters) -> pl.DataFrame:
+    """A reproducible random sample of `n` ledger rows matching `filters` (same run, seed: same rows)."""
+    frame = query_ledger(run_dir, limit=None, **filters)
+    if frame.height <= n:
+        return frame
+    return frame.sample(n, seed=seed).sort(C.ROW)
+
+
+# the configuration each stage decides by, for --explain (dotted keys of the run's config)
+STAGE_SETTINGS = {
+    "download": ["download.image_size", "download.max_image_bytes", "download.timeout_s", "download.retries"],
+    "quality": ["quality.basic", "quality.text", "quality.language"],
+    "dedup": ["dedup.exact", "dedup.phash.max_distance", "dedup.phash.dhash_distance", "dedup.phash.keep",
+              "dedup.reference_path"],
+    "clip_embed": ["clip.model", "clip.pretrained"],
+    "clip": ["clip.min_score", "clip.min_percentile"],
+    "semantic_dedup": ["dedup.semantic.threshold"],
+    "image_based": ["quality.image_based"],
+    "clip_heads": ["quality.aesthetic.min_score", "quality.watermark.max_score"],
+}
+
+
+def _setting(config: dict, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def explain(run_dir: RunDir, uid: str) -> list[dict]:
+    """Every stage's decision, values and settings for each ledger row with `uid`.
+
+    A uid names an (url, caption) pair; the same pair given twice has two rows, both explained.
+    """
+    import pyarrow.compute as pc
+
+    rows = query_ledger(run_dir, uid=uid, limit=None)
+    if rows.height == 0:
+        raise ConfigError(f"--explain {uid}: no ledger row has this uid")
+    manifest = run_dir.read_manifest()
+    config = manifest["config"]
+    shard_size = config["input"]["shard_size"]
+    stages = [s for s in manifest.get("stage_order", []) if not s.startswith("export-")]
+    out = []
+    for row in rows.to_dicts():
+        shard = row[C.ROW] // shard_size
+        steps = []
+        for name in stages:
+            path = run_dir.shard_file(name, shard)
+            if not path.exists():
+                continue
+            table = _read(path)
+            hit = table.filter(pc.equal(table[C.ROW], row[C.ROW]))
+            if hit.num_rows == 0:  # an earlier stage had already decided
+                continue
+            record = hit.slice(0, 1).to_pylist()[0]
+            values = {k: v for k, v in record.items()
+                      if k not in (C.UID, C.ROW, C.STATUS, C.REASON, C.DETAIL, C.SOURCE, C.SOURCE_LINE, C.URL, C.CAPTION)
+                      and not isinstance(v, (bytes, list))}
+            steps.append({
+                "stage": name, "status": record[C.STATUS], "reason": record[C.REASON], "detail": record[C.DETAIL],
+                "values": values, "settings": {k: _setting(config, k) for k in STAGE_SETTINGS.get(name, [])},
+            })
+        out.append({**{k: row[k] for k in (C.UID, C.ROW, C.URL, C.CAPTION, C.STATUS, C.STAGE, C.REASON, C.DETAIL)},
+                    "decided_by": row[C.STAGE] or "kept by every stage", "steps": steps})
+    return out
+
+
+def _read(path):
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    # image bytes and embeddings are not explanations: leave them on disk
+    keep = [f.name for f in schema if not (f.name == C.IMAGE or str(f.type).startswith(("list", "binary")))]
+    return pq.read_table(path, columns=keep)

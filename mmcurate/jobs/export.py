@@ -9,21 +9,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmcurate import atomic
 from mmcurate.errors import ConfigError
 from mmcurate.jobs.ledger import ledger_shard
 from mmcurate.jobs.rundir import RunDir
-from mmcurate.jobs.views import alive_rows
 from mmcurate.pipelines.stage import Stage
 from mmcurate.schemas import columns as C
 
-FORMATS = ("webdataset", "parquet")
+FORMATS = ("webdataset", "parquet", "hf")  # per-shard formats first; hf is one dataset folder
+SHARD_FORMATS = ("webdataset", "parquet")
 KEY = "key"
 _EXT = {"webdataset": "tar", "parquet": "parquet"}
+# reasons that come from a score threshold: a --where cut may take such rows back in
+THRESHOLD_REASONS = frozenset({
+    "low_clip_score", "low_aesthetic_score", "watermark", "toxic_caption", "nsfw_image", "off_target_cluster",
+})
+EXPORT_COLUMNS = (KEY, C.UID, C.ROW, C.URL, C.CAPTION, C.DETAIL, C.IMAGE, C.IMAGE_FORMAT)
 
 
 def sample_key(row: int) -> str:
@@ -31,25 +36,46 @@ def sample_key(row: int) -> str:
     return f"{row:012d}"
 
 
-def kept_samples(run_dir: RunDir, shard: int, stages: Sequence[Stage]) -> pa.Table:
-    """The kept samples of one shard with their data columns and every score as a column."""
-    rows = alive_rows(run_dir, shard, stages)
-    # internal signals (dedup's colour grid, CLIP embeddings) stay out of exports: the image is
-    # the only bytes; embeddings stay in stages/clip_embed/ for whoever wants them
-    internal = [f.name for f in rows.schema
-                if (pa.types.is_binary(f.type) and f.name != C.IMAGE) or pa.types.is_list(f.type)]
-    rows = rows.drop_columns(internal)
-    ledger = ledger_shard(run_dir, shard, stages)
-    ledger = ledger.filter(pc.equal(ledger[C.STATUS], C.KEPT))
-    if ledger.num_rows != rows.num_rows:
-        raise RuntimeError(f"shard {shard}: ledger keeps {ledger.num_rows} rows, stages keep {rows.num_rows}")
-    scores = ledger[C.SCORES].combine_chunks()
-    table = rows.append_column(KEY, pa.array([sample_key(r) for r in rows[C.ROW].to_pylist()], pa.string()))
-    table = table.append_column(C.DETAIL, ledger[C.DETAIL])
-    for i, f in enumerate(scores.type):
-        if f.name not in table.column_names:
-            table = table.append_column(f, scores.field(i))
-    return table
+def where_expr(where: str) -> pl.Expr:
+    """A polars SQL expression over ledger columns (scores flattened), or exit 2 naming --where."""
+    try:
+        return pl.sql_expr(where)
+    except Exception as err:  # polars raises several kinds for a bad expression
+        raise ConfigError(f"--where {where!r}: not a valid expression ({err})") from None
+
+
+def image_stage(stages: Sequence[Stage]) -> Stage:
+    """The last stage that writes the image bytes: exports take images from it (e.g. faces blurred)."""
+    return [s for s in stages if C.IMAGE in s.data_columns][-1]
+
+
+def kept_samples(run_dir: RunDir, shard: int, stages: Sequence[Stage], where: str | None = None) -> pa.Table:
+    """The samples of one shard to export, with their image and every score as a column.
+
+    Without `where`: the rows the run kept. With `where`: rows that were kept or dropped only by
+    a score threshold (`THRESHOLD_REASONS`) and that satisfy the expression, so a looser or
+    stricter cut of the same run needs no re-run. A row is only ever exported with image bytes
+    from the last image-writing stage (never an original that a later stage would have changed).
+    """
+    ledger = pl.from_arrow(ledger_shard(run_dir, shard, stages))
+    dtype = ledger.schema[C.SCORES]
+    ledger = ledger.unnest(C.SCORES) if isinstance(dtype, pl.Struct) and dtype.fields else ledger.drop(C.SCORES)
+    if where is None:
+        chosen = ledger.filter(pl.col(C.STATUS) == C.KEPT)
+    else:
+        eligible = (pl.col(C.STATUS) == C.KEPT) | pl.col(C.REASON).is_in(sorted(THRESHOLD_REASONS))
+        try:
+            chosen = ledger.filter(eligible).filter(where_expr(where))
+        except pl.exceptions.PolarsError as err:
+            raise ConfigError(f"--where {where!r}: {err}") from None
+    source = image_stage(stages)
+    images = pl.from_arrow(run_dir.read_shard(source.name, shard, columns=[C.ROW, C.STATUS, C.IMAGE, C.IMAGE_FORMAT]))
+    images = images.filter(pl.col(C.STATUS) == C.KEPT).drop(C.STATUS)
+    chosen = chosen.join(images, on=C.ROW, how="inner").sort(C.ROW)
+    chosen = chosen.with_columns(pl.col(C.ROW).map_elements(sample_key, return_dtype=pl.String).alias(KEY))
+    skip = {C.STATUS, C.STAGE, C.REASON, C.SOURCE, C.SOURCE_LINE}
+    scores = [c for c in chosen.columns if c not in EXPORT_COLUMNS and c not in skip]
+    return chosen.select([*EXPORT_COLUMNS, *scores]).to_arrow()
 
 
 def _write_tar(path: Path, table: pa.Table) -> None:
@@ -71,9 +97,10 @@ def _write_tar(path: Path, table: pa.Table) -> None:
                 tar.addfile(info, io.BytesIO(data))
 
 
-def export_shard(run_dir: RunDir, shard: int, stages: Sequence[Stage], fmt: str, out_dir: Path) -> int:
-    """Write one shard's kept samples in `fmt` under `out_dir`; return how many (no file when none)."""
-    table = kept_samples(run_dir, shard, stages)
+def export_shard(run_dir: RunDir, shard: int, stages: Sequence[Stage], fmt: str, out_dir: Path,
+                 where: str | None = None) -> int:
+    """Write one shard's samples in `fmt` under `out_dir`; return how many (no file when none)."""
+    table = kept_samples(run_dir, shard, stages, where)
     if table.num_rows == 0:
         return 0
     target = out_dir / f"{shard:06d}.{_EXT[fmt]}"
@@ -82,7 +109,7 @@ def export_shard(run_dir: RunDir, shard: int, stages: Sequence[Stage], fmt: str,
     elif fmt == "parquet":
         atomic.write_with(target, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
     else:
-        raise ConfigError(f"--format: unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
+        raise ConfigError(f"--format: unknown export format {fmt!r} (choose from {', '.join(SHARD_FORMATS)})")
     return table.num_rows
 
 
@@ -108,9 +135,51 @@ class ExportTask:
         return stats
 
 
-def export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Path) -> int:
+def export_hf(run_dir: RunDir, stages: Sequence[Stage], out_dir: Path, where: str | None = None) -> int:
+    """A Hugging Face `datasets` folder (`load_from_disk`), images as a `datasets.Image` feature.
+
+    Built shard by shard through `Dataset.from_generator`, so the export never holds more than
+    one shard in memory; written to a temp folder and renamed into place.
+    """
+    import shutil
+    import tempfile
+
+    import datasets
+
+    shards = run_dir.shard_count()
+    first = next((t for t in (kept_samples(run_dir, s, stages, where) for s in range(shards)) if t.num_rows), None)
+    if first is None:
+        schema = kept_samples(run_dir, 0, stages, where).schema if shards else pa.schema([])
+    else:
+        schema = first.schema
+    features = datasets.Features.from_arrow_schema(schema.remove(schema.get_field_index(C.IMAGE)))
+    features[C.IMAGE] = datasets.Image()
+
+    def rows():
+        for s in range(shards):
+            for record in kept_samples(run_dir, s, stages, where).to_pylist():
+                record[C.IMAGE] = {"bytes": record[C.IMAGE], "path": f"{record[KEY]}.{record[C.IMAGE_FORMAT] or 'jpg'}"}
+                yield record
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-") as tmp:
+        ds = datasets.Dataset.from_generator(rows, features=features, cache_dir=str(Path(tmp) / "cache"))
+        ds.save_to_disk(str(Path(tmp) / "dataset"))
+        count = ds.num_rows
+        del ds
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        (Path(tmp) / "dataset").rename(out_dir)
+    return count
+
+
+def export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Path, where: str | None = None) -> int:
     """Export every shard of a finished run to `out_dir` (the `mmcurate export` command)."""
     if fmt not in FORMATS:
-        raise ConfigError(f"--format: {fmt!r} is not available yet (choose from {', '.join(FORMATS)})")
+        raise ConfigError(f"--format: {fmt!r} is not available (choose from {', '.join(FORMATS)})")
+    if where is not None:
+        where_expr(where)
+    if fmt == "hf":
+        return export_hf(run_dir, stages, out_dir, where)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return sum(export_shard(run_dir, s, stages, fmt, out_dir) for s in range(run_dir.shard_count()))
+    return sum(export_shard(run_dir, s, stages, fmt, out_dir, where) for s in range(run_dir.shard_count()))

@@ -31,12 +31,18 @@ def build_report(run_dir: RunDir) -> dict:
     for row in reasons.iter_rows(named=True):
         removed_by_stage[row[C.STAGE]] = removed_by_stage.get(row[C.STAGE], 0) + row["len"]
     funnel, remaining = [{"stage": "input", "rows": total}], total
-    for name, info in manifest.get("stages", {}).items():
+    stages = manifest.get("stages", {})
+    order = [s for s in manifest.get("stage_order", list(stages)) if s in stages]  # the files sort keys
+    for name in order:
+        info = stages[name]
         if info.get("status") != "done":
             continue
         remaining -= removed_by_stage.get(name, 0)
         funnel.append({"stage": name, "rows": remaining})
+    config = manifest.get("config") or {}
     return {
+        "histograms": _histograms(ledger, config),
+        "samples": _drop_samples(ledger),
         "run_dir": str(run_dir.root),
         "status": manifest.get("status"),
         "rows": total,
@@ -57,6 +63,126 @@ def build_report(run_dir: RunDir) -> dict:
         "versions": manifest.get("versions", {}),
         "input": manifest.get("input", {}),
     }
+
+
+# score column -> (config path of its threshold, what the threshold means)
+HISTOGRAMS = {
+    C.CLIP_SCORE: ("clip.min_score", "min"),
+    C.DUP_DISTANCE: ("dedup.phash.max_distance", "max"),
+    C.SEMANTIC_SIMILARITY: ("dedup.semantic.threshold", "min duplicate"),
+    C.LANGUAGE_CONFIDENCE: ("quality.language.min_confidence", "min"),
+    C.CAPTION_WORDS: ("quality.basic.min_words", "min"),
+    C.AESTHETIC: ("quality.aesthetic.min_score", "min"),
+    C.WATERMARK: ("quality.watermark.max_score", "max"),
+    "toxicity": ("safety.toxicity.max_score", "max"),
+    "nsfw": ("safety.nsfw.max_score", "max"),
+    "faces": (None, ""),
+}
+BINS = 30
+SAMPLES_PER_REASON = 6
+NEVER_SHOWN = {"nsfw_image"}  # listed by uid, never shown
+SAMPLE_SEED = 0
+
+
+def _setting(config: dict, dotted: str | None):
+    node = config
+    for part in (dotted or "").split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _histograms(ledger: pl.LazyFrame, config: dict) -> list[dict]:
+    """Per score: counts in BINS equal bins over the scored rows, and the threshold in force."""
+    fields = {f.name for f in ledger.collect_schema()[C.SCORES].fields}
+    out = []
+    for column, (key, kind) in HISTOGRAMS.items():
+        if column not in fields:
+            continue
+        values = ledger.select(pl.col(C.SCORES).struct.field(column).alias("v")).drop_nulls().collect()["v"]
+        if not len(values):
+            continue
+        values = values.cast(pl.Float64).to_numpy()
+        threshold = _setting(config, key)
+        if column == C.CLIP_SCORE and config.get("clip", {}).get("min_percentile") is not None:
+            thr = ledger.select(pl.col(C.SCORES).struct.field(C.CLIP_THRESHOLD)).drop_nulls().head(1).collect()
+            threshold = float(thr.item()) if thr.height else None
+            kind = f"min ({config['clip']['min_percentile']:g}th percentile)"
+        import numpy as np
+
+        lo, hi = float(values.min()), float(values.max())
+        if threshold is not None:
+            lo, hi = min(lo, float(threshold)), max(hi, float(threshold))
+        if hi == lo:
+            hi = lo + 1
+        counts, edges = np.histogram(values, bins=BINS, range=(lo, hi))
+        out.append({"score": column, "rows": int(len(values)), "threshold": threshold, "threshold_kind": kind,
+                    "edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()})
+    return out
+
+
+def _drop_samples(ledger: pl.LazyFrame) -> dict[str, list[str]]:
+    """A reproducible random sample of dropped uids per reason (rows, so repeated uids stay distinct)."""
+    dropped = ledger.filter(pl.col(C.STATUS) == C.DROPPED).select(C.ROW, C.UID, C.REASON).collect()
+    out = {}
+    for (reason,), group in sorted(dropped.group_by([C.REASON]), key=lambda g: str(g[0][0])):
+        group = group.sort(C.ROW)
+        if group.height > SAMPLES_PER_REASON:
+            group = group.sample(SAMPLES_PER_REASON, seed=SAMPLE_SEED).sort(C.ROW)
+        out[str(reason)] = [{"uid": u, "row": r} for u, r in zip(group[C.UID].to_list(), group[C.ROW].to_list())]
+    return out
+
+
+def _thumbnail(run_dir: RunDir, row: int, shard_size: int, image_stage: str) -> str | None:
+    """A small JPEG data URI of a row's stored image (from the last image-writing stage), if it has one."""
+    import base64
+    import io
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    path = run_dir.shard_file(image_stage, row // shard_size)
+    if not path.exists():
+        return None
+    table = pq.read_table(path, columns=[C.ROW, C.IMAGE], filters=[(C.ROW, "=", row)])
+    table = table.filter(pc.equal(table[C.ROW], row))
+    data = table[C.IMAGE][0].as_py() if table.num_rows else None
+    if not data:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert("RGB")
+            im.thumbnail((112, 112))
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=80)
+    except Exception:  # undecodable bytes: listed by uid instead
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _svg_histogram(h: dict) -> str:
+    w, ht, pad = 480, 150, 28
+    top = max(h["counts"]) or 1
+    lo, hi = h["edges"][0], h["edges"][-1]
+    bw = (w - 2 * pad) / len(h["counts"])
+    bars = "".join(
+        f'<rect x="{pad + i * bw:.1f}" y="{ht - pad - (ht - 2 * pad) * c / top:.1f}" width="{max(bw - 1, 1):.1f}" '
+        f'height="{(ht - 2 * pad) * c / top:.1f}" fill="#4a7bd0"><title>{c}</title></rect>'
+        for i, c in enumerate(h["counts"])
+    )
+    line = ""
+    if h["threshold"] is not None:
+        x = pad + (w - 2 * pad) * (float(h["threshold"]) - lo) / (hi - lo)
+        tx, anchor = (x - 3, "end") if x > w / 2 else (x + 3, "start")
+        line = (f'<line class="threshold" x1="{x:.1f}" x2="{x:.1f}" y1="{pad / 2}" y2="{ht - pad}" stroke="#c00" '
+                f'stroke-width="2"/><text x="{tx:.1f}" y="{pad / 2 + 8}" font-size="11" fill="#c00" '
+                f'text-anchor="{anchor}">'
+                f'{html.escape(h["threshold_kind"])} {float(h["threshold"]):g}</text>')
+    axis = (f'<text x="{pad}" y="{ht - 8}" font-size="11">{lo:g}</text>'
+            f'<text x="{w - pad}" y="{ht - 8}" font-size="11" text-anchor="end">{hi:g}</text>')
+    return (f'<figure class="hist"><figcaption>{html.escape(h["score"])} ({h["rows"]:,} rows)</figcaption>'
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{ht}" viewBox="0 0 {w} {ht}" role="img">'
+            f'{bars}{line}{axis}</svg></figure>')
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
@@ -87,11 +213,31 @@ th{background:#f4f4f4} .bars{max-width:50em} .bar{display:flex;align-items:cente
 .label{width:16em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .fill{background:#4a7bd0;height:14px;display:inline-block;margin:0 6px}
 .ok{color:#186a1b} .bad{color:#a00} pre{background:#f7f7f7;padding:1em;overflow:auto}
+.hist{display:inline-block;margin:.5em 1em .5em 0} figcaption{font-weight:600}
+.thumbs{display:flex;flex-wrap:wrap;gap:6px;margin:.3em 0 1em} .thumbs figure{margin:0;width:116px;font-size:11px}
+.thumbs img{display:block;max-width:112px;max-height:112px;border:1px solid #ccc} code{font-size:11px}
 """
 
 
-def render_html(report: dict) -> str:
-    """A self-contained page (inline CSS, no scripts, no network) showing the report."""
+def _samples_html(report: dict, thumbs: dict[int, str | None]) -> str:
+    parts = []
+    for reason, items in report["samples"].items():
+        parts.append(f"<h3>{html.escape(reason)}</h3>")
+        if reason in NEVER_SHOWN:
+            parts.append("<p>not shown (by policy); uids: " + ", ".join(f"<code>{html.escape(i['uid'])}</code>"
+                                                                       for i in items) + "</p>")
+            continue
+        figs = []
+        for item in items:
+            uri = thumbs.get(item["row"])
+            img = f'<img class="thumb" src="{uri}" alt="{html.escape(item["uid"])}">' if uri else "<div>(no image)</div>"
+            figs.append(f"<figure>{img}<code>{html.escape(item['uid'][:12])}</code></figure>")
+        parts.append(f'<div class="thumbs">{"".join(figs)}</div>')
+    return "".join(parts) or "<p>nothing was dropped</p>"
+
+
+def render_html(report: dict, thumbs: dict[int, str | None] | None = None) -> str:
+    """A self-contained page (inline CSS and SVG, images as data URIs, no scripts, no network)."""
     inv = (
         '<span class="ok">holds</span>' if report["invariant_holds"] else '<span class="bad">BROKEN</span>'
     )
@@ -107,6 +253,15 @@ def render_html(report: dict) -> str:
         "<h2>Why rows were removed</h2>",
         _bars([{"what": f"{r[C.STAGE]}: {r[C.REASON]}", "rows": r["rows"]} for r in report["reasons"]], "what", "rows"),
         _table(report["reasons"], [C.STAGE, C.STATUS, C.REASON, "rows"]),
+        "<h2>Scores</h2>",
+        "".join(_svg_histogram(h) for h in report["histograms"]) or "<p>no scores in this run</p>",
+        "<h2>Samples of what was dropped</h2>",
+        f"<p>A reproducible random sample (seed {SAMPLE_SEED}) of up to {SAMPLES_PER_REASON} rows per reason.</p>",
+        _samples_html(report, thumbs or {}),
+        "<h2>Models</h2>",
+        _table([{"stage": k, **{kk: (vv if not isinstance(vv, dict) else json.dumps(vv)) for kk, vv in v.items()}}
+                for k, v in report["models"].items()], ["stage", "model", "pretrained", "sha256", "weights", "label"])
+        if report["models"] else "<p>no models</p>",
         "<h2>Stages</h2>",
         _table(stages, ["stage", "status", "shards_total", "rows_in", "kept", "dropped", "failed",
                         "seconds_this_run", "rows_per_s_this_run", "note"]),
@@ -125,7 +280,16 @@ def write_report(run_dir: RunDir) -> Path:
     """(Re)build report/report.json and report/index.html; return the page's path."""
     report = build_report(run_dir)
     atomic.write_json(run_dir.report / "report.json", report)
+    manifest = run_dir.read_manifest()
+    shard_size = (manifest.get("config") or {}).get("input", {}).get("shard_size", 1)
+    order = [s for s in manifest.get("stage_order", []) if s not in ("ingest",) and not s.startswith("export-")]
+    image_stage = "download" if "download" in order else None  # later: the last stage that rewrites images
+    thumbs = {}
+    for reason, items in report["samples"].items():
+        for item in items:
+            if reason not in NEVER_SHOWN and image_stage:
+                thumbs[item["row"]] = _thumbnail(run_dir, item["row"], shard_size, image_stage)
     page = run_dir.report / "index.html"
-    atomic.write_with(page, lambda tmp: Path(tmp).write_text(render_html(report), encoding="utf-8"))
+    atomic.write_with(page, lambda tmp: Path(tmp).write_text(render_html(report, thumbs), encoding="utf-8"))
     return page
 

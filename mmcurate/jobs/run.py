@@ -248,6 +248,24 @@ class Job:
             "shard_seconds": round(sum(stats.get("seconds", 0) for stats in all_stats), 3),
         }
 
+    def _export_hf(self, fingerprint: str) -> dict:
+        """The `datasets` folder under shards/hf: one piece, redone only when its fingerprint changes."""
+        from mmcurate.jobs.export import export_hf
+
+        name = "export-hf"
+        self._prepare_stage(name, fingerprint)
+        marker = self.run_dir.stage_dir(name) / "done.json"
+        if not marker.exists():
+            self.progress.begin(name, 1, 0)
+            start = time.perf_counter()
+            rows = export_hf(self.run_dir, self.stages, self.run_dir.shards / "hf")
+            stats = {"stage": name, "shard": 0, "rows_in": rows, C.KEPT: rows, "seconds": round(time.perf_counter() - start, 3)}
+            atomic.write_json(marker, stats)
+            self.progress.advance(name, stats)
+            self.progress.end(name)
+        rows = json.loads(marker.read_text())[C.KEPT]
+        return {"status": "done", "rows": rows, "path": str(self.run_dir.shards / "hf")}
+
     def run(self) -> RunResult:
         """Run (or resume) the pipeline; raises on anything that leaves the run incomplete."""
         from mmcurate.jobs.shard_task import ShardTask
@@ -294,6 +312,9 @@ class Job:
                 for fmt in self.config.export.formats:
                     if fmt not in EXPORT_FORMATS:
                         exports[fmt] = {"status": "unavailable", "note": "format not in this version"}
+                        continue
+                    if fmt == "hf":
+                        exports[fmt] = self._export_hf(f"{chain}:hf")
                         continue
                     name = f"export-{fmt}"
                     task = ExportTask(str(self.run_dir.root), list(self.stages), fmt)

@@ -1,0 +1,161 @@
+"""What auditors and researchers ask of a finished run: report, explanations, samples, exports, cuts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from mmcurate.demo import shapes
+from mmcurate.demo.server import ImageServer, Route
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+N = 60
+
+
+@pytest.fixture(scope="module")
+def run(shapes_clip, tmp_path_factory):
+    model_dir, card = shapes_clip
+    tmp = tmp_path_factory.mktemp("audit")
+    rng = np.random.default_rng(5)
+    pairs = shapes.pairs(N, seed=4242, size=96)
+    routes = {f"/s/{i}.png": Route(shapes.png(p.image), content_type="image/png") for i, p in enumerate(pairs)}
+    routes["/gone.png"] = Route(b"no", 404, "text/plain")
+    with ImageServer(routes) as server:
+        lines = [{"url": server.url(f"/s/{i}.png"), "caption": shapes.wrong_caption(p, rng) if i % 3 == 2 else p.caption}
+                 for i, p in enumerate(pairs)]
+        lines.append({"url": server.url("/s/0.png"), "caption": "the same picture again, another caption"})
+        lines.append({"url": server.url("/gone.png"), "caption": "a deleted picture"})
+        (tmp / "pool.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+        config = {
+            "input": {"path": str(tmp / "pool.jsonl"), "shard_size": 25},
+            "download": {"allow_networks": ["127.0.0.1/32"], "retries": 0},
+            "clip": {"model": f"local-dir:{model_dir}", "min_score": card["threshold"], "batch_size": 32},
+            "export": {"formats": ["webdataset", "parquet", "hf"]},
+        }
+        (tmp / "c.yaml").write_text(yaml.safe_dump(config))
+        proc = run_cli("run", str(tmp / "c.yaml"), "--run-dir", str(tmp / "run"), "--quiet")
+        assert proc.returncode == 0, proc.stderr
+    ledger = pq.read_table(tmp / "run" / "ledger.parquet").to_pylist()
+    return tmp, tmp / "run", ledger, card
+
+
+def test_exports_load_with_their_client_libraries(run):
+    import datasets
+    import webdataset as wds
+
+    _, run_dir, ledger, _ = run
+    kept = {r["row"]: r for r in ledger if r["status"] == "kept"}
+    ds = datasets.load_from_disk(str(run_dir / "shards" / "hf"))
+    assert ds.num_rows == len(kept) and isinstance(ds.features["image"], datasets.Image)
+    assert {"clip_score", "clip_threshold", "dup_distance", "caption", "uid"} <= set(ds.column_names)
+    first = ds[0]
+    assert first["image"].size[0] > 0 and first["caption"] == kept[first["row"]]["caption"]
+    tars = sorted(str(p) for p in (run_dir / "shards" / "webdataset").glob("*.tar"))
+    samples = list(wds.WebDataset(tars, shardshuffle=False).decode("pil"))
+    assert len(samples) == len(kept) and all(s["json"]["clip_score"] >= s["json"]["clip_threshold"] for s in samples)
+    parts = [pq.read_table(p) for p in sorted((run_dir / "shards" / "parquet").glob("*.parquet"))]
+    assert sum(t.num_rows for t in parts) == len(kept) and "image" in parts[0].column_names
+
+
+def test_where_exports_another_cut_without_rerunning(run, tmp_path):
+    _, run_dir, ledger, card = run
+    loose = card["threshold"] - 0.3
+    proc = run_cli("export", str(run_dir), "--format", "parquet", "--out", str(tmp_path / "loose"),
+                   "--where", f"clip_score > {loose} and original_width > 0")
+    assert proc.returncode == 0, proc.stderr
+    got = {r["row"] for p in (tmp_path / "loose").glob("*.parquet") for r in pq.read_table(p).to_pylist()}
+    want = {r["row"] for r in ledger if (r["status"] == "kept" or r["reason"] == "low_clip_score")
+            and r["scores"]["clip_score"] is not None and r["scores"]["clip_score"] > loose}
+    assert got == want and any(r["reason"] == "low_clip_score" for r in ledger if r["row"] in got)
+    # duplicates and failures never come back, whatever the expression
+    assert not {r["row"] for r in ledger if r["reason"] in ("exact_duplicate", "http_404")} & got
+    manifest = json.loads((tmp_path / "loose" / "mmcurate_export.json").read_text())
+    assert manifest["where"].startswith("clip_score >") and manifest["rows"] == len(got)
+    bad = run_cli("export", str(run_dir), "--format", "parquet", "--out", str(tmp_path / "bad"),
+                  "--where", "clip_scor > 0.3")
+    assert bad.returncode == 2 and "--where" in bad.stderr
+
+
+def test_explain_and_reproducible_samples(run):
+    _, run_dir, ledger, card = run
+    low = next(r for r in ledger if r["reason"] == "low_clip_score")
+    proc = run_cli("audit", str(run_dir), "--explain", low["uid"], "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)
+    steps = {s["stage"]: s for s in row["steps"]}
+    assert row["decided_by"] == "clip" and list(steps)[:3] == ["ingest", "download", "features"]
+    assert steps["clip"]["reason"] == "low_clip_score"
+    assert steps["clip"]["settings"]["clip.min_score"] == pytest.approx(card["threshold"])
+    assert steps["clip_embed"]["values"]["clip_score"] < steps["clip"]["values"]["clip_threshold"]
+    text = run_cli("audit", str(run_dir), "--explain", low["uid"]).stdout
+    assert "low_clip_score" in text and "setting clip.min_score" in text
+    samples = [run_cli("audit", str(run_dir), "--status", "dropped", "--sample", "4", "--seed", str(seed),
+                       "--format", "json").stdout for seed in (7, 7, 8)]
+    a, b, c = ([r["uid"] for r in json.loads(s)] for s in samples)
+    assert a == b and len(a) == 4 and a != c
+    assert run_cli("audit", str(run_dir), "--explain", "nope").returncode == 2
+
+
+def test_report_numbers_match_the_ledger(run):
+    _, run_dir, ledger, card = run
+    report = json.loads((run_dir / "report" / "report.json").read_text())
+    assert report["rows"] == len(ledger) and report["invariant_holds"]
+    funnel = [f["stage"] for f in report["funnel"]]
+    assert funnel[:4] == ["input", "ingest", "download", "features"] and funnel[-1] == "clip"
+    assert report["funnel"][-1]["rows"] == sum(r["status"] == "kept" for r in ledger)
+    hist = {h["score"]: h for h in report["histograms"]}
+    assert sum(hist["clip_score"]["counts"]) == sum(r["scores"]["clip_score"] is not None for r in ledger)
+    assert hist["clip_score"]["threshold"] == pytest.approx(card["threshold"])
+    low = {r["uid"] for r in ledger if r["reason"] == "low_clip_score"}
+    assert {s["uid"] for s in report["samples"]["low_clip_score"]} <= low
+    assert report["models"]["clip_embed"]["sha256"]
+    page = (run_dir / "report" / "index.html").read_text()
+    head = page.split("<h2>Configuration")[0].replace("http://www.w3.org/2000/svg", "")
+    assert "<script" not in page and "src=\"http" not in head  # self-contained: nothing fetched
+    assert page.count('class="thumb"') >= 3 and "<svg" in page
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None or shutil.which("chromedriver") is None,
+                    reason="Chromium and chromedriver are not installed (make test installs the Debian packages "
+                           "chromium and chromium-driver where it can)")
+def test_report_renders_in_headless_chromium(run, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    _, run_dir, _, _ = run
+    os.environ.update(SE_OFFLINE="true", SE_AVOID_STATS="true")  # Selenium Manager: no downloads, no stats
+    options = webdriver.ChromeOptions()
+    options.binary_location = _chromium()
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+                 "--window-size=1280,2000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get((run_dir / "report" / "index.html").as_uri())
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], errors
+        thumbs = driver.execute_script(
+            "return [...document.querySelectorAll('img.thumb')].map(i => i.complete && i.naturalWidth > 0)")
+        assert len(thumbs) >= 3 and all(thumbs)
+        charts = driver.execute_script(
+            "return [...document.querySelectorAll('svg')].map(s => s.getBoundingClientRect().width)")
+        assert charts and all(w > 100 for w in charts)
+        lines = driver.execute_script("return document.querySelectorAll('line.threshold').length")
+        assert lines >= 1
+        driver.save_screenshot(str(run_dir / "report" / "screenshot.png"))
+    finally:
+        driver.quit()
+    assert (run_dir / "report" / "screenshot.png").stat().st_size > 10_000
