@@ -23,7 +23,8 @@ def test_demo_end_to_end(tmp_path, shapes_clip):
     reasons = {r["reason"] for r in ledger if r["status"] != "kept"}
     assert {"http_404", "http_500", "not_an_image", "image_too_large", "timeout", "redirect_loop",
             "robots_disallowed", "private_address", "unsupported_scheme", "missing_url",
-            "credentials_in_url", "malformed_row", "low_clip_score", "near_duplicate"} <= reasons
+            "credentials_in_url", "malformed_row", "low_clip_score", "near_duplicate",
+            "filename_caption", "generic_caption"} <= reasons
     # the photos captioned with another photo's caption are caught; the sample's photos pass
     by_url = {r["url"].split("/img/")[-1]: r for r in ledger if "127.0.0.1" in (r["url"] or "") and "/img/" in r["url"]}
     assert by_url["coffee-mirrored.jpg"]["reason"] == by_url["rocket-mirrored.jpg"]["reason"] == "low_clip_score"
@@ -33,6 +34,9 @@ def test_demo_end_to_end(tmp_path, shapes_clip):
     kept = [r for r in ledger if r["status"] == "kept"]
     assert len(kept) >= 60
     assert list((run_dir / "shards" / "webdataset").glob("*.tar"))
+    import datasets
+
+    assert datasets.load_from_disk(str(run_dir / "shards" / "hf")).num_rows == len(kept)
     audit = run_cli("audit", str(run_dir), "--reason", "private_address", "--format", "json")
     assert json.loads(audit.stdout)[0]["url"].startswith("http://127.0.0.2:")
     report = json.loads((run_dir / "report" / "report.json").read_text())

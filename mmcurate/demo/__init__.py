@@ -148,6 +148,8 @@ def build_sample(server: ImageServer) -> list[dict]:
         {"url": server.url("/loop"), "caption": "a redirect loop"},
         {"url": server.url("/optout.jpg"), "caption": "an image whose owner opted out of AI use"},
         {"url": server.url("/img/astronaut.jpg", host="127.0.0.2"), "caption": "a loopback alias the guard refuses"},
+        {"url": server.url("/img/brick.jpg?camera-roll"), "caption": "IMG_0042.jpg"},
+        {"url": server.url("/img/grass.jpg?cms"), "caption": "untitled"},
         {"url": "ftp://example.com/image.jpg", "caption": "an ftp link"},
         {"url": "", "caption": "a row without a url"},
         {"url": "http://user:secret@example.com/a.jpg", "caption": "a url with a password in it"},
@@ -193,6 +195,8 @@ def demo_config(input_glob: str, clip_dir: str | Path, clip_threshold: float) ->
         "input": {"path": input_glob, "shard_size": 25},
         "download": {"allow_networks": ["127.0.0.1/32"], "timeout_s": 2, "retries": 1, "threads": 16},
         "clip": {"model": f"local-dir:{clip_dir}", "min_score": clip_threshold, "batch_size": 64},
+        "quality": {"text": {"enabled": True}},  # boilerplate captions; basic filtering stays a recipe
+        "export": {"formats": ["webdataset", "parquet", "hf"]},
     }
 
 

@@ -276,14 +276,25 @@ def render_html(report: dict, thumbs: dict[int, str | None] | None = None) -> st
     return "\n".join(parts)
 
 
+def _image_stage(manifest: dict) -> str | None:
+    """The last stage that writes image bytes (thumbnails show what exports would: e.g. faces blurred)."""
+    from mmcurate.pipelines import build_stages
+    from mmcurate.schemas.config import config_from_dict
+
+    if not manifest.get("config"):
+        return None
+    stages = [s for s in build_stages(config_from_dict(manifest["config"], source="manifest.json"))
+              if C.IMAGE in s.data_columns]
+    return stages[-1].name if stages else None
+
+
 def write_report(run_dir: RunDir) -> Path:
     """(Re)build report/report.json and report/index.html; return the page's path."""
     report = build_report(run_dir)
     atomic.write_json(run_dir.report / "report.json", report)
     manifest = run_dir.read_manifest()
     shard_size = (manifest.get("config") or {}).get("input", {}).get("shard_size", 1)
-    order = [s for s in manifest.get("stage_order", []) if s not in ("ingest",) and not s.startswith("export-")]
-    image_stage = "download" if "download" in order else None  # later: the last stage that rewrites images
+    image_stage = _image_stage(manifest)
     thumbs = {}
     for reason, items in report["samples"].items():
         for item in items:
