@@ -12,14 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mmcurate.pipelines.semantic_dedup import BLOCK, kmeans
+from mmcurate.pipelines.semantic_dedup import kmeans, nearest_centre
 
 POOL_ROWS_PER_CLUSTER = 128  # DataComp: 100k centres for 12.8M samples
-
-
-def nearest(emb: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.argmax(emb[i : i + BLOCK] @ centres.T, axis=1) for i in range(0, len(emb), BLOCK)]
-                          or [np.zeros(0, np.int64)])
 
 
 def centres_of(emb: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -34,7 +29,7 @@ def select(pool: np.ndarray, reference: np.ndarray, clusters: int | None, seed: 
     k = min(k, len(pool))
     labels = kmeans(pool, k, seed)
     centres = centres_of(pool, labels, k)
-    targets = np.unique(nearest(reference, centres))
+    targets = np.unique(nearest_centre(reference, centres))
     return labels, np.isin(labels, targets), len(targets), k
 
 

@@ -7,6 +7,7 @@ import polars as pl
 from mmcurate.errors import ConfigError
 from mmcurate.jobs.rundir import RunDir
 from mmcurate.schemas import columns as C
+from mmcurate.schemas.config import lookup
 
 
 def query_ledger(
@@ -53,13 +54,6 @@ STAGE_SETTINGS = {
 }
 
 
-def _setting(config: dict, dotted: str):
-    node = config
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
 def explain(run_dir: RunDir, uid: str) -> list[dict]:
     """Every stage's decision, values and settings for each ledger row with `uid`.
 
@@ -92,7 +86,7 @@ def explain(run_dir: RunDir, uid: str) -> list[dict]:
                       and not isinstance(v, (bytes, list))}
             steps.append({
                 "stage": name, "status": record[C.STATUS], "reason": record[C.REASON], "detail": record[C.DETAIL],
-                "values": values, "settings": {k: _setting(config, k) for k in STAGE_SETTINGS.get(name, [])},
+                "values": values, "settings": {k: lookup(config, k) for k in STAGE_SETTINGS.get(name, [])},
             })
         out.append({**{k: row[k] for k in (C.UID, C.ROW, C.URL, C.CAPTION, C.STATUS, C.STAGE, C.REASON, C.DETAIL)},
                     "decided_by": row[C.STAGE] or "kept by every stage", "steps": steps})

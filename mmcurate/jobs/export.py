@@ -44,9 +44,10 @@ def where_expr(where: str) -> pl.Expr:
         raise ConfigError(f"--where {where!r}: not a valid expression ({err})") from None
 
 
-def image_stage(stages: Sequence[Stage]) -> Stage:
+def image_stage(stages: Sequence[Stage]) -> Stage | None:
     """The last stage that writes the image bytes: exports take images from it (e.g. faces blurred)."""
-    return [s for s in stages if C.IMAGE in s.data_columns][-1]
+    writers = [s for s in stages if C.IMAGE in s.data_columns]
+    return writers[-1] if writers else None
 
 
 def kept_samples(run_dir: RunDir, shard: int, stages: Sequence[Stage], where: str | None = None) -> pa.Table:

@@ -11,6 +11,7 @@ import polars as pl
 from mmcurate import atomic
 from mmcurate.jobs.rundir import RunDir
 from mmcurate.schemas import columns as C
+from mmcurate.schemas.config import lookup
 
 
 def build_report(run_dir: RunDir) -> dict:
@@ -84,13 +85,6 @@ NEVER_SHOWN = {"nsfw_image"}  # listed by uid, never shown
 SAMPLE_SEED = 0
 
 
-def _setting(config: dict, dotted: str | None):
-    node = config
-    for part in (dotted or "").split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
 def _histograms(ledger: pl.LazyFrame, config: dict) -> list[dict]:
     """Per score: counts in BINS equal bins over the scored rows, and the threshold in force."""
     fields = {f.name for f in ledger.collect_schema()[C.SCORES].fields}
@@ -102,7 +96,7 @@ def _histograms(ledger: pl.LazyFrame, config: dict) -> list[dict]:
         if not len(values):
             continue
         values = values.cast(pl.Float64).to_numpy()
-        threshold = _setting(config, key)
+        threshold = lookup(config, key)
         if column == C.CLIP_SCORE and config.get("clip", {}).get("min_percentile") is not None:
             thr = ledger.select(pl.col(C.SCORES).struct.field(C.CLIP_THRESHOLD)).drop_nulls().head(1).collect()
             threshold = float(thr.item()) if thr.height else None
@@ -278,14 +272,14 @@ def render_html(report: dict, thumbs: dict[int, str | None] | None = None) -> st
 
 def _image_stage(manifest: dict) -> str | None:
     """The last stage that writes image bytes (thumbnails show what exports would: e.g. faces blurred)."""
+    from mmcurate.jobs.export import image_stage
     from mmcurate.pipelines import build_stages
     from mmcurate.schemas.config import config_from_dict
 
     if not manifest.get("config"):
         return None
-    stages = [s for s in build_stages(config_from_dict(manifest["config"], source="manifest.json"))
-              if C.IMAGE in s.data_columns]
-    return stages[-1].name if stages else None
+    stage = image_stage(build_stages(config_from_dict(manifest["config"], source="manifest.json")))
+    return stage.name if stage else None
 
 
 def write_report(run_dir: RunDir) -> Path:
@@ -294,12 +288,12 @@ def write_report(run_dir: RunDir) -> Path:
     atomic.write_json(run_dir.report / "report.json", report)
     manifest = run_dir.read_manifest()
     shard_size = (manifest.get("config") or {}).get("input", {}).get("shard_size", 1)
-    image_stage = _image_stage(manifest)
+    images_from = _image_stage(manifest)
     thumbs = {}
     for reason, items in report["samples"].items():
         for item in items:
-            if reason not in NEVER_SHOWN and image_stage:
-                thumbs[item["row"]] = _thumbnail(run_dir, item["row"], shard_size, image_stage)
+            if reason not in NEVER_SHOWN and images_from:
+                thumbs[item["row"]] = _thumbnail(run_dir, item["row"], shard_size, images_from)
     page = run_dir.report / "index.html"
     atomic.write_with(page, lambda tmp: Path(tmp).write_text(render_html(report, thumbs), encoding="utf-8"))
     return page

@@ -74,43 +74,43 @@ class ClipHeadsStage(Stage):
     def __init__(self, config: Config):
         super().__init__(config)
         self.heads: dict[str, EmbeddingHead] = {}
+        self.sha256: dict[str, str] = {}  # of each head's weights, found by prepare()
 
     @classmethod
     def enabled(cls, config: Config) -> bool:
         q = config.quality
         return config.clip.enabled and (q.aesthetic.enabled or q.watermark.enabled)
 
-    def config_sections(self) -> dict:
-        from mmcurate.filters.clip_score import file_sha256
-
+    def _enabled_heads(self) -> list[tuple[str, str, bool]]:
+        """(key, weights path, output is a probability) of each enabled head."""
         q = self.config.quality
-        out = {}
-        for key, part in (("aesthetic", q.aesthetic), ("watermark", q.watermark)):
-            if part.enabled:
-                out[key] = {**part.model_dump(), "sha256": file_sha256(part.weights)}
-        return out
+        return [(key, part.weights, prob) for key, part, prob in
+                (("aesthetic", q.aesthetic, False), ("watermark", q.watermark, True)) if part.enabled]
+
+    def config_sections(self) -> dict:
+        q = self.config.quality
+        return {key: {**getattr(q, key).model_dump(), "sha256": self.sha256.get(key)}
+                for key, _, _ in self._enabled_heads()}
 
     def prepare(self) -> dict:
-        """Load each head once on the driver: a bad file exits 2 naming its key."""
-        q = self.config.quality
-        info = {}
-        for key, part, prob in (("aesthetic", q.aesthetic, False), ("watermark", q.watermark, True)):
-            if part.enabled:
-                head = EmbeddingHead(part.weights, probability=prob)
-                try:
-                    head.load()
-                except HeadError as err:
-                    raise ConfigError(f"quality.{key}.weights: {err}") from None
-                from mmcurate.filters.clip_score import file_sha256
+        """Load and hash each head once on the driver: a bad file exits 2 naming its key."""
+        from mmcurate.filters.clip_score import file_sha256
 
-                info[key] = {"weights": part.weights, "sha256": file_sha256(part.weights), "inputs": head.in_features}
+        info = {}
+        for key, weights, prob in self._enabled_heads():
+            head = EmbeddingHead(weights, probability=prob)
+            try:
+                head.load()
+            except HeadError as err:
+                raise ConfigError(f"quality.{key}.weights: {err}") from None
+            self.heads[key], self.sha256[key] = head, file_sha256(weights)
+            info[key] = {"weights": weights, "sha256": self.sha256[key], "inputs": head.in_features}
         return info
 
     def setup(self) -> None:
-        q = self.config.quality
-        for key, part, prob in (("aesthetic", q.aesthetic, False), ("watermark", q.watermark, True)):
-            if part.enabled and key not in self.heads:
-                self.heads[key] = EmbeddingHead(part.weights, probability=prob)
+        for key, weights, prob in self._enabled_heads():
+            if key not in self.heads:
+                self.heads[key] = EmbeddingHead(weights, probability=prob)
                 self.heads[key].load()
 
     def process(self, rows: pa.Table) -> pa.Table:

@@ -37,6 +37,12 @@ def embeddings_of(column: pa.ChunkedArray) -> np.ndarray:
     return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
+def nearest_centre(emb: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of each row's most similar centre (unit vectors), computed in blocks."""
+    blocks = [np.argmax(emb[i : i + BLOCK] @ centres.T, axis=1) for i in range(0, len(emb), BLOCK)]
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
+
+
 def kmeans(emb: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     """Spherical k-means labels (deterministic for a seed); centres fitted on a sample."""
     rng = np.random.default_rng(seed)
@@ -49,7 +55,7 @@ def kmeans(emb: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
             if len(members):
                 v = members.sum(0)
                 centres[c] = v / max(np.linalg.norm(v), 1e-12)
-    return np.concatenate([np.argmax(emb[i : i + BLOCK] @ centres.T, axis=1) for i in range(0, len(emb), BLOCK)])
+    return nearest_centre(emb, centres)
 
 
 def _block_pairs(shared: tuple[np.ndarray, float], item: tuple[np.ndarray, int]) -> np.ndarray:

@@ -277,6 +277,14 @@ def _set_dotted(data: dict[str, Any], dotted: str, raw: str) -> None:
     node[keys[-1]] = value
 
 
+def lookup(data: Any, dotted: str | None) -> Any:
+    """The value at a dotted key path of resolved config data (None where the path ends early)."""
+    node = data
+    for part in (dotted or "").split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def parse_overrides(pairs: list[str]) -> list[tuple[str, str]]:
     """Split `key.path=value` strings."""
     out = []
