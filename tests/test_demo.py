@@ -28,7 +28,9 @@ def test_demo_end_to_end(tmp_path, shapes_clip):
     # the photos captioned with another photo's caption are caught; the sample's photos pass
     by_url = {r["url"].split("/img/")[-1]: r for r in ledger if "127.0.0.1" in (r["url"] or "") and "/img/" in r["url"]}
     assert by_url["coffee-mirrored.jpg"]["reason"] == by_url["rocket-mirrored.jpg"]["reason"] == "low_clip_score"
-    assert by_url["astronaut.jpg"]["status"] == by_url["chelsea.jpg"]["status"] == "kept"
+    # (not astronaut.jpg: its redirect row serves identical bytes, and which of the two dedup keeps
+    # depends on uids, which depend on the server's random port)
+    assert by_url["moon.jpg"]["status"] == by_url["chelsea.jpg"]["status"] == "kept"
     shape_rows = [r for r in ledger if "/shapes/" in (r["url"] or "")]
     assert sum(r["reason"] == "low_clip_score" for r in shape_rows) >= len(shape_rows) // 3 - 2
     kept = [r for r in ledger if r["status"] == "kept"]
