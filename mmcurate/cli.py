@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mmcurate import __version__, atomic
@@ -179,7 +179,7 @@ def cmd_export(args) -> int:
     count = export_all(run_dir, build_stages(config), args.format, out, where=args.where)
     atomic.write_json(out / "mmcurate_export.json", {
         "run_dir": str(run_dir.root), "config_hash": manifest.get("config_hash"), "format": args.format,
-        "where": args.where, "rows": count, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "where": args.where, "rows": count, "created": datetime.now(UTC).isoformat(timespec="seconds"),
     })
     cut = f" where {args.where}" if args.where else ""
     print(f"exported {count:,} samples{cut} as {args.format} to {out}")

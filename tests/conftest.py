@@ -135,3 +135,13 @@ def shapes_clip(tmp_path_factory) -> tuple[Path, dict]:
     cache = tmp_path_factory.mktemp("mmcurate-cache")
     os.environ["MMCURATE_CACHE"] = str(cache)
     return shapes.ensure_model()
+
+
+# Safety and privacy stages off: for tests about other stages (the default toxicity model is a
+# download, and these stages have their own tests).
+SAFETY_OFF = {
+    "safety": {"toxicity": {"enabled": False}, "nsfw": {"enabled": False}},
+    "privacy": {"faces": {"enabled": False}, "pii": {"enabled": False}},
+}
+SAFETY_OFF_SET = ["--set", "safety.toxicity.enabled=false", "--set", "safety.nsfw.enabled=false",
+                  "--set", "privacy.faces.enabled=false", "--set", "privacy.pii.enabled=false"]

@@ -24,7 +24,7 @@ def test_demo_end_to_end(tmp_path, shapes_clip):
     assert {"http_404", "http_500", "not_an_image", "image_too_large", "timeout", "redirect_loop",
             "robots_disallowed", "private_address", "unsupported_scheme", "missing_url",
             "credentials_in_url", "malformed_row", "low_clip_score", "near_duplicate",
-            "filename_caption", "generic_caption"} <= reasons
+            "filename_caption", "generic_caption", "toxic_caption"} <= reasons
     # the photos captioned with another photo's caption are caught; the sample's photos pass
     by_url = {r["url"].split("/img/")[-1]: r for r in ledger if "127.0.0.1" in (r["url"] or "") and "/img/" in r["url"]}
     assert by_url["coffee-mirrored.jpg"]["reason"] == by_url["rocket-mirrored.jpg"]["reason"] == "low_clip_score"
@@ -33,6 +33,11 @@ def test_demo_end_to_end(tmp_path, shapes_clip):
     assert by_url["moon.jpg"]["status"] == by_url["chelsea.jpg"]["status"] == "kept"
     shape_rows = [r for r in ledger if "/shapes/" in (r["url"] or "")]
     assert sum(r["reason"] == "low_clip_score" for r in shape_rows) >= len(shape_rows) // 3 - 2
+    # safety and privacy: a profane caption dropped, an e-mail redacted, a face blurred
+    assert by_url["coins-part1.webp"]["reason"] == "toxic_caption"
+    assert "caption redacted: email" in by_url["coffee-part0.png"]["detail"]
+    astronauts = [r for r in ledger if r["status"] == "kept" and "astronaut" in (r["url"] or "")]
+    assert astronauts and all(r["scores"]["faces"] >= 1 and "face(s) blurred" in r["detail"] for r in astronauts)
     kept = [r for r in ledger if r["status"] == "kept"]
     assert len(kept) >= 60
     assert list((run_dir / "shards" / "webdataset").glob("*.tar"))

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from mmcurate.demo.server import ImageServer, Route
-from tests.conftest import EXPECTED, failure_routes, make_image, run_cli
+from tests.conftest import EXPECTED, SAFETY_OFF, failure_routes, make_image, run_cli
 
 pytestmark = pytest.mark.slow
 N_IMAGES = 540
@@ -39,6 +39,7 @@ def finished_run(server, tmp_path_factory, shapes_clip):
         "dedup": {"exact": False, "phash": {"enabled": False}},
         # scored by the offline stand-in CLIP, no threshold: every kept image passes through it
         "clip": {"model": f"local-dir:{shapes_clip[0]}", "min_score": None, "batch_size": 64},
+        **SAFETY_OFF,
     }
     (tmp / "config.yaml").write_text(yaml.safe_dump(config))
     proc = run_cli("run", str(tmp / "config.yaml"), "--run-dir", str(tmp / "run"), "--quiet")

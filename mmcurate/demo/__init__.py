@@ -46,6 +46,13 @@ PHOTOS = {
 NEAR_DUPLICATES = 8  # the first photos also appear as re-encoded, slightly resized copies
 SHAPES = 36  # shape pictures in the sample; every third has a wrong caption
 MISCAPTIONED = {"coffee.png": "chelsea.png", "rocket.jpg": "moon.png"}  # photo -> photo whose caption it gets
+# crops whose caption goes on with something for the safety and privacy stages to find
+# (the photo's own caption comes first, so the CLIP stage still sees what the picture shows)
+CAPTION_TAILS = {
+    ("coins", 1): " - what a fucking rip-off, these are shit",  # profanity: dropped as toxic_caption
+    ("coffee", 0): ", prints from jane.doe@example.com",  # e-mail: redacted to [EMAIL]
+    ("brick", 0): ", call the builder on +44 20 7946 0958",  # phone: redacted to [PHONE]
+}
 
 
 def _photo_dir() -> Path:
@@ -116,7 +123,8 @@ def build_sample(server: ImageServer) -> list[dict]:
         for j, box in enumerate([(0, 0, int(w * 0.6), int(h * 0.6)), (int(w * 0.4), int(h * 0.4), w, h)]):
             fmt, ctype, ext = [("PNG", "image/png", "png"), ("WEBP", "image/webp", "webp")][j]
             server.routes[f"/img/{stem}-part{j}.{ext}"] = Route(_encode(img.crop(box), fmt), content_type=ctype)
-            rows.append({"url": server.url(f"/img/{stem}-part{j}.{ext}"), "caption": f"part of {caption}"})
+            tail = CAPTION_TAILS.get((stem, j), "")
+            rows.append({"url": server.url(f"/img/{stem}-part{j}.{ext}"), "caption": f"part of {caption}{tail}"})
         if i < NEAR_DUPLICATES:
             copy = img.resize((int(w * 0.9), int(h * 0.9)))
             server.routes[f"/img/{stem}-copy.jpg"] = Route(_encode(copy, "JPEG", quality=55))
@@ -190,12 +198,23 @@ def write_inputs(rows: list[dict], folder: Path) -> str:
 
 def demo_config(input_glob: str, clip_dir: str | Path, clip_threshold: float) -> dict:
     """The default pipeline, allowed to reach the loopback server and nothing else private,
-    with the offline stand-in CLIP in place of ViT-B-32 (no model hub here)."""
+    with the offline stand-in CLIP in place of ViT-B-32 (no model hub here), and toxicity scored
+    by alt-profanity-check's model (in its wheel) in place of detoxify's download. NSFW
+    filtering runs where the optional NudeNet extra is installed."""
+    try:
+        import nudenet  # noqa: F401
+
+        nsfw = True
+    except ImportError:
+        nsfw = False
     return {
         "input": {"path": input_glob, "shard_size": 25},
         "download": {"allow_networks": ["127.0.0.1/32"], "timeout_s": 2, "retries": 1, "threads": 16},
         "clip": {"model": f"local-dir:{clip_dir}", "min_score": clip_threshold, "batch_size": 64},
         "quality": {"text": {"enabled": True}},  # boilerplate captions; basic filtering stays a recipe
+        # profanity-check scores some plain captions near 0.6 ("part of a man with a camera ..."):
+        # the demo asks for a surer call than its 0.5 default
+        "safety": {"toxicity": {"model": "profanity-check", "max_score": 0.75}, "nsfw": {"enabled": nsfw}},
         "export": {"formats": ["webdataset", "parquet", "hf"]},
     }
 

@@ -44,10 +44,15 @@ def where_expr(where: str) -> pl.Expr:
         raise ConfigError(f"--where {where!r}: not a valid expression ({err})") from None
 
 
+def data_stage(stages: Sequence[Stage], column: str) -> Stage | None:
+    """The last stage that writes `column`: exports take that column from it."""
+    writers = [s for s in stages if column in s.data_columns]
+    return writers[-1] if writers else None
+
+
 def image_stage(stages: Sequence[Stage]) -> Stage | None:
     """The last stage that writes the image bytes: exports take images from it (e.g. faces blurred)."""
-    writers = [s for s in stages if C.IMAGE in s.data_columns]
-    return writers[-1] if writers else None
+    return data_stage(stages, C.IMAGE)
 
 
 def kept_samples(run_dir: RunDir, shard: int, stages: Sequence[Stage], where: str | None = None) -> pa.Table:
@@ -55,8 +60,9 @@ def kept_samples(run_dir: RunDir, shard: int, stages: Sequence[Stage], where: st
 
     Without `where`: the rows the run kept. With `where`: rows that were kept or dropped only by
     a score threshold (`THRESHOLD_REASONS`) and that satisfy the expression, so a looser or
-    stricter cut of the same run needs no re-run. A row is only ever exported with image bytes
-    from the last image-writing stage (never an original that a later stage would have changed).
+    stricter cut of the same run needs no re-run. A row is only ever exported with the image
+    bytes and caption of the last stage that writes them (never an original that a later stage
+    would have changed: faces blurred, PII redacted).
     """
     ledger = pl.from_arrow(ledger_shard(run_dir, shard, stages))
     dtype = ledger.schema[C.SCORES]
@@ -73,6 +79,11 @@ def kept_samples(run_dir: RunDir, shard: int, stages: Sequence[Stage], where: st
     images = pl.from_arrow(run_dir.read_shard(source.name, shard, columns=[C.ROW, C.STATUS, C.IMAGE, C.IMAGE_FORMAT]))
     images = images.filter(pl.col(C.STATUS) == C.KEPT).drop(C.STATUS)
     chosen = chosen.join(images, on=C.ROW, how="inner").sort(C.ROW)
+    captions = data_stage(stages, C.CAPTION)  # e.g. PII redacted: the input caption is never exported then
+    if captions is not None:
+        new = pl.from_arrow(run_dir.read_shard(captions.name, shard, columns=[C.ROW, C.STATUS, C.CAPTION]))
+        new = new.filter(pl.col(C.STATUS) == C.KEPT).drop(C.STATUS)
+        chosen = chosen.drop(C.CAPTION).join(new, on=C.ROW, how="inner").sort(C.ROW)
     chosen = chosen.with_columns(pl.col(C.ROW).map_elements(sample_key, return_dtype=pl.String).alias(KEY))
     skip = {C.STATUS, C.STAGE, C.REASON, C.SOURCE, C.SOURCE_LINE}
     scores = [c for c in chosen.columns if c not in EXPORT_COLUMNS and c not in skip]

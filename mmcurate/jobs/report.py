@@ -109,7 +109,7 @@ def _histograms(ledger: pl.LazyFrame, config: dict) -> list[dict]:
         if hi == lo:
             hi = lo + 1
         counts, edges = np.histogram(values, bins=BINS, range=(lo, hi))
-        out.append({"score": column, "rows": int(len(values)), "threshold": threshold, "threshold_kind": kind,
+        out.append({"score": column, "rows": len(values), "threshold": threshold, "threshold_kind": kind,
                     "edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()})
     return out
 
@@ -126,8 +126,12 @@ def _drop_samples(ledger: pl.LazyFrame) -> dict[str, list[str]]:
     return out
 
 
-def _thumbnail(run_dir: RunDir, row: int, shard_size: int, image_stage: str) -> str | None:
-    """A small JPEG data URI of a row's stored image (from the last image-writing stage), if it has one."""
+def _thumbnail(run_dir: RunDir, row: int, shard_size: int, image_stages: list[str], blur=None) -> str | None:
+    """A small JPEG data URI of a row's stored image, if it has one.
+
+    The image comes from the last image-writing stage that holds the row (a row dropped before
+    the privacy stage has only its downloaded image); `blur(rgb)` hides faces in those.
+    """
     import base64
     import io
 
@@ -135,17 +139,25 @@ def _thumbnail(run_dir: RunDir, row: int, shard_size: int, image_stage: str) -> 
     import pyarrow.parquet as pq
     from PIL import Image
 
-    path = run_dir.shard_file(image_stage, row // shard_size)
-    if not path.exists():
-        return None
-    table = pq.read_table(path, columns=[C.ROW, C.IMAGE], filters=[(C.ROW, "=", row)])
-    table = table.filter(pc.equal(table[C.ROW], row))
-    data = table[C.IMAGE][0].as_py() if table.num_rows else None
+    data, i = None, 0
+    for i, stage in enumerate(image_stages):
+        path = run_dir.shard_file(stage, row // shard_size)
+        if not path.exists():
+            continue
+        table = pq.read_table(path, columns=[C.ROW, C.IMAGE], filters=[(C.ROW, "=", row)])
+        table = table.filter(pc.equal(table[C.ROW], row))
+        data = table[C.IMAGE][0].as_py() if table.num_rows else None
+        if data:
+            break
     if not data:
         return None
     try:
         with Image.open(io.BytesIO(data)) as im:
             im = im.convert("RGB")
+            if blur is not None and i > 0:  # not from the stage that already blurred faces
+                import numpy as np
+
+                im = Image.fromarray(blur(np.asarray(im)))
             im.thumbnail((112, 112))
             buf = io.BytesIO()
             im.save(buf, "JPEG", quality=80)
@@ -270,16 +282,31 @@ def render_html(report: dict, thumbs: dict[int, str | None] | None = None) -> st
     return "\n".join(parts)
 
 
-def _image_stage(manifest: dict) -> str | None:
-    """The last stage that writes image bytes (thumbnails show what exports would: e.g. faces blurred)."""
-    from mmcurate.jobs.export import image_stage
+def _image_stages(manifest: dict) -> tuple[list[str], object]:
+    """Stages that write image bytes, last first, and a face blur for images from before privacy.
+
+    Thumbnails show what exports would (faces blurred); a row dropped before the privacy stage
+    shows its downloaded image with faces blurred on the spot when faces are to be blurred.
+    """
     from mmcurate.pipelines import build_stages
     from mmcurate.schemas.config import config_from_dict
 
     if not manifest.get("config"):
-        return None
-    stage = image_stage(build_stages(config_from_dict(manifest["config"], source="manifest.json")))
-    return stage.name if stage else None
+        return [], None
+    config = config_from_dict(manifest["config"], source="manifest.json")
+    stages = [s.name for s in build_stages(config) if C.IMAGE in s.data_columns][::-1]
+    blur = None
+    faces = (manifest.get("models") or {}).get("privacy", {}).get("faces")
+    if config.privacy.faces.enabled and config.privacy.faces.action == "blur" and faces:
+        from mmcurate.filters.faces import FaceDetector
+        from mmcurate.filters.faces import blur as blur_faces
+
+        detector = FaceDetector(faces["detector"], faces["weights"], config.privacy.faces.min_confidence)
+
+        def blur(rgb):
+            return blur_faces(rgb, detector.detect(rgb))
+
+    return stages, blur
 
 
 def write_report(run_dir: RunDir) -> Path:
@@ -288,12 +315,12 @@ def write_report(run_dir: RunDir) -> Path:
     atomic.write_json(run_dir.report / "report.json", report)
     manifest = run_dir.read_manifest()
     shard_size = (manifest.get("config") or {}).get("input", {}).get("shard_size", 1)
-    images_from = _image_stage(manifest)
+    images_from, blur = _image_stages(manifest)
     thumbs = {}
     for reason, items in report["samples"].items():
         for item in items:
             if reason not in NEVER_SHOWN and images_from:
-                thumbs[item["row"]] = _thumbnail(run_dir, item["row"], shard_size, images_from)
+                thumbs[item["row"]] = _thumbnail(run_dir, item["row"], shard_size, images_from, blur)
     page = run_dir.report / "index.html"
     atomic.write_with(page, lambda tmp: Path(tmp).write_text(render_html(report, thumbs), encoding="utf-8"))
     return page

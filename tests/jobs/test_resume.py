@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from mmcurate.demo.server import ImageServer, Route
-from tests.conftest import make_image, run_cli
+from tests.conftest import SAFETY_OFF, make_image, run_cli
 
 pytestmark = pytest.mark.slow
 N, SHARD = 400, 25
@@ -71,6 +71,7 @@ def test_sigkill_mid_download_then_resume(tmp_path):
             "input": {"path": str(tmp_path / "urls.jsonl"), "shard_size": SHARD},
             "download": {"allow_networks": ["127.0.0.1/32"], "threads": 4, "retries": 0, "image_size": 48},
             "clip": {"enabled": False},
+            **SAFETY_OFF,
         }
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
 

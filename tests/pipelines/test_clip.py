@@ -18,7 +18,7 @@ from mmcurate.pipelines.clip import ClipEmbedStage, ClipFilterStage
 from mmcurate.pipelines.stage import serial
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import config_from_dict
-from tests.conftest import run_cli
+from tests.conftest import SAFETY_OFF, run_cli
 
 N_PAIRS = 200
 
@@ -50,6 +50,7 @@ def test_swapped_captions_are_dropped_through_run(shapes_clip, tmp_path, tripwir
             "dedup": {"exact": False, "phash": {"enabled": False}},
             "clip": {"model": f"local-dir:{model_dir}", "min_score": card["threshold"], "batch_size": 32},
             "export": {"formats": ["parquet"]},
+            **SAFETY_OFF,
         }
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
         run_dir = tmp_path / "run"

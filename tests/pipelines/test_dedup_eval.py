@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from mmcurate.demo.server import ImageServer, Route
-from tests.conftest import run_cli
+from tests.conftest import SAFETY_OFF, run_cli
 from tests.dedup_eval import build, precision_recall
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,8 @@ def test_precision_recall_across_shards_and_workers(tmp_path):
         rows = [{"url": server.url(f"/e/{items[i][0]}"), "caption": items[i][0]} for i in order]
         (tmp_path / "urls.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
         config = {"input": {"path": str(tmp_path / "urls.jsonl"), "shard_size": SHARD},
-                  "download": {"allow_networks": ["127.0.0.1/32"]}, "clip": {"enabled": False}, "export": {"formats": []}}
+                  "download": {"allow_networks": ["127.0.0.1/32"]}, "clip": {"enabled": False}, "export": {"formats": []},
+                  **SAFETY_OFF}
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
         proc = run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "run"), "--quiet")
         assert proc.returncode == 0, proc.stderr

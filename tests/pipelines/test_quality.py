@@ -13,7 +13,7 @@ from PIL import Image
 import mmcurate.pipelines
 from mmcurate.demo.server import ImageServer, Route
 from mmcurate.schemas.config import load_config
-from tests.conftest import run_cli
+from tests.conftest import SAFETY_OFF_SET, run_cli
 
 RECIPES = sorted((Path(mmcurate.pipelines.__file__).parent / "recipes").glob("*.yaml"))
 
@@ -60,7 +60,7 @@ def test_basic_recipe_and_caption_text_through_run(tmp_path, tripwire):
         proc = run_cli("run", str(recipe), "--run-dir", str(tmp_path / "run"), "--quiet",
                        "--set", f"input.path={tmp_path / 'pool.jsonl'}",
                        "--set", "download.allow_networks=[127.0.0.1/32]", "--set", "download.image_size=64",
-                       "--set", "quality.text.enabled=true")
+                       "--set", "quality.text.enabled=true", *SAFETY_OFF_SET)
         assert proc.returncode == 0, proc.stderr
     ledger = {r["url"]: r for r in pq.read_table(tmp_path / "run" / "ledger.parquet").to_pylist()}
     for path, _, cap, expected in ROWS:

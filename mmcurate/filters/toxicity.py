@@ -1,0 +1,139 @@
+"""Toxic captions: detoxify's models, or alt-profanity-check's linear model that ships in its wheel.
+
+`safety.toxicity.model` names the model:
+- a detoxify model (`original`, `unbiased`, `multilingual`, `original-small`, `unbiased-small`):
+  downloaded by detoxify from GitHub and the Hugging Face hub where those are reachable;
+- with `checkpoint` (a detoxify `.ckpt`) and `huggingface_config_path` (a folder holding the
+  transformer's config and tokenizer), everything loads from disk. detoxify still calls
+  `from_pretrained(model_type)` with the model type stored in the checkpoint, so a checkpoint
+  whose model type is a hub name (all released ones) is rewritten once into the cache with the
+  local folder as its model type, and that copy is what `detoxify.Detoxify` loads;
+- `profanity-check`: alt-profanity-check's TF-IDF + linear SVM (offline, no download).
+
+The score of a caption is its highest class probability; `top` names that class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmcurate.filters.clip_score import file_sha256
+
+DETOXIFY_MODELS = ("original", "unbiased", "multilingual", "original-small", "unbiased-small")
+PROFANITY_CHECK = "profanity-check"
+MODELS = (*DETOXIFY_MODELS, PROFANITY_CHECK)
+
+
+class ToxicityModelError(ValueError):
+    """A model that cannot load; `key` is the config key to blame."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class ToxicityModel:
+    model: str
+    checkpoint: str | None  # the file detoxify loads (possibly the cache's rewritten copy)
+    config_path: str | None
+    sha256: str | None  # of the checkpoint as given
+    label: str
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MMCURATE_CACHE") or Path.home() / ".cache" / "mmcurate")
+
+
+def _local_checkpoint(checkpoint: Path, config_path: Path, sha: str) -> Path:
+    """The checkpoint itself when its model type is already a local folder, else a rewritten copy."""
+    import torch
+
+    loaded = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if not isinstance(loaded, dict) or "config" not in loaded or "state_dict" not in loaded:
+        raise ToxicityModelError("safety.toxicity.checkpoint", f"{checkpoint}: not a detoxify checkpoint "
+                                 "(it needs 'config' and 'state_dict')")
+    args = loaded["config"]["arch"]["args"]
+    if Path(str(args.get("model_type", ""))).is_dir():
+        return checkpoint
+    target = cache_dir() / "detoxify" / f"{sha[:16]}-{hashlib.sha256(str(config_path).encode()).hexdigest()[:8]}.ckpt"
+    if not target.exists():
+        args["model_type"] = str(config_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".tmp-{os.getpid()}")
+        torch.save(loaded, tmp)
+        tmp.replace(target)
+    return target
+
+
+def resolve(model: str, checkpoint: str | None, config_path: str | None) -> ToxicityModel:
+    """Check the configured model on the driver (files exist, are detoxify's); hash its checkpoint."""
+    if model == PROFANITY_CHECK:
+        try:
+            from importlib.metadata import version
+
+            import profanity_check  # noqa: F401
+        except ImportError:
+            raise ToxicityModelError("safety.toxicity.model", "profanity-check needs alt-profanity-check installed") from None
+        return ToxicityModel(model, None, None, None, f"alt-profanity-check {version('alt-profanity-check')}")
+    if checkpoint is None:
+        if model not in DETOXIFY_MODELS:
+            raise ToxicityModelError("safety.toxicity.model", f"unknown model {model!r} (choose from {', '.join(MODELS)}, "
+                                     "or give a checkpoint)")
+        return ToxicityModel(model, None, config_path, None, f"detoxify:{model}")
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise ToxicityModelError("safety.toxicity.checkpoint", f"{checkpoint}: no such file")
+    sha = file_sha256(path)
+    if config_path is None:
+        return ToxicityModel(model, str(path), None, sha, f"detoxify:{path.name}:{sha[:12]}")
+    folder = Path(config_path).expanduser()
+    if not (folder / "config.json").is_file():
+        raise ToxicityModelError("safety.toxicity.huggingface_config_path",
+                                 f"{config_path}: no config.json there (save the model's config and tokenizer into it)")
+    local = _local_checkpoint(path, folder.resolve(), sha)
+    return ToxicityModel(model, str(local), str(folder.resolve()), sha, f"detoxify:{path.name}:{sha[:12]}")
+
+
+class ToxicityScorer:
+    def __init__(self, model: ToxicityModel, device: str = "cpu", batch_size: int = 64):
+        self.spec = model
+        self.batch_size = batch_size
+        if model.model == PROFANITY_CHECK and model.checkpoint is None:
+            import profanity_check
+
+            self._profanity = profanity_check.predict_prob
+            self._detoxify = None
+            return
+        import torch
+        from detoxify import Detoxify
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._profanity = None
+        self._detoxify = Detoxify(
+            model_type=model.model, checkpoint=model.checkpoint, device=device,
+            huggingface_config_path=model.config_path,
+        )
+
+    def score(self, captions: Sequence[str | None]) -> list[tuple[float, str]]:
+        """(highest class probability, that class) per caption."""
+        texts = [c or "" for c in captions]
+        out: list[tuple[float, str]] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = texts[start:start + self.batch_size]
+            if self._profanity is not None:
+                out.extend((float(p), "profanity") for p in self._profanity(batch))
+                continue
+            result = self._detoxify.predict(batch)
+            classes = list(result)
+            rows = [[result[c] if isinstance(result[c], list) else [result[c]] for c in classes]]
+            values = list(zip(*rows[0]))
+            for probs in values:
+                best = max(range(len(classes)), key=lambda i: probs[i])
+                out.append((float(probs[best]), classes[best]))
+        return out
