@@ -182,7 +182,8 @@ def cmd_export(args) -> int:
         "where": args.where, "rows": count, "created": datetime.now(UTC).isoformat(timespec="seconds"),
     })
     cut = f" where {args.where}" if args.where else ""
-    print(f"exported {count:,} samples{cut} as {args.format} to {out}")
+    what = "instruction records" if args.format == "llava" else "samples"
+    print(f"exported {count:,} {what}{cut} as {args.format} to {out}")
     return 0
 
 

@@ -187,8 +187,14 @@ def export_hf(run_dir: RunDir, stages: Sequence[Stage], out_dir: Path, where: st
 
 def export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Path, where: str | None = None) -> int:
     """Export every shard of a finished run to `out_dir` (the `mmcurate export` command)."""
+    if fmt == "llava":
+        from mmcurate.jobs.instructions import export_llava
+
+        if where is not None:
+            raise ConfigError("--where: cuts apply to sample exports (webdataset, parquet, hf), not to llava")
+        return export_llava(run_dir, stages, out_dir)
     if fmt not in FORMATS:
-        raise ConfigError(f"--format: {fmt!r} is not available (choose from {', '.join(FORMATS)})")
+        raise ConfigError(f"--format: {fmt!r} is not available (choose from {', '.join(FORMATS)}, llava)")
     if where is not None:
         where_expr(where)
     if fmt == "hf":

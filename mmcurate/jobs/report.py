@@ -63,6 +63,7 @@ def build_report(run_dir: RunDir) -> dict:
         "models": manifest.get("models", {}),
         "versions": manifest.get("versions", {}),
         "input": manifest.get("input", {}),
+        "synthesis": manifest.get("instructions"),
     }
 
 
@@ -242,6 +243,26 @@ def _samples_html(report: dict, thumbs: dict[int, str | None]) -> str:
     return "".join(parts) or "<p>nothing was dropped</p>"
 
 
+def _synthesis_html(syn: dict | None) -> str:
+    """Teacher requests, retries, failures and rejections by reason, tokens, per-task counts and lengths."""
+    if not syn:
+        return ""
+    totals = [{"what": k, "value": syn.get(k)} for k in
+              ("records", "llava_records", "requests", "retries", "cached", "refusal_rate", "tokens_in", "tokens_out")]
+    parts = ["<h2>Instruction data (synthesis)</h2>", _table(totals, ["what", "value"]),
+             _table([{"task": t, **c} for t, c in syn.get("by_task", {}).items()], ["task", "ok", "rejected", "failed"])]
+    why = [{"what": f"rejected: {k}", "rows": v} for k, v in syn.get("rejected_by_reason", {}).items()]
+    why += [{"what": f"failed: {k}", "rows": v} for k, v in syn.get("failed_by_reason", {}).items()]
+    if why:
+        parts.append(_bars(why, "what", "rows"))
+    edges = syn.get("answer_length_bins") or []
+    for task, counts in (syn.get("answer_length_by_task") or {}).items():
+        labels = [f"{a}-{b - 1}" for a, b in zip(edges, edges[1:])] + [f"{edges[-1]}+"] if edges else []
+        parts.append(f"<p>answer length (characters), {html.escape(task)}</p>")
+        parts.append(_bars([{"chars": label, "answers": n} for label, n in zip(labels, counts)], "chars", "answers"))
+    return "".join(parts)
+
+
 def render_html(report: dict, thumbs: dict[int, str | None] | None = None) -> str:
     """A self-contained page (inline CSS and SVG, images as data URIs, no scripts, no network)."""
     inv = (
@@ -264,6 +285,7 @@ def render_html(report: dict, thumbs: dict[int, str | None] | None = None) -> st
         "<h2>Samples of what was dropped</h2>",
         f"<p>A reproducible random sample (seed {SAMPLE_SEED}) of up to {SAMPLES_PER_REASON} rows per reason.</p>",
         _samples_html(report, thumbs or {}),
+        _synthesis_html(report.get("synthesis")),
         "<h2>Models</h2>",
         _table([{"stage": k, **{kk: (vv if not isinstance(vv, dict) else json.dumps(vv)) for kk, vv in v.items()}}
                 for k, v in report["models"].items()], ["stage", "model", "pretrained", "sha256", "weights", "label"])

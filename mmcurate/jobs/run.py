@@ -266,6 +266,18 @@ class Job:
         rows = json.loads(marker.read_text())[C.KEPT]
         return {"status": "done", "rows": rows, "path": str(self.run_dir.shards / "hf")}
 
+    def _instructions(self) -> dict:
+        """Run-level checks of the teacher's records, instructions/*.parquet, llava.json, summary."""
+        from mmcurate.jobs.instructions import export_llava, finish
+
+        self.progress.begin("instructions", 1, 0)
+        summary = finish(self.run_dir, self.stages)
+        summary["llava_records"] = export_llava(self.run_dir, self.stages, self.run_dir.root / "instructions")
+        self.progress.advance("instructions", {"stage": "instructions", "shard": 0, "rows_in": summary["records"],
+                                               C.KEPT: summary["llava_records"]})
+        self.progress.end("instructions")
+        return summary
+
     def run(self) -> RunResult:
         """Run (or resume) the pipeline; raises on anything that leaves the run incomplete."""
         from mmcurate.jobs.shard_task import ShardTask
@@ -309,7 +321,15 @@ class Job:
                 ledger = build_ledger(self.run_dir, self.stages)
                 manifest["ledger"] = ledger
                 exports = {}
+                if self.config.synthesis.enabled:
+                    manifest["instructions"] = self._instructions()
                 for fmt in self.config.export.formats:
+                    if fmt == "llava":
+                        exports[fmt] = ({"status": "done", "rows": manifest["instructions"]["llava_records"],
+                                         "path": str(self.run_dir.root / "instructions" / "llava.json")}
+                                        if self.config.synthesis.enabled else
+                                        {"status": "unavailable", "note": "synthesis.enabled is false"})
+                        continue
                     if fmt not in EXPORT_FORMATS:
                         exports[fmt] = {"status": "unavailable", "note": "format not in this version"}
                         continue

@@ -53,6 +53,7 @@ class ShardTask:
         if run_dir.is_done(name, shard):  # a retried task after its output landed
             return run_dir.read_stats(name, shard)
         start = time.perf_counter()
+        self.stage.run_root, self.stage.shard = self.root, shard
         rows = alive_rows(run_dir, shard, self.upstream, self.stage.input_columns)
         out = self.stage.process(rows)
         check_aligned(name, rows, out)

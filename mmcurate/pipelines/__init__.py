@@ -11,10 +11,11 @@ from mmcurate.pipelines.privacy import PrivacyStage
 from mmcurate.pipelines.quality import QualityStage
 from mmcurate.pipelines.safety import SafetyStage
 from mmcurate.pipelines.semantic_dedup import SemanticDedupStage
+from mmcurate.pipelines.synthesis import SynthesisStage
 from mmcurate.pipelines.stage import Stage
 from mmcurate.schemas.config import Config
 
-# Stages after ingest, in pipeline order. Synthesis joins this list when it lands.
+# Stages after ingest, in pipeline order.
 STAGE_CLASSES: list[type[Stage]] = [
     DownloadStage,
     QualityStage,
@@ -27,10 +28,11 @@ STAGE_CLASSES: list[type[Stage]] = [
     ClipHeadsStage,
     SafetyStage,
     PrivacyStage,
+    SynthesisStage,
 ]
 
 # Config sections whose stages have not landed yet: a run records them as unavailable.
-PLANNED_SECTIONS = ("synthesis",)
+PLANNED_SECTIONS: tuple[str, ...] = ()
 
 
 def build_stages(config: Config) -> list[Stage]:

@@ -48,6 +48,10 @@ class Stage:
     data_columns: ClassVar[tuple[str, ...]] = ()  # flow on to later stages and exports
     # data columns of earlier stages this stage reads (None: all); url and caption always come
     input_columns: ClassVar[tuple[str, ...] | None] = None
+    # set by the run before `process`: the run dir's root and the shard (for stages that keep
+    # files of their own beside their shard output, such as synthesis's records and cache)
+    run_root: str = "."
+    shard: int = 0
 
     def __init__(self, config: Config):
         self.config = config

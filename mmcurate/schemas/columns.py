@@ -76,6 +76,11 @@ FACE_ACTION = "face_action"  # blurred | flagged | dropped | null
 PII_TYPES = "pii_types"  # kinds of personal data found in the caption
 PII_ACTION = "pii_action"  # redacted | flagged | dropped | null
 
+# synthesis (per row: counts; per record: instructions/*.parquet)
+SYNTH_OK = "synthesis_ok"  # tasks whose answer was kept
+SYNTH_REJECTED = "synthesis_rejected"  # answered, but failed validation
+SYNTH_FAILED = "synthesis_failed"  # no answer (http_400, timeout after retries, ...)
+
 IDENTITY_FIELDS = [
     pa.field(UID, pa.string(), nullable=False),
     pa.field(ROW, pa.int64(), nullable=False),
@@ -191,6 +196,44 @@ PRIVACY_SCHEMA = pa.schema(
         pa.field(IMAGE_FORMAT, pa.string()),
     ]
 )
+
+SYNTHESIS_SCHEMA = pa.schema(
+    IDENTITY_FIELDS
+    + DECISION_FIELDS
+    + [pa.field(SYNTH_OK, pa.int16()), pa.field(SYNTH_REJECTED, pa.int16()), pa.field(SYNTH_FAILED, pa.int16())]
+)
+
+# one instruction record per (sample, task): DESIGN A.5 plus provenance
+INSTRUCTION_SCHEMA = pa.schema([
+    pa.field("id", pa.string()),  # <export key>-<task>
+    pa.field(UID, pa.string()),
+    pa.field(ROW, pa.int64()),
+    pa.field("image", pa.string()),  # images/<export key>.<ext>, relative to llava.json
+    pa.field("task", pa.string()),
+    pa.field(STATUS, pa.string()),  # ok | rejected | failed
+    pa.field(REASON, pa.string()),  # the first problem, or the failure
+    pa.field("problems", pa.list_(pa.string())),
+    pa.field("flags", pa.list_(pa.string())),  # kept but worth a look (possibly_ungrounded)
+    pa.field("conversations", pa.list_(pa.struct([pa.field("from", pa.string()), pa.field("value", pa.string())]))),
+    pa.field("answer", pa.string()),  # the teacher's text as received
+    pa.field("finish_reason", pa.string()),
+    pa.field("teacher_model", pa.string()),
+    pa.field("endpoint", pa.string()),  # never with a key
+    pa.field("template_id", pa.string()),
+    pa.field("template_version", pa.string()),
+    pa.field("sampling", pa.string()),  # JSON
+    pa.field("request_hash", pa.string()),
+    pa.field("cached", pa.bool_()),
+    pa.field("prompt_tokens", pa.int64()),
+    pa.field("completion_tokens", pa.int64()),
+    pa.field("latency_s", pa.float32()),
+    pa.field("attempts", pa.int16()),
+    pa.field("retries", pa.int16()),
+    pa.field("answer_clip_score", pa.float32()),
+    pa.field("caption_clip_score", pa.float32()),
+    pa.field("judge", pa.string()),  # JSON {"accurate": bool, "complete": bool} or null
+    pa.field("error", pa.string()),
+])
 
 LEDGER_BASE_FIELDS = [
     pa.field(UID, pa.string(), nullable=False),

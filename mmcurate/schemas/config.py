@@ -231,15 +231,42 @@ class QualityConfig(_Section):
     watermark: WatermarkConfig = Field(default_factory=WatermarkConfig)
 
 
+class JudgeConfig(_Section):
+    enabled: bool = False  # a second call asks whether each answer is accurate and grounded in the image
+    endpoint: str | None = None  # default: synthesis.endpoint
+    model: str | None = None  # default: synthesis.model
+
+
 class SynthesisConfig(_Section):
     enabled: bool = False
     endpoint: str = "http://127.0.0.1:8000/v1"
     model: str = "teacher-model-name"
     api_key_env: str | None = None
-    tasks: list[str] = Field(default_factory=lambda: ["conversation", "detail", "reasoning"])
-    max_concurrency: int = Field(16, ge=1)
+    tasks: list[str] = Field(default_factory=lambda: ["conversation", "detail", "reasoning"], min_length=1)
+    max_concurrency: int = Field(16, ge=1)  # requests in flight for the whole run
     max_retries: int = Field(5, ge=0)
     timeout_s: float = Field(60, gt=0)
+    # extensions
+    templates: str | None = None  # a folder of <task>.yaml templates (default: the built-in ones)
+    requests_per_s: float | None = Field(None, gt=0)
+    temperature: float = Field(0.2, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=1)
+    seed: int | None = 0
+    structured_output: bool = False  # ask for response_format json_schema (vLLM, hosted APIs)
+    min_answer_chars: int = Field(2, ge=0)
+    max_answer_chars: int = Field(6000, ge=1)
+    grounding_min_ratio: float = Field(0.5, ge=0)  # flag answers scoring below this x the caption's CLIP score
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL of an OpenAI-compatible API (ending in /v1)")
+        if "@" in value.split("//", 1)[1].split("/", 1)[0]:
+            raise ValueError("must not carry credentials: put the key in the variable named by api_key_env")
+        return value
 
 
 class ExportConfig(_Section):

@@ -1,0 +1,159 @@
+"""After the synthesis stage: run-level checks, `instructions/` (parquet, llava.json, images), a summary.
+
+The stage validates each answer on its own and against the same image's other questions; only
+here, over the whole run in row order, can a question be compared with every earlier one: a
+teacher-written question whose normalised text was already asked about another image is
+rejected as `duplicate_question_across_run` (deterministic: the earlier row keeps it).
+Everything is rebuilt from the stage's records on every run, so it is resumable and cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmcurate import atomic
+from mmcurate.errors import ConfigError
+from mmcurate.filters import instructions as V
+from mmcurate.jobs.rundir import RunDir
+from mmcurate.pipelines.stage import Stage
+from mmcurate.schemas import columns as C
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "llava.schema.json"
+LENGTH_BINS = (0, 50, 100, 200, 400, 800, 1600, 3200, 6400)
+
+
+def synthesis_stage(stages: Sequence[Stage]) -> Stage | None:
+    return next((s for s in stages if s.name == "synthesis"), None)
+
+
+def records(run_dir: RunDir, shard: int) -> pa.Table | None:
+    path = run_dir.stage_dir("synthesis") / f"records-{shard:06d}.parquet"
+    return pq.read_table(path) if path.exists() else None
+
+
+def finish(run_dir: RunDir, stages: Sequence[Stage]) -> dict:
+    """Write instructions/NNNNNN.parquet (all records, final statuses) and summary.json; return it."""
+    out_dir = run_dir.root / "instructions"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seen: set[bytes] = set()
+    summary = {"records": 0, "by_status": Counter(), "by_task": {}, "rejected": Counter(), "failed": Counter(),
+               "requests": 0, "retries": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0,
+               "answer_chars": {}}
+    for shard in range(run_dir.shard_count()):
+        table = records(run_dir, shard)
+        if table is None:
+            continue
+        rows = table.to_pylist()
+        for r in rows:
+            if r[C.STATUS] == "ok" and r["task"] and r["conversations"]:
+                template_question = len(r["conversations"]) == 2 and r["task"] and _fixed_question(stages, r["task"])
+                if not template_question:
+                    hashes = [hashlib.blake2b(V.normalise(t["value"].replace(V.IMAGE_TOKEN, "")).encode(), digest_size=12).digest()
+                              for t in r["conversations"] if t["from"] == "human"]
+                    if any(h in seen for h in hashes):
+                        r.update({C.STATUS: "rejected", C.REASON: "duplicate_question_across_run",
+                                  "problems": ["duplicate_question_across_run"]})
+                    else:
+                        seen.update(hashes)
+            _count(summary, r)
+        atomic.write_parquet(out_dir / f"{shard:06d}.parquet", pa.Table.from_pylist(rows, schema=C.INSTRUCTION_SCHEMA))
+    answered = summary["by_status"]["ok"] + summary["by_status"]["rejected"]
+    result = {
+        "records": summary["records"],
+        "by_status": dict(summary["by_status"]),
+        "by_task": summary["by_task"],
+        "rejected_by_reason": dict(summary["rejected"].most_common()),
+        "failed_by_reason": dict(summary["failed"].most_common()),
+        "requests": summary["requests"],
+        "retries": summary["retries"],
+        "cached": summary["cached"],
+        "refusal_rate": round(summary["rejected"]["refusal"] / answered, 4) if answered else None,
+        "tokens_in": summary["prompt_tokens"],
+        "tokens_out": summary["completion_tokens"],
+        "answer_length_bins": list(LENGTH_BINS),
+        "answer_length_by_task": summary["answer_chars"],
+    }
+    atomic.write_json(out_dir / "summary.json", result)
+    return result
+
+
+def _fixed_question(stages: Sequence[Stage], task: str) -> bool:
+    """Whether a task's human turn is the template's fixed instruction (not teacher-written)."""
+    stage = synthesis_stage(stages)
+    template = (stage.templates or {}).get(task) if stage else None
+    return bool(template and template.shape == "text")
+
+
+def _count(summary: dict, r: dict) -> None:
+    summary["records"] += 1
+    summary["by_status"][r[C.STATUS]] += 1
+    task = summary["by_task"].setdefault(r["task"], {"ok": 0, "rejected": 0, "failed": 0})
+    task[r[C.STATUS]] += 1
+    if r[C.STATUS] == "rejected":
+        summary["rejected"][r[C.REASON]] += 1
+    elif r[C.STATUS] == "failed":
+        summary["failed"][r[C.REASON]] += 1
+    if not r["cached"]:
+        summary["requests"] += r["attempts"] or 0
+        summary["retries"] += r["retries"] or 0
+    else:
+        summary["cached"] += 1
+    summary["prompt_tokens"] += r["prompt_tokens"] or 0
+    summary["completion_tokens"] += r["completion_tokens"] or 0
+    if r["answer"] is not None:
+        bins = summary["answer_chars"].setdefault(r["task"], [0] * len(LENGTH_BINS))
+        n = len(r["answer"])
+        bins[max(i for i, edge in enumerate(LENGTH_BINS) if n >= edge)] += 1
+
+
+def export_llava(run_dir: RunDir, stages: Sequence[Stage], out_dir: Path) -> int:
+    """`llava.json` (the ok records, LLaVA's format, validated) with the images it references
+    beside it (`images/<key>.<ext>`, from the last stage that writes images: faces blurred)."""
+    import jsonschema
+
+    from mmcurate.jobs.export import image_stage
+
+    if synthesis_stage(stages) is None or not (run_dir.root / "instructions").exists():
+        raise ConfigError("--format llava: this run has no instruction data (synthesis.enabled is false)")
+    schema = json.loads(SCHEMA_PATH.read_text())
+    item_validator = jsonschema.Draft202012Validator(schema["items"])
+    source = image_stage(stages)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    count = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal count
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("[")
+            for shard in range(run_dir.shard_count()):
+                path = run_dir.root / "instructions" / f"{shard:06d}.parquet"
+                if not path.exists():
+                    continue
+                ok = [r for r in pq.read_table(path).to_pylist() if r[C.STATUS] == "ok"]
+                if not ok:
+                    continue
+                images = run_dir.read_shard(source.name, shard, columns=[C.ROW, C.STATUS, C.IMAGE])
+                by_row = {r: img for r, s, img in zip(images[C.ROW].to_pylist(), images[C.STATUS].to_pylist(),
+                                                      images[C.IMAGE].to_pylist()) if s == C.KEPT}
+                for r in ok:
+                    item = {"id": r["id"], "image": r["image"], "conversations": r["conversations"]}
+                    item_validator.validate(item)
+                    problem = V.llava_format_ok(item["conversations"])
+                    if problem:
+                        raise ValueError(f"record {r['id']}: {problem}")  # validated upstream: a bug if reached
+                    target = out_dir / r["image"]
+                    if not target.exists():
+                        atomic.write_with(target, lambda t, data=by_row[r[C.ROW]]: Path(t).write_bytes(data))
+                    f.write(("," if count else "") + "\n" + json.dumps(item, ensure_ascii=False))
+                    count += 1
+            f.write("\n]\n")
+
+    atomic.write_with(out_dir / "llava.json", write)
+    return count
