@@ -89,6 +89,7 @@ def cmd_demo(args) -> int:
     print(f"run dir: {result.run_dir}")
     print(f"ledger:  {led['rows']:,} rows = {led['kept']:,} kept + {led['dropped']:,} dropped + {led['failed']:,} failed")
     print(f"report:  {result.report}")
+    print(f"llava:   {result.run_dir / 'instructions' / 'llava.json'} (written by the demo's stand-in teacher, not a model)")
     print(f"try:     mmcurate audit {result.run_dir} --status failed --limit 10")
     return 0
 

@@ -49,3 +49,7 @@ def test_demo_end_to_end(tmp_path, shapes_clip):
     assert json.loads(audit.stdout)[0]["url"].startswith("http://127.0.0.2:")
     report = json.loads((run_dir / "report" / "report.json").read_text())
     assert report["invariant_holds"] and report["rows"] == len(ledger)
+    # synthesis against the stand-in teacher: a record per kept sample and task, llava.json loads
+    llava = json.loads((run_dir / "instructions" / "llava.json").read_text())
+    assert report["synthesis"]["records"] == 3 * len(kept) and len(llava) == report["synthesis"]["llava_records"] > 0
+    assert "stand-in teacher" in proc.stdout

@@ -196,11 +196,12 @@ def write_inputs(rows: list[dict], folder: Path) -> str:
     return str(folder / "urls.*")
 
 
-def demo_config(input_glob: str, clip_dir: str | Path, clip_threshold: float) -> dict:
+def demo_config(input_glob: str, clip_dir: str | Path, clip_threshold: float, teacher: str | None = None) -> dict:
     """The default pipeline, allowed to reach the loopback server and nothing else private,
     with the offline stand-in CLIP in place of ViT-B-32 (no model hub here), and toxicity scored
     by alt-profanity-check's model (in its wheel) in place of detoxify's download. NSFW
-    filtering runs where the optional NudeNet extra is installed."""
+    filtering runs where the optional NudeNet extra is installed. With `teacher` (an endpoint),
+    synthesis runs against it: the demo passes its loopback stand-in teacher, which is not a model."""
     try:
         import nudenet  # noqa: F401
 
@@ -215,21 +216,25 @@ def demo_config(input_glob: str, clip_dir: str | Path, clip_threshold: float) ->
         # profanity-check scores some plain captions near 0.6 ("part of a man with a camera ..."):
         # the demo asks for a surer call than its 0.5 default
         "safety": {"toxicity": {"model": "profanity-check", "max_score": 0.75}, "nsfw": {"enabled": nsfw}},
-        "export": {"formats": ["webdataset", "parquet", "hf"]},
+        "export": {"formats": ["webdataset", "parquet", "hf", "llava"] if teacher else ["webdataset", "parquet", "hf"]},
+        **({"synthesis": {"enabled": True, "endpoint": teacher, "model": "mmcurate-stand-in-teacher"}} if teacher else {}),
     }
 
 
 def run_demo(run_dir: str | Path, progress=None, force: bool = True):
     """Serve the sample on loopback, run the default pipeline on it, return the RunResult."""
     from mmcurate.demo import shapes
+    from mmcurate.demo.teacher import StandInTeacher
     from mmcurate.jobs.run import run
     from mmcurate.schemas.config import config_from_dict
 
     run_dir = Path(run_dir)
     clip_dir, card = shapes.ensure_model()
-    with ImageServer() as server:
+    # the teacher is a loopback STAND-IN (mmcurate.demo.teacher): well-formed answers written from
+    # the caption, so the synthesis path can be seen offline; it is not a model
+    with ImageServer() as server, StandInTeacher() as teacher:
         rows = build_sample(server)
         input_glob = write_inputs(rows, run_dir / "demo-input")
-        config = config_from_dict(demo_config(input_glob, clip_dir, card["threshold"]), source="demo")
+        config = config_from_dict(demo_config(input_glob, clip_dir, card["threshold"], teacher.endpoint), source="demo")
         # each demo serves on a new port, so its URLs (the input) change: start over when they do
         return run(config, run_dir, progress=progress, force=force)

@@ -18,6 +18,16 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODEL = "mmcurate-stand-in-teacher"
+_ASK = ("What can you tell me about the {subject} in this picture?", "What is the {subject} like here?",
+        "Can you describe the {subject} you see?", "What stands out about this {subject}?",
+        "How would you describe the {subject} in the image?", "What does the {subject} look like?")
+_WHERE = ("Where is the {subject} placed in the frame?", "Which part of the picture does the {subject} take up?",
+          "How much of the frame does the {subject} fill?", "Is the {subject} near the centre of the image?",
+          "Where in the image can the {subject} be seen?", "How is the {subject} positioned?")
+_WHY = ("Why might someone have taken this picture of the {subject}?", "What could this image of the {subject} be used for?",
+        "Why is the {subject} shown this way?", "What might the photographer have wanted to show with the {subject}?",
+        "For what purpose could this picture of the {subject} have been made?",
+        "Why would the {subject} be the focus of this picture?")
 _NOTE = re.compile(r"orientation only\):\s*(.*)")
 
 
@@ -26,11 +36,20 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
 
+_STOP = frozenset({"in", "on", "with", "at", "under", "against", "looking", "standing", "parked", "blurred", "by"})
+
+
 def _subject(caption: str) -> str:
-    words = re.sub(r"[^\w\s'-]", " ", caption).split()
+    """The caption's head noun phrase ("a tabby cat looking at the camera" -> "tabby cat")."""
+    words = re.sub(r"[^\w\s'-]", " ", caption.split(",")[0]).split()
     while words and words[0].lower() in ("a", "an", "the", "part", "of"):
         words = words[1:]
-    return " ".join(words[:8]) or "scene"
+    head = []
+    for word in words:
+        if head and word.lower() in _STOP:
+            break
+        head.append(word)
+    return " ".join(head[:6]) or "scene"
 
 
 class StandInTeacher:
@@ -110,22 +129,35 @@ class StandInTeacher:
         found = _NOTE.search(cls.request_text(payload))
         return found.group(1).strip() if found else ""
 
+    @staticmethod
+    def image_variant(payload: dict, n: int) -> int:
+        """A number in [0, n) from the image bytes sent: the stand-in words its questions by it."""
+        import hashlib
+
+        for message in payload.get("messages") or []:
+            for part in message.get("content") if isinstance(message.get("content"), list) else []:
+                if isinstance(part, dict) and part.get("type") == "image_url":
+                    url = (part.get("image_url") or {}).get("url", "")
+                    return int(hashlib.sha256(url.encode()).hexdigest(), 16) % n
+        return 0
+
     def content(self, payload: dict) -> str:
         """The answer text for a well-behaved request."""
         task, caption = self.task_of(payload), self.caption_of(payload)
         subject = _subject(caption)
+        v = self.image_variant(payload, len(_ASK))
         if task == "judge":
             return json.dumps({"accurate": True, "complete": True})
         if task == "conversation":
             return json.dumps({"turns": [
-                {"question": f"What can you tell me about the {subject} in this picture?",
+                {"question": _ASK[v].format(subject=subject),
                  "answer": f"The picture shows {caption}. It is the clear focus of the frame."},
-                {"question": f"Where is the {subject} placed in the frame?",
+                {"question": _WHERE[v].format(subject=subject),
                  "answer": f"The {subject} fills most of the frame, close to its centre."},
             ]})
         if task == "reasoning":
             return "```json\n" + json.dumps({
-                "question": f"Why might someone have taken this picture of the {subject}?",
+                "question": _WHY[v].format(subject=subject),
                 "answer": f"Because the {subject} is the clear subject: the framing and the light keep the "
                           f"attention on it, which suggests it was photographed on purpose to show it.",
             }) + "\n```"

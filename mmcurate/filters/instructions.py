@@ -26,19 +26,19 @@ IMAGE_TOKEN = "<image>"
 MAX_TURNS = 6
 SIMILAR_ROUGE_L = 0.7
 
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S | re.I)
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 _REFUSAL = re.compile(
     r"\b(?:i'?m sorry|i am sorry|i apologi[sz]e|as an ai\b|i cannot|i can'?t|i am unable|i'm unable|"
     r"unable to (?:see|view|help|assist|provide)|i do not have the ability|i don'?t have the ability|"
     r"cannot (?:assist|help) with|can'?t (?:assist|help) with)",
-    re.I,
+    re.IGNORECASE,
 )
 _MENTIONS = re.compile(
     r"\b(?:the|this|that|given|provided|above|your)\s+(?:image\s+)?(?:caption|description|note|text prompt)\b"
     r"|\baccording to the (?:caption|description|note|text)\b",
-    re.I,
+    re.IGNORECASE,
 )
-_WORD = re.compile(r"\w+", re.U)
+_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 @dataclass
@@ -150,7 +150,7 @@ def echoes_prompt(text: str, prompt: str, system: str) -> bool:
     answer = f" {normalise(text)} "
     for source in (prompt, system):
         words = normalise(source).split()
-        for i in range(0, max(0, len(words) - 11)):
+        for i in range(max(0, len(words) - 11)):
             if f" {' '.join(words[i:i + 12])} " in answer:
                 return True
     return False

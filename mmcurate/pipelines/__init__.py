@@ -11,8 +11,8 @@ from mmcurate.pipelines.privacy import PrivacyStage
 from mmcurate.pipelines.quality import QualityStage
 from mmcurate.pipelines.safety import SafetyStage
 from mmcurate.pipelines.semantic_dedup import SemanticDedupStage
-from mmcurate.pipelines.synthesis import SynthesisStage
 from mmcurate.pipelines.stage import Stage
+from mmcurate.pipelines.synthesis import SynthesisStage
 from mmcurate.schemas.config import Config
 
 # Stages after ingest, in pipeline order.
