@@ -16,8 +16,10 @@ TMP_SUFFIX = ".tmp"
 
 
 @contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temp path in the target's folder; on success it is fsynced and renamed to target."""
+def atomic_path(target: str | Path, fsync: bool = True) -> Iterator[Path]:
+    """Yield a temp path in the target's folder; on success it is fsynced and renamed to target.
+
+    `fsync=False` for files that may be lost in a power cut but never seen half-written (caches)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
@@ -25,17 +27,18 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
+        if fsync:
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
-def write_json(target: str | Path, data: object) -> None:
+def write_json(target: str | Path, data: object, fsync: bool = True) -> None:
     """Write JSON atomically."""
-    with atomic_path(target) as tmp:
+    with atomic_path(target, fsync) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
 
 

@@ -61,11 +61,13 @@ class StandInTeacher:
         self.lock = threading.Lock()
         self.requests = 0
         self.log: list[dict] = []  # one entry per request: time, task key, status
+        self.attempts: dict[tuple, int] = {}  # requests per (caption, task) so far
         self.authorization_seen: set[str] = set()
         teacher = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # as real servers do: no 40 ms delayed-ACK stall per keep-alive reply
 
             def log_message(self, *args) -> None:
                 pass
@@ -181,7 +183,8 @@ class StandInTeacher:
         key = (self.caption_of(payload), self.task_of(payload))
         with self.lock:
             self.requests += 1
-            attempt = sum(1 for e in self.log if e["key"] == key)
+            attempt = self.attempts.get(key, 0)
+            self.attempts[key] = attempt + 1
             entry = {"time": time.monotonic(), "key": key}
             self.log.append(entry)
         if self.capacity:

@@ -17,7 +17,7 @@ import base64
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,8 +183,34 @@ class SynthesisStage(Stage):
             self._clip = ClipScorer(self.clip_weights, self.config.clip.device, self.config.clip.batch_size)
             self._clip.load()
 
-    def cache_dir(self) -> Path:
-        return Path(self.run_root) / "instructions" / "cache"
+    def cache_file(self) -> Path:
+        return Path(self.run_root) / "instructions" / "cache" / f"{self.shard:06d}.jsonl"
+
+    def _open_cache(self) -> None:
+        """Load this shard's answers (hash -> response) and open the file for appending.
+
+        One JSON line per answer, appended and flushed as it arrives, before it is validated. A
+        line cut short by a crash is dropped (and cut off the file) on the next load: that answer
+        is asked again. Not fsynced: a power cut costs repeated requests, never a wrong answer."""
+        path = self.cache_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._cache: dict[str, dict] = {}
+        good = 0
+        if path.exists():
+            data = path.read_bytes()
+            for line in data.splitlines(keepends=True):
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    item = json.loads(line)
+                    self._cache[item["hash"]] = item["entry"]
+                except (ValueError, KeyError, TypeError):
+                    break
+                good += len(line)
+            if good < len(data):
+                with open(path, "r+b") as f:
+                    f.truncate(good)
+        self._cache_out = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in process()
 
     def _sampling(self) -> dict:
         s = self.config.synthesis
@@ -208,32 +234,34 @@ class SynthesisStage(Stage):
                 "name": template.id, "schema": JSON_SCHEMAS[template.shape], "strict": True}}
         return payload
 
-    def _ask(self, client, payload: dict, digest: str) -> dict:
+    async def _ask(self, client, http, payload: dict, digest: str) -> dict:
         """The cached answer for `digest`, or a fresh call (cached before anyone looks at it)."""
-        path = self.cache_dir() / digest[:2] / f"{digest}.json"
-        if path.exists():
-            try:
-                return {**json.loads(path.read_text()), "cached": True}
-            except ValueError:
-                path.unlink(missing_ok=True)  # a torn file cannot happen (atomic), but never trust it blindly
-        reply = client.chat(payload)
+        if digest in self._cache:
+            return {**self._cache[digest], "cached": True}
+        reply = await client.achat(http, payload, self._slots)
         entry = {"ok": reply.ok, "body": reply.body, "reason": reply.reason, "error": reply.error,
                  "status": reply.status, "attempts": reply.attempts, "retries": reply.retries,
                  "latency_s": round(reply.latency_s, 4), "retry_after": reply.retry_after}
         if reply.ok:
-            atomic.write_json(path, entry)
+            self._cache[digest] = entry
+            self._cache_out.write(json.dumps({"hash": digest, "entry": entry}) + "\n")
+            self._cache_out.flush()
         return {**entry, "cached": False}
 
-    def _one(self, item: tuple) -> dict:
+    async def _one(self, http, item: tuple) -> dict:
+        async with self._work:  # payloads (base64 images) are built for this many requests at most
+            return await self._one_request(http, item)
+
+    async def _one_request(self, http, item: tuple) -> dict:
         row, caption, image, fmt, task = item
         template = self.templates[task]
         mime = MIME.get((fmt or "jpg").lower(), "image/jpeg")
         data_url = f"data:{mime};base64,{base64.b64encode(image).decode()}"
         payload = self._payload(template, caption, data_url)
         digest = request_hash(payload, hashlib.sha256(image).hexdigest(), template)
-        return {"task": task, "digest": digest, **self._ask(self._client, payload, digest)}
+        return {"task": task, "digest": digest, **await self._ask(self._client, http, payload, digest)}
 
-    def _judge_one(self, image: bytes, fmt: str | None, convs: list[dict]) -> dict | None:
+    async def _judge_one(self, http, image: bytes, fmt: str | None, convs: list[dict]) -> dict | None:
         exchange = "\n".join(f"{t['from']}: {t['value'].replace(V.IMAGE_TOKEN, '').strip()}" for t in convs)
         target = self._judge_target()
         mime = MIME.get((fmt or "jpg").lower(), "image/jpeg")
@@ -242,7 +270,7 @@ class SynthesisStage(Stage):
             {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{base64.b64encode(image).decode()}"}}]}]}
         judge_template = Template("judge", "1", "qa", "", JUDGE_PROMPT)
         digest = request_hash(payload, hashlib.sha256(image).hexdigest(), judge_template)
-        reply = self._ask(self._judge, payload, digest)
+        reply = await self._ask(self._judge, http, payload, digest)
         if not reply["ok"]:
             return None
         try:
@@ -310,17 +338,21 @@ class SynthesisStage(Stage):
         formats = rows[C.IMAGE_FORMAT].to_pylist()
         clip_scores = rows[C.CLIP_SCORE].to_pylist() if C.CLIP_SCORE in rows.column_names else [None] * rows.num_rows
         items = [(r, c, i, f, t) for r, c, i, f in zip(row_ids, captions, images, formats) for t in tasks]
-        with ThreadPoolExecutor(self.config.synthesis.max_concurrency, thread_name_prefix="teacher") as pool:
-            replies = list(pool.map(self._one, items))
-        records, per_row = [], []
-        for n, (row, uid, fmt) in enumerate(zip(row_ids, uids, formats)):
-            others: list[str] = []  # questions already asked about this image (ROUGE-L against them)
-            mine = [self._record(row, uid, fmt, reply, others) for reply in replies[n * len(tasks):(n + 1) * len(tasks)]]
-            records += mine
-            per_row.append(mine)
-        self._ground(records, images, clip_scores, row_ids)
-        if self._judge is not None:
-            self._judge_all(records, dict(zip(row_ids, zip(images, formats))))
+        self._open_cache()
+        try:
+            replies = self._gather(self._client, self._one, items)
+            records, per_row = [], []
+            for n, (row, uid, fmt) in enumerate(zip(row_ids, uids, formats)):
+                others: list[str] = []  # questions already asked about this image (ROUGE-L against them)
+                mine = [self._record(row, uid, fmt, reply, others)
+                        for reply in replies[n * len(tasks):(n + 1) * len(tasks)]]
+                records += mine
+                per_row.append(mine)
+            self._ground(records, images, clip_scores, row_ids)
+            if self._judge is not None:
+                self._judge_all(records, dict(zip(row_ids, zip(images, formats))))
+        finally:
+            self._cache_out.close()
         status = [C.KEPT] * rows.num_rows
         details = []
         for mine in per_row:
@@ -334,6 +366,16 @@ class SynthesisStage(Stage):
         for column, key in ((C.SYNTH_OK, "ok"), (C.SYNTH_REJECTED, "rejected"), (C.SYNTH_FAILED, "failed")):
             cols[column] = pa.array([sum(r[C.STATUS] == key for r in mine) for mine in per_row], pa.int16())
         return pa.table(cols, schema=self.output_schema)
+
+    def _gather(self, client, fn, items: list) -> list:
+        """`fn(http, item)` for every item on one event loop, at most max_concurrency requests in flight."""
+        async def run() -> list:
+            self._slots = asyncio.Semaphore(self.config.synthesis.max_concurrency)
+            self._work = asyncio.Semaphore(2 * self.config.synthesis.max_concurrency)
+            async with client.session() as http:
+                return await asyncio.gather(*(fn(http, item) for item in items))
+
+        return asyncio.run(run())
 
     def _ground(self, records: list[dict], images: list, clip_scores: list, row_ids: list) -> None:
         """Where CLIP ran: flag answers whose text-image score falls far below the caption's."""
@@ -354,8 +396,8 @@ class SynthesisStage(Stage):
 
     def _judge_all(self, records: list[dict], images: dict) -> None:
         todo = [r for r in records if r[C.STATUS] == "ok"]
-        with ThreadPoolExecutor(self.config.synthesis.max_concurrency, thread_name_prefix="judge") as pool:
-            verdicts = list(pool.map(lambda r: self._judge_one(*images[r[C.ROW]], r["conversations"]), todo))
+        verdicts = self._gather(self._judge, lambda http, r: self._judge_one(http, *images[r[C.ROW]], r["conversations"]),
+                                todo)
         for record, verdict in zip(todo, verdicts):
             if verdict is None:
                 record["flags"] = [*record["flags"], "judge_unavailable"]

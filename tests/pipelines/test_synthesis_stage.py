@@ -86,3 +86,16 @@ def test_missing_api_key_variable_exits_2_naming_the_key(tmp_path, monkeypatch):
         SynthesisStage(config).prepare()
     with pytest.raises(ConfigError, match="synthesis.endpoint"):
         config_from_dict({"input": {"path": "x"}, "synthesis": {"endpoint": "http://user:key@host/v1"}})
+
+
+def test_cache_survives_a_line_cut_short_by_a_crash(tmp_path, tripwire):
+    with JudgingTeacher() as teacher:
+        stage = stage_for(teacher, tmp_path)
+        stage.process(rows(["a red circle", "a blue square"]))
+        asked = teacher.requests
+        cache = stage.cache_file()
+        whole = cache.read_bytes()
+        cache.write_bytes(whole[:-20])  # the last answer's line torn, as a kill mid-write leaves it
+        stage.process(rows(["a red circle", "a blue square"]))
+        assert teacher.requests == asked + 1  # only the torn answer is asked again
+        assert len(cache.read_bytes().splitlines()) == 2 and cache.read_bytes().endswith(b"\n")
