@@ -51,6 +51,10 @@ STAGE_SETTINGS = {
     "semantic_dedup": ["dedup.semantic.threshold"],
     "image_based": ["quality.image_based"],
     "clip_heads": ["quality.aesthetic.min_score", "quality.watermark.max_score"],
+    "safety": ["safety.toxicity.model", "safety.toxicity.max_score", "safety.nsfw.max_score"],
+    "privacy": ["privacy.faces.action", "privacy.faces.detector", "privacy.faces.min_confidence",
+                "privacy.pii.action", "privacy.pii.types"],
+    "synthesis": ["synthesis.model", "synthesis.tasks", "synthesis.temperature", "synthesis.judge.enabled"],
 }
 
 
@@ -83,13 +87,24 @@ def explain(run_dir: RunDir, uid: str) -> list[dict]:
             record = hit.slice(0, 1).to_pylist()[0]
             values = {k: v for k, v in record.items()
                       if k not in (C.UID, C.ROW, C.STATUS, C.REASON, C.DETAIL, C.SOURCE, C.SOURCE_LINE, C.URL, C.CAPTION)
-                      and not isinstance(v, (bytes, list))}
+                      and not isinstance(v, bytes) and not (isinstance(v, list) and len(v) > 16)}
             steps.append({
                 "stage": name, "status": record[C.STATUS], "reason": record[C.REASON], "detail": record[C.DETAIL],
                 "values": values, "settings": {k: lookup(config, k) for k in STAGE_SETTINGS.get(name, [])},
             })
-        out.append({**{k: row[k] for k in (C.UID, C.ROW, C.URL, C.CAPTION, C.STATUS, C.STAGE, C.REASON, C.DETAIL)},
-                    "decided_by": row[C.STAGE] or "kept by every stage", "steps": steps})
+        explained = {**{k: row[k] for k in (C.UID, C.ROW, C.URL, C.CAPTION, C.STATUS, C.STAGE, C.REASON, C.DETAIL)},
+                     "decided_by": row[C.STAGE] or "kept by every stage", "steps": steps}
+        records = run_dir.root / "instructions" / f"{shard:06d}.parquet"
+        if records.exists():  # the teacher's records for this sample: why each was kept, rejected or failed
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(records, columns=[C.ROW, "task", C.STATUS, C.REASON, "problems", "flags",
+                                                    "template_id", "template_version", "request_hash"])
+            hit = table.filter(pc.equal(table[C.ROW], row[C.ROW])).to_pylist()
+            explained["instructions"] = [{k: r[k] for k in ("task", C.STATUS, C.REASON, "problems", "flags",
+                                                            "template_id", "template_version", "request_hash")}
+                                         for r in hit]
+        out.append(explained)
     return out
 
 

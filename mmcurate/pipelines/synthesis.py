@@ -113,7 +113,7 @@ class SynthesisStage(Stage):
     name = "synthesis"
     version = "1"
     output_schema = C.SYNTHESIS_SCHEMA
-    score_columns = (C.SYNTH_OK, C.SYNTH_REJECTED, C.SYNTH_FAILED)
+    score_columns = (C.SYNTH_ANSWERED, C.SYNTH_FAILED)
     input_columns = (C.CAPTION, C.IMAGE, C.IMAGE_FORMAT, C.CLIP_SCORE)
 
     def __init__(self, config: Config):
@@ -356,15 +356,14 @@ class SynthesisStage(Stage):
         status = [C.KEPT] * rows.num_rows
         details = []
         for mine in per_row:
-            counts = {k: sum(r[C.STATUS] == k for r in mine) for k in ("ok", "rejected", "failed")}
-            why = sorted({r[C.REASON] for r in mine if r[C.REASON]})
-            details.append(None if counts["ok"] == len(mine) else
-                           f"synthesis: {counts['ok']} ok, {counts['rejected']} rejected, {counts['failed']} failed"
-                           + (f" ({', '.join(why)})" if why else ""))
+            failed = [r for r in mine if r[C.STATUS] == "failed"]
+            why = sorted({r[C.REASON] for r in failed})
+            details.append(f"synthesis: {len(failed)} of {len(mine)} teacher requests failed ({', '.join(why)})"
+                           if failed else None)
         atomic.write_parquet(self.records_file(rows), pa.Table.from_pylist(records, schema=C.INSTRUCTION_SCHEMA))
         cols = decisions(rows, status, [None] * rows.num_rows, details)
-        for column, key in ((C.SYNTH_OK, "ok"), (C.SYNTH_REJECTED, "rejected"), (C.SYNTH_FAILED, "failed")):
-            cols[column] = pa.array([sum(r[C.STATUS] == key for r in mine) for mine in per_row], pa.int16())
+        cols[C.SYNTH_ANSWERED] = pa.array([sum(r[C.STATUS] != "failed" for r in mine) for mine in per_row], pa.int16())
+        cols[C.SYNTH_FAILED] = pa.array([sum(r[C.STATUS] == "failed" for r in mine) for mine in per_row], pa.int16())
         return pa.table(cols, schema=self.output_schema)
 
     def _gather(self, client, fn, items: list) -> list:

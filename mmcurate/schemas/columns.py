@@ -76,10 +76,10 @@ FACE_ACTION = "face_action"  # blurred | flagged | dropped | null
 PII_TYPES = "pii_types"  # kinds of personal data found in the caption
 PII_ACTION = "pii_action"  # redacted | flagged | dropped | null
 
-# synthesis (per row: counts; per record: instructions/*.parquet)
-SYNTH_OK = "synthesis_ok"  # tasks whose answer was kept
-SYNTH_REJECTED = "synthesis_rejected"  # answered, but failed validation
-SYNTH_FAILED = "synthesis_failed"  # no answer (http_400, timeout after retries, ...)
+# synthesis (per row: what the teacher did; whether each answer was kept is in the record,
+# instructions/*.parquet, since run-level checks decide it after the stage)
+SYNTH_ANSWERED = "synthesis_answered"  # tasks the teacher answered
+SYNTH_FAILED = "synthesis_failed"  # tasks with no answer (http_400, timeout after retries, ...)
 
 IDENTITY_FIELDS = [
     pa.field(UID, pa.string(), nullable=False),
@@ -200,7 +200,7 @@ PRIVACY_SCHEMA = pa.schema(
 SYNTHESIS_SCHEMA = pa.schema(
     IDENTITY_FIELDS
     + DECISION_FIELDS
-    + [pa.field(SYNTH_OK, pa.int16()), pa.field(SYNTH_REJECTED, pa.int16()), pa.field(SYNTH_FAILED, pa.int16())]
+    + [pa.field(SYNTH_ANSWERED, pa.int16()), pa.field(SYNTH_FAILED, pa.int16())]
 )
 
 # one instruction record per (sample, task): DESIGN A.5 plus provenance

@@ -62,7 +62,7 @@ def test_structured_output_and_the_judge(tmp_path, tripwire):
     assert verdicts["u0"] == ("ok", None, {"accurate": True, "complete": True})
     assert verdicts["u1"][:2] == ("rejected", "judge_inaccurate")
     assert out[C.STATUS].to_pylist() == ["kept", "kept"]  # instructions never decide a sample's fate
-    assert out[C.SYNTH_REJECTED].to_pylist() == [0, 1]
+    assert out[C.SYNTH_ANSWERED].to_pylist() == [1, 1] and out[C.SYNTH_FAILED].to_pylist() == [0, 0]
 
 
 def test_user_templates_add_tasks_and_bad_ones_name_the_key(tmp_path):
