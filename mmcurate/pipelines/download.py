@@ -105,13 +105,14 @@ class DownloadStage(Stage):
         problem = self._check_header(body)
         if problem is not None:
             return _Outcome(*problem, nbytes=size)
+        body = eight_bit(upright(body))
         image, width, height, ow, oh, err = self._resizer(io.BytesIO(body))
         if err is not None:
             reason = _RESIZER_REASONS.get(err, "resize_error")
             return _Outcome(reason, f"img2dataset resizer: {err}", nbytes=size)
         return _Outcome(None, None, image, width, height, ow, oh, size)
 
-    def _check_header(self, body: bytes) -> tuple[str, str] | None:
+    def _check_header(self, body: bytes) -> tuple[str, str] | None:  # noqa: PLR0911
         """Refuse non-images and decompression bombs from the header alone, before decoding."""
         from PIL import Image, UnidentifiedImageError
 
@@ -130,3 +131,38 @@ class DownloadStage(Stage):
         if width * height > limit:
             return "image_too_large", f"{kind} {width}x{height} = {width * height} pixels > max_image_pixels {limit}"
         return None
+
+
+def upright(body: bytes) -> bytes:
+    """The image turned as its EXIF orientation says (phones store photos sideways and tag them).
+
+    img2dataset's resizer decodes with OpenCV, which ignores the tag; captions describe the
+    picture as people see it. Only tagged images (orientation 2-8) are decoded here, and they
+    go on losslessly (PNG) to the resizer; everything else passes untouched.
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(io.BytesIO(body)) as im:
+            if im.format not in ("JPEG", "WEBP", "TIFF", "PNG", "MPO") or im.getexif().get(0x0112, 1) in (0, 1):
+                return body
+            turned = ImageOps.exif_transpose(im)
+            buf = io.BytesIO()
+            turned.save(buf, "PNG")
+            return buf.getvalue()
+    except Exception:  # noqa: BLE001 - an unreadable tag leaves the image as sent; the resizer judges it
+        return body
+
+
+def eight_bit(body: bytes) -> bytes:
+    """A 16-bit PNG scaled to 8 bits (OpenCV's JPEG encoder would saturate it to white)."""
+    if not (body[:8] == b"\x89PNG\r\n\x1a\n" and len(body) > 24 and body[24] == 16):
+        return body
+    import cv2
+    import numpy as np
+
+    array = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None or array.dtype != np.uint16:
+        return body
+    ok, out = cv2.imencode(".png", (array >> 8).astype(np.uint8))
+    return out.tobytes() if ok else body

@@ -198,7 +198,11 @@ def _require_columns(path: Path, names: list[str], cfg: InputConfig) -> None:
             raise InputError(f"{key}: column {col!r} not in {path} (columns found: {found})")
 
 
-def check_row(url: object, caption: object) -> tuple[str, str] | None:
+MAX_CAPTION_CHARS = 16_384
+_BAD_CAPTION_CHARS = frozenset(chr(c) for c in range(32) if chr(c) not in "\t\n\r") | {"\x7f"}
+
+
+def check_row(url: object, caption: object, max_caption_chars: int = MAX_CAPTION_CHARS) -> tuple[str, str] | None:
     """Why a row cannot be used (reason, detail), or None when it can."""
     if url is None or (isinstance(url, str) and not url.strip()):
         return "missing_url", "the url is empty"
@@ -228,6 +232,13 @@ def check_row(url: object, caption: object) -> tuple[str, str] | None:
         return "caption_not_text", f"the caption is a {type(caption).__name__}, not text"
     if _has_surrogates(caption):
         return "not_utf8", "the caption holds characters that are not valid UTF-8"
+    if not caption.strip():
+        return "missing_caption", "the caption is empty"
+    if len(caption) > max_caption_chars:
+        return "caption_too_long", f"the caption has {len(caption):,} characters > input.max_caption_chars {max_caption_chars:,}"
+    bad = next((ch for ch in caption if ch in _BAD_CAPTION_CHARS), None)
+    if bad is not None:
+        return "bad_caption", f"the caption holds the control character U+{ord(bad):04X} (NUL and friends break text tools)"
     return None
 
 
@@ -249,6 +260,7 @@ class ShardBuffer:
 
     shard_size: int
     write: Callable[[int, pa.Table], None]
+    max_caption_chars: int = MAX_CAPTION_CHARS
     shard: int = 0
     rows: int = 0
     failed: int = 0
@@ -258,7 +270,7 @@ class ShardBuffer:
 
     def add(self, raw: RawRow) -> None:
         """Validate one input row and buffer it; flush when the shard is full."""
-        problem = raw.problem or check_row(raw.url, raw.caption)
+        problem = raw.problem or check_row(raw.url, raw.caption, self.max_caption_chars)
         if raw.problem is not None:  # no values could be read: the uid names the place instead
             uid = uid_of(f"{raw.source}:{raw.line}", None)
         else:

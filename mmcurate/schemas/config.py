@@ -35,6 +35,7 @@ class InputConfig(_Section):
     url_col: str = "url"
     caption_col: str = "caption"
     shard_size: int = Field(1000, ge=1, le=10_000_000)
+    max_caption_chars: int = Field(16_384, ge=1)  # longer captions fail as caption_too_long
 
 
 class DownloadConfig(_Section):
