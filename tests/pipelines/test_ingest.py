@@ -93,10 +93,10 @@ def test_malformed_csv_rows_and_bad_utf8_are_ledger_rows(tmp_path):
     data = b"url,caption\nhttp://x.test/1.jpg,good\nhttp://x.test/2.jpg,too,many\nhttp://x.test/3.jpg,caf\xe9\n\nhttp://x.test/4.jpg,\n"
     (tmp_path / "in.csv").write_bytes(data)
     rows = rows_of(collect(str(tmp_path / "in.csv")))
-    assert [r[C.REASON] for r in rows] == [None, "malformed_row", "not_utf8", None]
+    assert [r[C.REASON] for r in rows] == [None, "malformed_row", "not_utf8", "missing_caption"]
     assert [r[C.SOURCE_LINE] for r in rows] == [2, 3, 4, 6]
     assert "expected 2 fields, got 3" in rows[1][C.DETAIL]
-    assert rows[3][C.CAPTION] == ""  # an empty caption is text; quality filters judge it later
+    assert rows[3][C.CAPTION] == ""  # kept as given in the ledger; an empty caption pairs with nothing
 
 
 def test_input_errors_name_the_problem(tmp_path):
