@@ -45,7 +45,9 @@ def start(address: str | None = None) -> bool:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+            # "local": always a new embedded Ray, even when a cluster already runs on this machine
+            # (ray.init() would otherwise attach to it and refuse num_cpus)
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
