@@ -129,11 +129,9 @@ class ToxicityScorer:
             if self._profanity is not None:
                 out.extend((float(p), "profanity") for p in self._profanity(batch))
                 continue
-            result = self._detoxify.predict(batch)
+            result = self._detoxify.predict(batch)  # class -> scores (a bare float for a batch of one)
             classes = list(result)
-            rows = [[result[c] if isinstance(result[c], list) else [result[c]] for c in classes]]
-            values = list(zip(*rows[0]))
-            for probs in values:
+            for probs in zip(*(v if isinstance(v, list) else [v] for v in result.values())):
                 best = max(range(len(classes)), key=lambda i: probs[i])
                 out.append((float(probs[best]), classes[best]))
         return out

@@ -43,6 +43,9 @@ def finish(run_dir: RunDir, stages: Sequence[Stage]) -> dict:
     out_dir = run_dir.root / "instructions"
     out_dir.mkdir(parents=True, exist_ok=True)
     seen: set[bytes] = set()
+    stage = synthesis_stage(stages)
+    # tasks whose human turn is the template's fixed instruction, not a teacher-written question
+    fixed = {t for t, x in ((stage.templates or {}) if stage else {}).items() if x.shape == "text"}
     summary = {"records": 0, "by_status": Counter(), "by_task": {}, "rejected": Counter(), "failed": Counter(),
                "requests": 0, "retries": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0,
                "answer_chars": {}}
@@ -52,16 +55,14 @@ def finish(run_dir: RunDir, stages: Sequence[Stage]) -> dict:
             continue
         rows = table.to_pylist()
         for r in rows:
-            if r[C.STATUS] == "ok" and r["task"] and r["conversations"]:
-                template_question = len(r["conversations"]) == 2 and r["task"] and _fixed_question(stages, r["task"])
-                if not template_question:
-                    hashes = [hashlib.blake2b(V.normalise(t["value"].replace(V.IMAGE_TOKEN, "")).encode(), digest_size=12).digest()
-                              for t in r["conversations"] if t["from"] == "human"]
-                    if any(h in seen for h in hashes):
-                        r.update({C.STATUS: "rejected", C.REASON: "duplicate_question_across_run",
-                                  "problems": ["duplicate_question_across_run"]})
-                    else:
-                        seen.update(hashes)
+            if r[C.STATUS] == "ok" and r["conversations"] and r["task"] not in fixed:
+                hashes = [hashlib.blake2b(V.normalise(t["value"].replace(V.IMAGE_TOKEN, "")).encode(), digest_size=12).digest()
+                          for t in r["conversations"] if t["from"] == "human"]
+                if any(h in seen for h in hashes):
+                    r.update({C.STATUS: "rejected", C.REASON: "duplicate_question_across_run",
+                              "problems": ["duplicate_question_across_run"]})
+                else:
+                    seen.update(hashes)
             _count(summary, r)
         atomic.write_parquet(out_dir / f"{shard:06d}.parquet", pa.Table.from_pylist(rows, schema=C.INSTRUCTION_SCHEMA))
     answered = summary["by_status"]["ok"] + summary["by_status"]["rejected"]
@@ -82,13 +83,6 @@ def finish(run_dir: RunDir, stages: Sequence[Stage]) -> dict:
     }
     atomic.write_json(out_dir / "summary.json", result)
     return result
-
-
-def _fixed_question(stages: Sequence[Stage], task: str) -> bool:
-    """Whether a task's human turn is the template's fixed instruction (not teacher-written)."""
-    stage = synthesis_stage(stages)
-    template = (stage.templates or {}).get(task) if stage else None
-    return bool(template and template.shape == "text")
 
 
 def _count(summary: dict, r: dict) -> None:

@@ -103,12 +103,6 @@ def request_hash(payload: dict, image_sha: str, template: Template) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def export_key(row: int) -> str:
-    from mmcurate.jobs.export import sample_key
-
-    return sample_key(row)
-
-
 class SynthesisStage(Stage):
     name = "synthesis"
     version = "1"
@@ -283,7 +277,9 @@ class SynthesisStage(Stage):
         s = self.config.synthesis
         task = reply["task"]
         template = self.templates[task]
-        key = export_key(row)
+        from mmcurate.jobs.export import sample_key
+
+        key = sample_key(row)
         record = {
             "id": f"{key}-{task}", C.UID: uid, C.ROW: row, "image": f"images/{key}.{fmt or 'jpg'}", "task": task,
             C.STATUS: "ok", C.REASON: None, "problems": [], "flags": [], "conversations": None, "answer": None,
