@@ -155,6 +155,24 @@ def test_ledger_invariant_failure_is_loud(finished_run, tmp_path):
         build_ledger(run_dir, build_stages(config))
 
 
+@pytest.mark.parametrize("rows", [[0, 1, 1], [0, 2, 3], [1, 0, 2], [0, 1]])
+def test_ledger_check_finds_a_missing_repeated_or_misplaced_row(tmp_path, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mmcurate.errors import LedgerError
+    from mmcurate.jobs.ledger import check_invariant
+    from mmcurate.jobs.rundir import RunDir
+
+    run_dir = RunDir.at(tmp_path)
+    pq.write_table(pa.table({"row": pa.array(rows, pa.int64()), "status": ["kept"] * len(rows)}), run_dir.ledger)
+    with pytest.raises(LedgerError, match="ledger invariant broken"):
+        check_invariant(run_dir, 3)
+    pq.write_table(pa.table({"row": pa.array([0, 1, 2], pa.int64()), "status": ["kept", "dropped", "failed"]}),
+                   run_dir.ledger)
+    assert check_invariant(run_dir, 3) == {"rows": 3, "kept": 1, "dropped": 1, "failed": 1}
+
+
 def test_force_redoes_only_the_stages_a_change_affects(finished_run, server, tmp_path):
     import shutil
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -90,18 +91,26 @@ def build_ledger(run_dir: RunDir, stages: Sequence[Stage]) -> dict[str, int]:
 
 
 def check_invariant(run_dir: RunDir, expected_rows: int) -> dict[str, int]:
-    """rows in input = kept + dropped + failed, one ledger row per input row; else LedgerError."""
-    table = pq.read_table(run_dir.ledger, columns=[C.ROW, C.STATUS])
+    """rows in input = kept + dropped + failed, one ledger row per input row; else LedgerError.
+
+    Read batch by batch (memory does not grow with the run): the ledger's rows must be exactly
+    0 .. expected_rows - 1 in order, which also proves none is missing or repeated.
+    """
     counts = {s: 0 for s in C.STATUSES}
-    for value in pc.value_counts(table[C.STATUS]).to_pylist():
-        if value["values"] not in counts:
-            raise LedgerError(f"ledger holds unknown status {value['values']!r}")
-        counts[value["values"]] = value["counts"]
+    seen = 0
+    for batch in pq.ParquetFile(run_dir.ledger).iter_batches(batch_size=65_536, columns=[C.ROW, C.STATUS]):
+        rows = batch.column(0).to_numpy(zero_copy_only=False)
+        if len(rows) and not np.array_equal(rows, np.arange(seen, seen + len(rows))):
+            raise LedgerError(f"ledger invariant broken: rows are not 0..{expected_rows - 1} in order near row {seen}")
+        seen += len(rows)
+        for value in pc.value_counts(batch.column(1)).to_pylist():
+            if value["values"] not in counts:
+                raise LedgerError(f"ledger holds unknown status {value['values']!r}")
+            counts[value["values"]] += value["counts"]
     total = sum(counts.values())
-    unique = pc.count_distinct(table[C.ROW]).as_py() if table.num_rows else 0
-    if total != expected_rows or table.num_rows != expected_rows or unique != expected_rows:
+    if total != expected_rows or seen != expected_rows:
         raise LedgerError(
-            f"ledger invariant broken: {expected_rows} input rows but ledger has {table.num_rows} rows "
-            f"({unique} distinct), kept {counts[C.KEPT]} + dropped {counts[C.DROPPED]} + failed {counts[C.FAILED]}"
+            f"ledger invariant broken: {expected_rows} input rows but ledger has {seen} rows, "
+            f"kept {counts[C.KEPT]} + dropped {counts[C.DROPPED]} + failed {counts[C.FAILED]}"
         )
     return {"rows": expected_rows, **counts}

@@ -6,7 +6,11 @@ import html
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from mmcurate import atomic
 from mmcurate.jobs.rundir import RunDir
@@ -43,7 +47,7 @@ def build_report(run_dir: RunDir) -> dict:
     config = manifest.get("config") or {}
     return {
         "histograms": _histograms(ledger, config),
-        "samples": _drop_samples(ledger),
+        "samples": _drop_samples(run_dir.ledger),
         "run_dir": str(run_dir.root),
         "status": manifest.get("status"),
         "rows": total,
@@ -87,44 +91,73 @@ SAMPLE_SEED = 0
 
 
 def _histograms(ledger: pl.LazyFrame, config: dict) -> list[dict]:
-    """Per score: counts in BINS equal bins over the scored rows, and the threshold in force."""
+    """Per score: counts in BINS equal bins over the scored rows, and the threshold in force.
+
+    Two aggregating passes over the ledger file (range, then counts per bin), so the report's
+    memory does not grow with the run; bins as numpy.histogram's (the last one closed).
+    """
     fields = {f.name for f in ledger.collect_schema()[C.SCORES].fields}
     out = []
     for column, (key, kind) in HISTOGRAMS.items():
         if column not in fields:
             continue
-        values = ledger.select(pl.col(C.SCORES).struct.field(column).alias("v")).drop_nulls().collect()["v"]
-        if not len(values):
+        v = pl.col(C.SCORES).struct.field(column).cast(pl.Float64)
+        scored = ledger.select(v.alias("v")).drop_nulls()
+        stats = scored.select(pl.len().alias("n"), pl.col("v").min().alias("lo"),
+                              pl.col("v").max().alias("hi")).collect().row(0, named=True)
+        if not stats["n"]:
             continue
-        values = values.cast(pl.Float64).to_numpy()
         threshold = lookup(config, key)
         if column == C.CLIP_SCORE and config.get("clip", {}).get("min_percentile") is not None:
             thr = ledger.select(pl.col(C.SCORES).struct.field(C.CLIP_THRESHOLD)).drop_nulls().head(1).collect()
             threshold = float(thr.item()) if thr.height else None
             kind = f"min ({config['clip']['min_percentile']:g}th percentile)"
-        import numpy as np
-
-        lo, hi = float(values.min()), float(values.max())
+        lo, hi = float(stats["lo"]), float(stats["hi"])
         if threshold is not None:
             lo, hi = min(lo, float(threshold)), max(hi, float(threshold))
         if hi == lo:
             hi = lo + 1
-        counts, edges = np.histogram(values, bins=BINS, range=(lo, hi))
-        out.append({"score": column, "rows": len(values), "threshold": threshold, "threshold_kind": kind,
-                    "edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()})
+        width = (hi - lo) / BINS
+        binned = (scored.select((((pl.col("v") - lo) / width).floor().clip(0, BINS - 1)).cast(pl.Int64).alias("b"))
+                  .group_by("b").len().collect())
+        counts = [0] * BINS
+        for b, n in binned.iter_rows():
+            counts[b] = n
+        edges = [lo + i * width for i in range(BINS)] + [hi]
+        out.append({"score": column, "rows": stats["n"], "threshold": threshold, "threshold_kind": kind,
+                    "edges": [round(e, 6) for e in edges], "counts": counts})
     return out
 
 
-def _drop_samples(ledger: pl.LazyFrame) -> dict[str, list[str]]:
-    """A reproducible random sample of dropped uids per reason (rows, so repeated uids stay distinct)."""
-    dropped = ledger.filter(pl.col(C.STATUS) == C.DROPPED).select(C.ROW, C.UID, C.REASON).collect()
-    out = {}
-    for (reason,), group in sorted(dropped.group_by([C.REASON]), key=lambda g: str(g[0][0])):
-        group = group.sort(C.ROW)
-        if group.height > SAMPLES_PER_REASON:
-            group = group.sample(SAMPLES_PER_REASON, seed=SAMPLE_SEED).sort(C.ROW)
-        out[str(reason)] = [{"uid": u, "row": r} for u, r in zip(group[C.UID].to_list(), group[C.ROW].to_list())]
-    return out
+def _sample_key(rows: np.ndarray) -> np.ndarray:
+    """A fixed pseudo-random order of row numbers (splitmix64 of row + seed)."""
+    x = rows.astype(np.uint64) + np.uint64(SAMPLE_SEED) + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _drop_samples(path: Path) -> dict[str, list[dict]]:
+    """A reproducible pseudo-random sample of dropped rows per reason (rows, so repeated uids
+    stay distinct), read batch by batch keeping only the best SAMPLES_PER_REASON of each reason."""
+    best: dict[str, list[tuple[int, int, str]]] = {}
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=[C.ROW, C.UID, C.STATUS, C.REASON]):
+        t = pa.Table.from_batches([batch])
+        t = t.filter(pc.equal(t[C.STATUS], C.DROPPED))
+        if not t.num_rows:
+            continue
+        rows = t[C.ROW].to_numpy()
+        keys = _sample_key(rows)
+        enc = t[C.REASON].combine_chunks().dictionary_encode()
+        codes = enc.indices.to_numpy(zero_copy_only=False)
+        for code, reason in enumerate(enc.dictionary.to_pylist()):
+            idx = np.flatnonzero(codes == code)
+            idx = idx[np.argsort(keys[idx], kind="stable")[:SAMPLES_PER_REASON]]
+            uids = t[C.UID].take(pa.array(idx)).to_pylist()
+            found = best.get(str(reason), []) + [(int(keys[i]), int(rows[i]), u) for i, u in zip(idx, uids)]
+            best[str(reason)] = sorted(found)[:SAMPLES_PER_REASON]
+    return {reason: [{"uid": u, "row": r} for _, r, u in sorted(picked, key=lambda x: x[1])]
+            for reason, picked in sorted(best.items())}
 
 
 def _thumbnail(run_dir: RunDir, row: int, shard_size: int, image_stages: list[str], blur=None) -> str | None:
@@ -136,8 +169,6 @@ def _thumbnail(run_dir: RunDir, row: int, shard_size: int, image_stages: list[st
     import base64
     import io
 
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
     from PIL import Image
 
     data, i = None, 0
@@ -156,8 +187,6 @@ def _thumbnail(run_dir: RunDir, row: int, shard_size: int, image_stages: list[st
         with Image.open(io.BytesIO(data)) as im:
             im = im.convert("RGB")
             if blur is not None and i > 0:  # not from the stage that already blurred faces
-                import numpy as np
-
                 im = Image.fromarray(blur(np.asarray(im)))
             im.thumbnail((112, 112))
             buf = io.BytesIO()

@@ -358,36 +358,22 @@ class Job:
 
 
 class GlobalTask:
-    """A global stage over the whole run: gather alive rows of every shard, decide, split back."""
+    """A global stage over the whole run, decided in one Ray task on a worker, never on the driver.
+
+    The driver only waits: the rows of every shard are gathered, decided and split back into
+    shard files inside that task (`shard_task.decide_global`), so the driver's memory does not
+    grow with the input and a cluster can give the task a node with room for it.
+    """
 
     def __init__(self, job: Job, stage: GlobalStage, upstream: list[Stage]):
         self.job, self.stage, self.upstream = job, stage, upstream
 
     def run(self, pending: list[int]) -> list[dict]:
-        import pyarrow as pa
-
-        from mmcurate.jobs.shard_task import write_stage_shard
-        from mmcurate.jobs.views import alive_rows, check_aligned
+        from mmcurate.jobs.shard_task import decide_global
         from mmcurate.pipelines import executor
 
-        run_dir = self.job.run_dir
-        start = time.perf_counter()
-        parts = [
-            alive_rows(run_dir, s, self.upstream, self.stage.input_columns)
-            for s in range(run_dir.shard_count())
-        ]
-        rows = pa.concat_tables(parts)  # run() is only called with pending shards, so parts is not empty
         self.job._ensure_ray()
-        self.stage.setup()
-        out = self.stage.decide(rows, executor.map_tasks)
-        check_aligned(self.stage.name, rows, out)
-        seconds = (time.perf_counter() - start) / max(len(parts), 1)
-        stats, offset, todo = [], 0, set(pending)
-        for shard, part in enumerate(parts):
-            if shard in todo:
-                stats.append(write_stage_shard(run_dir, self.stage, shard, out.slice(offset, part.num_rows), seconds))
-            offset += part.num_rows
-        return stats
+        return executor.run_remote(decide_global, str(self.job.run_dir.root), self.stage, self.upstream, pending)
 
 
 def run(config: Config, run_dir: str | Path, **kwargs) -> RunResult:

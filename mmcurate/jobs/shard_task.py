@@ -14,7 +14,7 @@ import pyarrow as pa
 from mmcurate import atomic
 from mmcurate.jobs.rundir import RunDir
 from mmcurate.jobs.views import alive_rows, check_aligned
-from mmcurate.pipelines.stage import Stage
+from mmcurate.pipelines.stage import GlobalStage, Stage
 from mmcurate.schemas import columns as C
 
 
@@ -58,6 +58,38 @@ class ShardTask:
         out = self.stage.process(rows)
         check_aligned(name, rows, out)
         return write_stage_shard(run_dir, self.stage, shard, out, time.perf_counter() - start)
+
+
+def decide_global(root: str, stage: GlobalStage, upstream: list[Stage], pending: list[int]) -> list[dict]:
+    """A global stage over every shard of the run at `root`; writes the `pending` shards' outputs.
+
+    Runs inside one worker task. Each shard's alive rows are read with only the columns the
+    stage names (not the captions and URLs every row carries), concatenated, decided, and the
+    result split back into shard files; each shard gets the stage's time divided evenly.
+    """
+    import pyarrow as pa
+
+    from mmcurate.pipelines import executor
+
+    run_dir = RunDir(Path(root))
+    start = time.perf_counter()
+    keep = [C.UID, C.ROW, *(stage.input_columns or ())]
+    parts = []
+    for shard in range(run_dir.shard_count()):
+        part = alive_rows(run_dir, shard, upstream, stage.input_columns)
+        parts.append(part.select([c for c in part.column_names if c in keep]))
+    rows = pa.concat_tables(parts)
+    stage.run_root = root
+    stage.setup()
+    out = stage.decide(rows, executor.map_tasks)
+    check_aligned(stage.name, rows, out)
+    seconds = (time.perf_counter() - start) / max(len(parts), 1)
+    stats, offset, todo = [], 0, set(pending)
+    for shard, part in enumerate(parts):
+        if shard in todo:
+            stats.append(write_stage_shard(run_dir, stage, shard, out.slice(offset, part.num_rows), seconds))
+        offset += part.num_rows
+    return stats
 
 
 def write_stage_shard(run_dir: RunDir, stage: Stage, shard: int, out: pa.Table, seconds: float) -> dict:

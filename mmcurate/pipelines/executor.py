@@ -114,6 +114,25 @@ def map_shards(
             on_done(json.loads(text))
 
 
+def run_remote(fn: Callable[..., Any], *args: Any, num_cpus: float = 1.0) -> Any:
+    """fn(*args) as one Ray task, on whichever node has room; retried if its node dies.
+
+    An mmcurate error raised inside (a bad setting found only there) comes back as itself, so
+    the command line can name the key and exit 2.
+    """
+    import ray
+    from ray.exceptions import RayTaskError
+
+    from mmcurate.errors import MmcurateError
+
+    try:
+        return ray.get(ray.remote(num_cpus=num_cpus, max_retries=3)(fn).remote(*args))
+    except RayTaskError as err:
+        if isinstance(err.cause, MmcurateError):
+            raise err.cause from None
+        raise
+
+
 def _call(fn: Callable, shared: Any, item: Any) -> Any:
     return fn(shared, item)
 
