@@ -54,6 +54,8 @@ def hostile_images() -> dict[str, tuple[Route, str | None]]:
         "/bomb.png": (Route(bomb_png(), content_type="image/png"), "image_too_large"),
         "/zero.jpg": (Route(b""), "not_an_image"),
         "/page.jpg": (Route(b"<!doctype html><title>hi</title>", content_type="image/jpeg"), "not_an_image"),
+        # a kept row whose URL and caption look like paths out of the run dir
+        "/..%2F..%2F..%2Fescape.jpg": (Route(encoded(PHOTO.rotate(180), "JPEG")), None),
     }
 
 
@@ -81,6 +83,7 @@ def hostile_run(tmp_path_factory):
     images = hostile_images()
     with ImageServer({p: r for p, (r, _) in images.items()}) as server:
         expected = [({"url": server.url(p), "caption": f"hostile {p}"}, reason) for p, (_, reason) in images.items()]
+        expected[-1][0]["caption"] = "../../../../tmp/escape/../passwd"
         expected += hostile_rows(server)
         expected.append((expected[0][0], "exact_duplicate"))  # the same row twice
         rows = [r for r, _ in expected]
@@ -128,7 +131,7 @@ def test_every_hostile_row_has_its_reason(hostile_run):
 
 
 def test_odd_images_are_stored_as_upright_rgb(hostile_run):
-    tmp, expected, _ = hostile_run
+    tmp, _, _ = hostile_run
     exported = [r for f in sorted((tmp / "run" / "shards" / "parquet").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     by_path = {r[C.URL].rsplit("/", 1)[-1]: r for r in exported}
     reference = np.asarray(PHOTO.convert("L").resize((96, 64)), np.float32)
@@ -140,9 +143,24 @@ def test_odd_images_are_stored_as_upright_rgb(hostile_run):
         assert abs(grey.mean() - reference.mean()) < 12, (name, grey.mean(), reference.mean())
     rotated = Image.open(io.BytesIO(by_path["exif-rotated.jpg"][C.IMAGE]))
     assert rotated.height > rotated.width  # the EXIF orientation was applied: portrait, as viewers show it
-    # nothing derived from input data names a file: every file under the run dir is one mmcurate names
+
+
+def test_input_data_never_names_a_file_or_leaves_the_run_dir(hostile_run):
+    import re
+    import tarfile
+
+    tmp, _, _ = hostile_run
+    assert sorted(p.name for p in tmp.iterdir()) == ["c.yaml", "in", "run"]  # nothing written beside the run dir
     names = {p.name for p in (tmp / "run").rglob("*")}
-    assert not any("hostile" in n or "passwd" in n or ".." in n for n in names)
+    assert not any("hostile" in n or "passwd" in n or "escape" in n or ".." in n for n in names)
+    members = []
+    for path in (tmp / "run" / "shards" / "webdataset").glob("*.tar"):
+        with tarfile.open(path) as tar:
+            members += tar.getmembers()
+    assert members and all(m.isfile() and re.fullmatch(r"\d{12}\.[a-z]+", m.name) for m in members)
+    exported = [r for f in (tmp / "run" / "shards" / "parquet").glob("*.parquet") for r in pq.read_table(f).to_pylist()]
+    escape = [r for r in exported if "escape" in r[C.URL]]
+    assert len(escape) == 1 and escape[0][C.CAPTION].startswith("../")  # kept, and its caption left as it was
 
 
 @pytest.fixture

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mmcurate.filters.image_hash import COLOUR_GRID, colour_distance, hex_to_uint64
 from mmcurate.pipelines import hamming
-from mmcurate.pipelines.stage import GlobalStage, Parallel, decisions
+from mmcurate.pipelines.stage import GlobalStage, Parallel
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import Config
 
@@ -30,6 +31,8 @@ LOW_DETAIL_COLOUR = 12.0  # mean abs colour-grid difference allowed for low-deta
 MAX_COLOUR = 60.0  # for every match: a roughly similar colour layout (brightness shifts pass)
 PASSES_PER_TASK = 12
 COLOUR_BYTES = COLOUR_GRID * COLOUR_GRID * 3
+REASONS = (None, "near_reference", "exact_duplicate", "near_duplicate")
+NEAR_REFERENCE, EXACT_DUPLICATE, NEAR_DUPLICATE = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,17 @@ class Signals:
         grid = np.frombuffer(b"".join(colour), np.uint8).reshape(len(colour), COLOUR_BYTES)
         return cls(hex_to_uint64(phash), hex_to_uint64(dhash), np.asarray(luma_std, np.float32), grid)
 
+    @classmethod
+    def from_table(cls, rows: pa.Table) -> Signals:
+        """From the stored columns, straight from Arrow's buffers (no Python object per row)."""
+        n = rows.num_rows
+        ph, dh, colour = (_packed(rows[c], w) for c, w in ((C.PHASH, 16), (C.DHASH, 16), (C.COLOUR, COLOUR_BYTES)))
+        luma = rows[C.LUMA_STD].to_numpy(zero_copy_only=False)
+        if ph is None or dh is None or colour is None:  # a value of another width: the general path
+            return cls.from_columns(rows[C.PHASH].to_pylist(), rows[C.DHASH].to_pylist(), luma, rows[C.COLOUR].to_pylist())
+        grid = np.frombuffer(colour, np.uint8).reshape(n, COLOUR_BYTES)
+        return cls(_hex64(ph), _hex64(dh), np.asarray(luma, np.float32), grid)
+
     def near(self, i: int | np.ndarray, j: np.ndarray, k: int, kd: int | None) -> tuple[np.ndarray, np.ndarray]:
         """Which (i, j) are near-duplicates, and their pHash distances.
 
@@ -63,6 +77,23 @@ class Signals:
         if kd is not None:
             hashes_ok |= (dd <= kd) & (pd <= 2 * k)
         return colour_ok & hashes_ok, pd
+
+
+def _packed(column: pa.ChunkedArray, width: int) -> bytes | None:
+    """The values of a string/binary column joined, when every one is exactly `width` bytes."""
+    arr = column.combine_chunks()
+    if not (pa.types.is_string(arr.type) or pa.types.is_binary(arr.type)):  # 32-bit offsets only
+        return None
+    if arr.null_count or not len(arr):
+        return None if arr.null_count else b""
+    offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset : arr.offset + len(arr) + 1]
+    if not np.all(np.diff(offsets) == width):
+        return None
+    return arr.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]]
+
+
+def _hex64(packed: bytes) -> np.ndarray:
+    return np.frombuffer(bytes.fromhex(packed.decode("ascii")), dtype=">u8").astype(np.uint64)
 
 
 def _search_task(shared: tuple[np.ndarray, int, hamming.BandPlan], combos: list) -> np.ndarray:
@@ -174,33 +205,28 @@ class DedupStage(GlobalStage):
 
     def rank(self, rows: pa.Table) -> np.ndarray:
         """Position of each row in keep-policy order (0 = keep first)."""
-        uid = np.array(rows[C.UID].to_pylist(), dtype=object)
         if self.config.dedup.phash.keep == "first":
             order = np.argsort(rows[C.ROW].to_numpy(), kind="stable")
-        else:
+        else:  # largest first, ties by uid: Arrow's stable sort, no Python string per row
             w = rows[C.ORIGINAL_WIDTH].to_numpy(zero_copy_only=False).astype(np.int64)
             h = rows[C.ORIGINAL_HEIGHT].to_numpy(zero_copy_only=False).astype(np.int64)
-            order = np.lexsort((uid, -(w * h)))
+            keys = pa.table({"area": -(w * h), "uid": rows[C.UID]})
+            order = pc.sort_indices(keys, sort_keys=[("area", "ascending"), ("uid", "ascending")]).to_numpy()
         rank = np.empty(len(order), np.int64)
         rank[order] = np.arange(len(order))
         return rank
 
     def decide(self, rows: pa.Table, parallel: Parallel) -> pa.Table:
+        """Kept or dropped for every row, as arrays: per-row Python objects only for dropped rows."""
         cfg = self.config.dedup
         n = rows.num_rows
         k = cfg.phash.max_distance
-        uid = rows[C.UID].to_pylist()
-        sig = Signals.from_columns(
-            rows[C.PHASH].to_pylist(), rows[C.DHASH].to_pylist(),
-            rows[C.LUMA_STD].to_numpy(zero_copy_only=False), rows[C.COLOUR].to_pylist(),
-        )
+        sig = Signals.from_table(rows)
         rank = self.rank(rows)
-        status = [C.KEPT] * n
-        reason: list[str | None] = [None] * n
-        detail: list[str | None] = [None] * n
-        dup_of: list[str | None] = [None] * n
-        dist_out: list[int | None] = [None] * n
-        alive = np.ones(n, bool)
+        why = np.zeros(n, np.int8)  # index into REASONS; 0: kept
+        dup = np.full(n, -1, np.int64)  # the kept row (or reference image) each dropped row matches
+        dist = np.zeros(n, np.int64)
+        ref_ids: list[str] = []
 
         if cfg.reference_path:
             ref_ids, ref_sig, ref_hash = load_reference(cfg.reference_path, cfg.phash.exact)
@@ -212,35 +238,60 @@ class DedupStage(GlobalStage):
                                  np.concatenate([sig.luma_std, ref_sig.luma_std]),
                                  np.concatenate([sig.colour, ref_sig.colour]))
                 cross = cross[merged.near(cross[:, 0], cross[:, 1], k, None)[0]]
-            for i, j, d in cross[np.lexsort((cross[:, 1], cross[:, 2], cross[:, 0]))]:
-                if alive[i]:
-                    alive[i] = False
-                    status[i], reason[i] = C.DROPPED, "near_reference"
-                    dup_of[i], dist_out[i] = ref_ids[j - n], int(d)
-                    detail[i] = f"within pHash distance {d} of reference image {ref_ids[j - n]} (max {k})"
+            cross = cross[np.lexsort((cross[:, 1], cross[:, 2], cross[:, 0]))]  # per row: nearest, then first
+            first = np.r_[True, cross[1:, 0] != cross[:-1, 0]] if len(cross) else np.zeros(0, bool)
+            i, j, d = cross[first, 0], cross[first, 1], cross[first, 2]
+            why[i], dup[i], dist[i] = NEAR_REFERENCE, j - n, d
 
         if cfg.exact and n:
-            sha = np.array(rows[C.SHA256].to_pylist(), dtype=object)
-            idx = np.flatnonzero(alive)
-            order = idx[np.lexsort((rank[idx], sha[idx]))]
-            first = None
-            for pos, i in enumerate(order):
-                if pos == 0 or sha[i] != sha[order[pos - 1]]:
-                    first = i
-                    continue
-                alive[i] = False
-                status[i], reason[i], dup_of[i], dist_out[i] = C.DROPPED, "exact_duplicate", uid[first], 0
-                detail[i] = f"identical image bytes to {uid[first]}"
+            idx = np.flatnonzero(why == 0)
+            keys = pa.table({"sha": rows[C.SHA256].take(pa.array(idx)), "rank": rank[idx]})
+            order = pc.sort_indices(keys, sort_keys=[("sha", "ascending"), ("rank", "ascending")]).to_numpy()
+            sha = keys["sha"].take(pa.array(order)).combine_chunks()
+            same = np.r_[False, pc.equal(sha[1:], sha[:-1]).to_numpy(zero_copy_only=False)] if len(idx) else np.zeros(0, bool)
+            run_start = np.maximum.accumulate(np.where(same, 0, np.arange(len(idx))))
+            rows_sorted = idx[order]
+            dropped = rows_sorted[same]
+            why[dropped], dup[dropped] = EXACT_DUPLICATE, rows_sorted[run_start[same]]
 
         if cfg.phash.enabled:
-            kd = cfg.phash.dhash_distance
-            keeper_of, distance = near_duplicates(sig, rank, alive, k, kd, parallel)
-            for i in np.flatnonzero(keeper_of >= 0):
-                keeper = int(keeper_of[i])
-                status[i], reason[i], dup_of[i], dist_out[i] = C.DROPPED, "near_duplicate", uid[keeper], int(distance[i])
-                detail[i] = f"near-duplicate of {uid[keeper]} (pHash distance {distance[i]}, max {k})"
+            keeper_of, distance = near_duplicates(sig, rank, why == 0, k, cfg.phash.dhash_distance, parallel)
+            near = keeper_of >= 0
+            why[near], dup[near], dist[near] = NEAR_DUPLICATE, keeper_of[near], distance[near]
 
-        cols = decisions(rows, status, reason, detail)
-        cols[C.DUP_OF] = pa.array(dup_of, pa.string())
-        cols[C.DUP_DISTANCE] = pa.array(dist_out, pa.int16())
+        return self._table(rows, why, dup, dist, ref_ids, k)
+
+    def _table(self, rows: pa.Table, why: np.ndarray, dup: np.ndarray, dist: np.ndarray,
+               ref_ids: list[str], k: int) -> pa.Table:
+        n = rows.num_rows
+        dropped = np.flatnonzero(why > 0)
+        uid = rows[C.UID].combine_chunks() if n else pa.array([], pa.string())
+        rows_dup = dup[dropped]
+        from_rows = why[dropped] != NEAR_REFERENCE
+        names = uid.take(pa.array(np.where(from_rows, rows_dup, 0))).to_pylist() if len(dropped) else []
+        dup_of: list[str | None] = [None] * n
+        detail: list[str | None] = [None] * n
+        for i, w, j, name, d in zip(dropped.tolist(), why[dropped].tolist(), rows_dup.tolist(), names,
+                                    dist[dropped].tolist()):
+            if w == NEAR_REFERENCE:
+                dup_of[i] = ref_ids[j]
+                detail[i] = f"within pHash distance {d} of reference image {ref_ids[j]} (max {k})"
+            elif w == EXACT_DUPLICATE:
+                dup_of[i] = name
+                detail[i] = f"identical image bytes to {name}"
+            else:
+                dup_of[i] = name
+                detail[i] = f"near-duplicate of {name} (pHash distance {d}, max {k})"
+        is_dropped = why > 0
+        status = pa.DictionaryArray.from_arrays(pa.array(is_dropped.astype(np.int8)), [C.KEPT, C.DROPPED])
+        reason = pa.DictionaryArray.from_arrays(pa.array(why, mask=~is_dropped), list(REASONS))
+        cols = {
+            C.UID: uid,
+            C.ROW: rows[C.ROW].combine_chunks() if n else pa.array([], pa.int64()),
+            C.STATUS: status.cast(pa.string()),
+            C.REASON: reason.cast(pa.string()),
+            C.DETAIL: pa.array(detail, pa.string()),
+            C.DUP_OF: pa.array(dup_of, pa.string()),
+            C.DUP_DISTANCE: pa.array(dist, pa.int16(), mask=~is_dropped),
+        }
         return pa.table(cols, schema=self.output_schema)
