@@ -160,6 +160,21 @@ def _drop_samples(path: Path) -> dict[str, list[dict]]:
             for reason, picked in sorted(best.items())}
 
 
+def _stored_image(path: Path, row: int) -> bytes | None:
+    """One row's image from a stage's shard file, reading images a batch at a time (a shard of
+    large images is never decoded whole for one thumbnail)."""
+    pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)  # stream pages, not the column
+    hit = np.flatnonzero(pf.read(columns=[C.ROW])[C.ROW].to_numpy() == row)
+    if not len(hit):
+        return None
+    position, seen = int(hit[0]), 0
+    for batch in pf.iter_batches(batch_size=32, columns=[C.IMAGE]):
+        if position < seen + batch.num_rows:
+            return batch.column(0)[position - seen].as_py()
+        seen += batch.num_rows
+    return None
+
+
 def _thumbnail(run_dir: RunDir, row: int, shard_size: int, image_stages: list[str], blur=None) -> str | None:
     """A small JPEG data URI of a row's stored image, if it has one.
 
@@ -176,9 +191,7 @@ def _thumbnail(run_dir: RunDir, row: int, shard_size: int, image_stages: list[st
         path = run_dir.shard_file(stage, row // shard_size)
         if not path.exists():
             continue
-        table = pq.read_table(path, columns=[C.ROW, C.IMAGE], filters=[(C.ROW, "=", row)])
-        table = table.filter(pc.equal(table[C.ROW], row))
-        data = table[C.IMAGE][0].as_py() if table.num_rows else None
+        data = _stored_image(path, row)
         if data:
             break
     if not data:
