@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the pipeline (re-running the same run dir resumes)")
     p.add_argument("config")
-    p.add_argument("--run-dir", type=Path, help="default: runs/<config name>")
+    p.add_argument("--run-dir", help="default: runs/<config name>")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key by dotted path")
     p.add_argument("--address", help="attach to a Ray cluster: auto or ray://host:port (default: embedded Ray)")
     p.add_argument("--force", action="store_true", help="accept a changed config: redo what the change affects")
@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="run the embedded sample end to end from a loopback server")
-    p.add_argument("--run-dir", type=Path, default=Path("demo-run"))
+    p.add_argument("--run-dir", default="demo-run")
     p.add_argument("--force", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)

@@ -228,7 +228,9 @@ def run_demo(run_dir: str | Path, progress=None, force: bool = True):
     from mmcurate.jobs.run import run
     from mmcurate.schemas.config import config_from_dict
 
-    run_dir = Path(run_dir)
+    from mmcurate.jobs.rundir import RunDir
+
+    run_dir = RunDir.at(run_dir).root  # a URI is refused here, before anything is written
     clip_dir, card = shapes.ensure_model()
     # the teacher is a loopback STAND-IN (mmcurate.demo.teacher): well-formed answers written from
     # the caption, so the synthesis path can be seen offline; it is not a model

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,12 @@ class RunDir:
 
     @classmethod
     def at(cls, path: str | Path) -> RunDir:
+        """The run dir at a local or mounted path; URIs are refused (exit 2), not made a folder."""
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", str(path)):
+            raise ConfigError(
+                f"--run-dir {path}: object-store URIs are not supported (resume needs atomic renames); "
+                "use a path on a POSIX filesystem every node mounts, and copy the finished shards/ to the bucket"
+            )
         return cls(Path(path).resolve())
 
     @property
