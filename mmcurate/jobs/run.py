@@ -269,9 +269,11 @@ class Job:
     def _instructions(self) -> dict:
         """Run-level checks of the teacher's records, instructions/*.parquet, llava.json, summary."""
         from mmcurate.jobs.instructions import export_llava, finish
+        from mmcurate.pipelines import executor
 
         self.progress.begin("instructions", 1, 0)
-        summary = finish(self.run_dir, self.stages)
+        self._ensure_ray()  # the across-run duplicate check sees every record: a worker's job, not the driver's
+        summary = executor.run_remote(finish, self.run_dir, self.stages)
         summary["llava_records"] = export_llava(self.run_dir, self.stages, self.run_dir.root / "instructions")
         self.progress.advance("instructions", {"stage": "instructions", "shard": 0, "rows_in": summary["records"],
                                                C.KEPT: summary["llava_records"]})
