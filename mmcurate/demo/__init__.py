@@ -226,9 +226,8 @@ def run_demo(run_dir: str | Path, progress=None, force: bool = True):
     from mmcurate.demo import shapes
     from mmcurate.demo.teacher import StandInTeacher
     from mmcurate.jobs.run import run
-    from mmcurate.schemas.config import config_from_dict
-
     from mmcurate.jobs.rundir import RunDir
+    from mmcurate.schemas.config import config_from_dict
 
     run_dir = RunDir.at(run_dir).root  # a URI is refused here, before anything is written
     clip_dir, card = shapes.ensure_model()

@@ -13,11 +13,11 @@ that is the bound for the whole run, whatever the cluster's size.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import os
-import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
