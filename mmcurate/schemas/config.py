@@ -10,6 +10,7 @@ import copy
 import hashlib
 import ipaddress
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -232,10 +233,26 @@ class QualityConfig(_Section):
     watermark: WatermarkConfig = Field(default_factory=WatermarkConfig)
 
 
+def _teacher_endpoint(value: str | None) -> str | None:
+    """An OpenAI-compatible base URL that holds no secret (it is written to the manifest and records)."""
+    if value is None:
+        return value
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL of an OpenAI-compatible API (ending in /v1)")
+    if "@" in value.split("//", 1)[1].split("/", 1)[0]:
+        raise ValueError("must not carry credentials: put the key in the variable named by api_key_env")
+    if "?" in value or "#" in value:
+        raise ValueError("must not carry a query or fragment (a key there would be written to the manifest): "
+                         "put the key in the variable named by api_key_env")
+    return value
+
+
 class JudgeConfig(_Section):
     enabled: bool = False  # a second call asks whether each answer is accurate and grounded in the image
     endpoint: str | None = None  # default: synthesis.endpoint
     model: str | None = None  # default: synthesis.model
+
+    _endpoint = field_validator("endpoint")(classmethod(lambda cls, v: _teacher_endpoint(v)))
 
 
 class SynthesisConfig(_Section):
@@ -260,13 +277,15 @@ class SynthesisConfig(_Section):
     grounding_min_ratio: float = Field(0.5, ge=0)  # flag answers scoring below this x the caption's CLIP score
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
 
-    @field_validator("endpoint")
+    _endpoint = field_validator("endpoint")(classmethod(lambda cls, v: _teacher_endpoint(v)))
+
+    @field_validator("tasks")
     @classmethod
-    def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL of an OpenAI-compatible API (ending in /v1)")
-        if "@" in value.split("//", 1)[1].split("/", 1)[0]:
-            raise ValueError("must not carry credentials: put the key in the variable named by api_key_env")
+    def _task_names(cls, value: list[str]) -> list[str]:
+        # a task names a template file and every record id: a plain word, never a path
+        bad = [t for t in value if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", t)]
+        if bad:
+            raise ValueError(f"task names are letters, digits, '_' and '-' (they name <task>.yaml): {bad}")
         return value
 
 
@@ -394,7 +413,8 @@ def config_from_dict(data: Any, overrides: list[str] = (), source: str = "<confi
             msg = "required key is missing"
         else:
             msg = first["msg"]
-            if "input" in first and not isinstance(first["input"], (dict, list)):
+            # an endpoint refused for carrying a secret is not echoed: the message reaches logs
+            if "input" in first and not isinstance(first["input"], (dict, list)) and not key.endswith("endpoint"):
                 msg += f" (got {first['input']!r})"
         more = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
         raise ConfigError(f"{where}: {key}: {msg}{more}") from None

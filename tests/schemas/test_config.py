@@ -90,3 +90,24 @@ def test_cli_exits_2_on_missing_or_bad_input(tmp_path, capsys):
     path = write(tmp_path, GOOD.replace("urls.parquet", str(tmp_path / "urls.xlsx")))
     assert main(["run", str(path), "--run-dir", str(tmp_path / "r3")]) == 2
     assert "unknown format" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("synthesis.endpoint", "http://teacher:sk-live-123456@10.0.0.9/v1", "must not carry credentials"),
+    ("synthesis.endpoint", "https://api.example.com/v1?api_key=sk-live-123456", "must not carry a query"),
+    ("synthesis.judge.endpoint", "http://judge:sk-live-123456@10.0.0.9/v1", "must not carry credentials"),
+    ("synthesis.judge.endpoint", "https://judge.example.com/v1#sk-live-123456", "must not carry a query"),
+])
+def test_a_teacher_endpoint_holding_a_secret_exits_2_without_echoing_it(tmp_path, capsys, key, value, says):
+    # the endpoint is written to the manifest and every instruction record: a key in it would leak
+    assert main(["run", str(write(tmp_path, GOOD)), "--run-dir", str(tmp_path / "r"), "--set", f"{key}={value}"]) == 2
+    err = capsys.readouterr().err
+    assert key in err and says in err and "sk-live-123456" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_task_names_are_words_not_paths(tmp_path):
+    with pytest.raises(ConfigError, match=r"synthesis.tasks: .*letters, digits"):
+        load_config(write(tmp_path, GOOD), ["synthesis.tasks=[detail, ../../etc/passwd]"])
+    assert load_config(write(tmp_path, GOOD), ["synthesis.tasks=[detail, my-task_2]"]).synthesis.tasks == [
+        "detail", "my-task_2"]
