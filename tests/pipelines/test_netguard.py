@@ -32,11 +32,18 @@ def download(s: DownloadStage, urls: list[str]) -> list[dict]:
 
 @pytest.fixture
 def resolver(monkeypatch):
-    """Names ending .evil.test resolve (in-process) to the private address in their first label."""
+    """Names ending .evil.test resolve (in-process) to private addresses; `rebind.evil.test` answers
+    loopback (allowed in these tests) the first time and 10.0.0.1 every time after, as a DNS-rebinding
+    attacker's server does. Returns how often each name was asked."""
     real = socket.getaddrinfo
     table = {"ten.evil.test": "10.0.0.1", "metadata.evil.test": "169.254.169.254", "mapped.evil.test": "::ffff:10.0.0.1"}
+    asked: dict[str, int] = {}
 
     def fake(host, port, *args, **kwargs):
+        asked[host] = asked.get(host, 0) + 1
+        if host == "rebind.evil.test":
+            ip = "127.0.0.1" if asked[host] == 1 else "10.0.0.1"
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port))]
         if host in table:
             ip = table[host]
             family = socket.AF_INET6 if ":" in ip else socket.AF_INET
@@ -45,6 +52,7 @@ def resolver(monkeypatch):
         return real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", fake)
+    return asked
 
 
 def test_policy_classes():
@@ -97,3 +105,27 @@ def test_tripwire_itself_catches_outside_connections(tripwire):
     finally:
         sock.close()
     tripwire.clear()
+
+
+def test_redirect_to_a_name_that_resolves_private_is_refused(image_server, tripwire, resolver):
+    # the first hop is allowed; the redirect names a host whose address is only known after resolving
+    image_server.routes["/to-metadata"] = Route(
+        b"", 302, "text/plain", {"Location": f"http://metadata.evil.test:{image_server.port}/latest/meta-data/"})
+    image_server.routes["/to-ten"] = Route(b"", 301, "text/plain", {"Location": f"http://ten.evil.test:{image_server.port}/ok.jpg"})
+    out = download(stage(allow_networks=["127.0.0.1/32"]), [image_server.url("/to-metadata"), image_server.url("/to-ten")])
+    assert [o[C.REASON] for o in out] == ["private_address"] * 2
+    assert "169.254.169.254 is link-local" in out[0][C.DETAIL] and "10.0.0.1 is a private address" in out[1][C.DETAIL]
+    assert resolver["metadata.evil.test"] >= 1 and resolver["ten.evil.test"] >= 1  # resolved, never connected to
+    assert image_server.requests["/ok.jpg"] == 0
+
+
+def test_dns_rebinding_cannot_slip_between_check_and_connect(image_server, tripwire, resolver):
+    # resolved once: the address checked is the address connected to. A guard that checked one
+    # resolution and let the socket resolve again would connect to 10.0.0.1, and the tripwire would fail
+    # the test before any packet left
+    out = download(stage(allow_networks=["127.0.0.1/32"]), [f"http://rebind.evil.test:{image_server.port}/ok.jpg"])
+    assert out[0][C.REASON] is None and image_server.requests["/ok.jpg"] == 1
+    assert resolver["rebind.evil.test"] == 1
+    # asked again (a second request), the name now answers 10.0.0.1: refused, never contacted
+    out = download(stage(allow_networks=["127.0.0.1/32"]), [f"http://rebind.evil.test:{image_server.port}/ok.jpg"])
+    assert out[0][C.REASON] == "private_address" and image_server.requests["/ok.jpg"] == 1
