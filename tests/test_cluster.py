@@ -54,7 +54,9 @@ def test_losing_a_worker_node_mid_run(tmp_path):
                 time.sleep(0.1)
             done_before = len(list(stage_dir.glob("*.stats.json")))
             assert 0 < done_before < N // SHARD, "the kill must land mid-download"
-            cluster.remove_node(workers[0])  # a worker node dies with its tasks
+            # the worker node is killed, not drained: SIGKILL to its raylet and store, at once, with
+            # its tasks mid-flight (graceful removal would let them finish first)
+            cluster.remove_node(workers[0], allow_graceful=False)
             out, err = proc.communicate(timeout=400)
             assert proc.returncode == 0, err[-3000:]
             reference = run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "single"), "--quiet")
