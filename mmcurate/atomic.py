@@ -19,7 +19,9 @@ TMP_SUFFIX = ".tmp"
 def atomic_path(target: str | Path, fsync: bool = True) -> Iterator[Path]:
     """Yield a temp path in the target's folder; on success it is fsynced and renamed to target.
 
-    `fsync=False` for files that may be lost in a power cut but never seen half-written (caches)."""
+    `fsync=False` for files that may be lost in a power cut but never seen half-written (caches).
+    With fsync the folder is synced after the rename too: until then a power cut can undo the rename,
+    and a stage's stats file (written after its shard) could outlive the shard it marks as done."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
@@ -31,9 +33,19 @@ def atomic_path(target: str | Path, fsync: bool = True) -> Iterator[Path]:
             with open(tmp_path, "rb+") as f:
                 os.fsync(f.fileno())
         os.replace(tmp_path, target)
+        if fsync:
+            _fsync_folder(target.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(target: str | Path, data: object, fsync: bool = True) -> None:
