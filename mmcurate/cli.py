@@ -166,7 +166,7 @@ def cmd_audit(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from mmcurate.jobs.export import export_all
+    from mmcurate.jobs.export import EXPORT_MARKER, export_all
     from mmcurate.jobs.rundir import RunDir
     from mmcurate.pipelines import build_stages
     from mmcurate.schemas.config import config_from_dict
@@ -178,7 +178,7 @@ def cmd_export(args) -> int:
     config = config_from_dict(manifest["config"], source=str(run_dir.manifest))
     out = Path(args.out)
     count = export_all(run_dir, build_stages(config), args.format, out, where=args.where)
-    atomic.write_json(out / "mmcurate_export.json", {
+    atomic.write_json(out / EXPORT_MARKER, {  # last: only a complete export has it
         "run_dir": str(run_dir.root), "config_hash": manifest.get("config_hash"), "format": args.format,
         "where": args.where, "rows": count, "created": datetime.now(UTC).isoformat(timespec="seconds"),
     })

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shutil
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +33,37 @@ THRESHOLD_REASONS = frozenset({
 EXPORT_COLUMNS = (KEY, C.UID, C.ROW, C.URL, C.CAPTION, C.DETAIL, C.IMAGE, C.IMAGE_FORMAT)
 
 
+EXPORT_MARKER = "mmcurate_export.json"
+# what an export folder may hold: shard files, the marker, temp files, hf's dataset files, llava's
+_EXPORT_FILE = re.compile(r"\d{6}\.(tar|parquet)|mmcurate_export\.json|\..+\.tmp|llava\.json|dataset_info\.json|"
+                          r"state\.json|data-\d{5}-of-\d{5}\.arrow")
+_EXPORT_IMAGE = re.compile(r"\d{12}\.[a-z]{3,4}|\..+\.tmp")
+
+
+def _from_an_export(path: Path) -> bool:
+    if path.is_dir() and not path.is_symlink():
+        return path.name == "images" and all(_EXPORT_IMAGE.fullmatch(p.name) and p.is_file() for p in path.iterdir())
+    return path.is_file() and _EXPORT_FILE.fullmatch(path.name) is not None
+
+
+def claim_out_dir(out_dir: Path) -> None:
+    """Make `out_dir` ready for `mmcurate export`: new, empty, or an earlier export, which is cleared
+    (its marker first, so a folder without one is known to be incomplete). A folder holding anything
+    else is refused, untouched: an export never deletes what it did not write."""
+    if not out_dir.exists():
+        out_dir.mkdir(parents=True)
+        return
+    if not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: exists and is not a folder")
+    foreign = sorted(p.name for p in out_dir.iterdir() if not _from_an_export(p))
+    if foreign:
+        raise ConfigError(f"--out {out_dir}: holds files that no mmcurate export wrote ({', '.join(foreign[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder")
+    (out_dir / EXPORT_MARKER).unlink(missing_ok=True)
+    for path in out_dir.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def sample_key(row: int) -> str:
     """The export key of a sample: its input row, zero-padded (unique even for repeated inputs)."""
     return f"{row:012d}"
@@ -55,6 +88,20 @@ def image_stage(stages: Sequence[Stage]) -> Stage | None:
     return data_stage(stages, C.IMAGE)
 
 
+def _cut(run_dir: RunDir, shard: int, stages: Sequence[Stage], where: str | None) -> pl.DataFrame:
+    """The ledger rows of one shard to export (scores flattened), or exit 2 naming --where."""
+    ledger = pl.from_arrow(ledger_shard(run_dir, shard, stages))
+    dtype = ledger.schema[C.SCORES]
+    ledger = ledger.unnest(C.SCORES) if isinstance(dtype, pl.Struct) and dtype.fields else ledger.drop(C.SCORES)
+    if where is None:
+        return ledger.filter(pl.col(C.STATUS) == C.KEPT)
+    eligible = (pl.col(C.STATUS) == C.KEPT) | pl.col(C.REASON).is_in(sorted(THRESHOLD_REASONS))
+    try:
+        return ledger.filter(eligible).filter(where_expr(where))
+    except pl.exceptions.PolarsError as err:
+        raise ConfigError(f"--where {where!r}: {err}") from None
+
+
 def kept_samples(run_dir: RunDir, shard: int, stages: Sequence[Stage], where: str | None = None) -> pa.Table:
     """The samples of one shard to export, with their image and every score as a column.
 
@@ -64,17 +111,7 @@ def kept_samples(run_dir: RunDir, shard: int, stages: Sequence[Stage], where: st
     bytes and caption of the last stage that writes them (never an original that a later stage
     would have changed: faces blurred, PII redacted).
     """
-    ledger = pl.from_arrow(ledger_shard(run_dir, shard, stages))
-    dtype = ledger.schema[C.SCORES]
-    ledger = ledger.unnest(C.SCORES) if isinstance(dtype, pl.Struct) and dtype.fields else ledger.drop(C.SCORES)
-    if where is None:
-        chosen = ledger.filter(pl.col(C.STATUS) == C.KEPT)
-    else:
-        eligible = (pl.col(C.STATUS) == C.KEPT) | pl.col(C.REASON).is_in(sorted(THRESHOLD_REASONS))
-        try:
-            chosen = ledger.filter(eligible).filter(where_expr(where))
-        except pl.exceptions.PolarsError as err:
-            raise ConfigError(f"--where {where!r}: {err}") from None
+    chosen = _cut(run_dir, shard, stages, where)
     source = image_stage(stages)
     images = pl.from_arrow(run_dir.read_shard(source.name, shard, columns=[C.ROW, C.STATUS, C.IMAGE, C.IMAGE_FORMAT]))
     images = images.filter(pl.col(C.STATUS) == C.KEPT).drop(C.STATUS)
@@ -186,18 +223,21 @@ def export_hf(run_dir: RunDir, stages: Sequence[Stage], out_dir: Path, where: st
 
 
 def export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Path, where: str | None = None) -> int:
-    """Export every shard of a finished run to `out_dir` (the `mmcurate export` command)."""
-    if fmt == "llava":
-        from mmcurate.jobs.instructions import export_llava
-
-        if where is not None:
-            raise ConfigError("--where: cuts apply to sample exports (webdataset, parquet, hf), not to llava")
-        return export_llava(run_dir, stages, out_dir)
-    if fmt not in FORMATS:
+    """Export every shard of a finished run to `out_dir` (the `mmcurate export` command); the caller
+    writes the marker when this returns."""
+    if fmt == "llava" and where is not None:
+        raise ConfigError("--where: cuts apply to sample exports (webdataset, parquet, hf), not to llava")
+    if fmt not in FORMATS and fmt != "llava":
         raise ConfigError(f"--format: {fmt!r} is not available (choose from {', '.join(FORMATS)}, llava)")
-    if where is not None:
-        where_expr(where)
+    if where is not None and run_dir.shard_count():
+        _cut(run_dir, 0, stages, where)  # a bad expression exits 2 before --out is touched
+    if fmt == "llava":
+        from mmcurate.jobs.instructions import export_llava, require_instructions
+
+        require_instructions(run_dir, stages)  # before the claim: a refused export leaves --out as it was
+        claim_out_dir(out_dir)
+        return export_llava(run_dir, stages, out_dir)
+    claim_out_dir(out_dir)
     if fmt == "hf":
         return export_hf(run_dir, stages, out_dir, where)
-    out_dir.mkdir(parents=True, exist_ok=True)
     return sum(export_shard(run_dir, s, stages, fmt, out_dir, where) for s in range(run_dir.shard_count()))

@@ -107,6 +107,12 @@ def _count(summary: dict, r: dict) -> None:
         bins[max(i for i, edge in enumerate(LENGTH_BINS) if n >= edge)] += 1
 
 
+def require_instructions(run_dir: RunDir, stages: Sequence[Stage]) -> None:
+    """Exit 2 (naming --format) when the run wrote no instruction data."""
+    if synthesis_stage(stages) is None or not (run_dir.root / "instructions").exists():
+        raise ConfigError("--format llava: this run has no instruction data (synthesis.enabled is false)")
+
+
 def export_llava(run_dir: RunDir, stages: Sequence[Stage], out_dir: Path) -> int:
     """`llava.json` (the ok records, LLaVA's format, validated) with the images it references
     beside it (`images/<key>.<ext>`, from the last stage that writes images: faces blurred)."""
@@ -114,8 +120,7 @@ def export_llava(run_dir: RunDir, stages: Sequence[Stage], out_dir: Path) -> int
 
     from mmcurate.jobs.export import image_stage
 
-    if synthesis_stage(stages) is None or not (run_dir.root / "instructions").exists():
-        raise ConfigError("--format llava: this run has no instruction data (synthesis.enabled is false)")
+    require_instructions(run_dir, stages)
     schema = json.loads(SCHEMA_PATH.read_text())
     item_validator = jsonschema.Draft202012Validator(schema["items"])
     source = image_stage(stages)

@@ -84,6 +84,42 @@ def test_where_exports_another_cut_without_rerunning(run, tmp_path):
     assert bad.returncode == 2 and "--where" in bad.stderr
 
 
+def test_export_folder_holds_exactly_one_export_and_nothing_else_is_touched(run, tmp_path):
+    _, run_dir, ledger, _ = run
+    out = tmp_path / "cut"
+
+    def export(fmt: str, where: str | None = None, to=out):
+        return run_cli("export", str(run_dir), "--format", fmt, "--out", str(to), *(["--where", where] if where else []))
+
+    assert export("parquet").returncode == 0
+    assert len(list(out.glob("0*.parquet"))) == 3  # 62 rows in shards of 25
+    (out / ".000001.parquet.k1ll3d.tmp").write_bytes(b"half a file")  # as a killed export leaves it
+    # a stricter cut into the same folder: shards with no rows left must not keep the old files
+    proc = export("parquet", "row < 25 and clip_score > -1")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["000000.parquet", "mmcurate_export.json"]
+    rows = {r["row"] for r in pq.read_table(out / "000000.parquet").to_pylist()}
+    assert rows and max(rows) < 25
+    assert json.loads((out / "mmcurate_export.json").read_text())["rows"] == len(rows)
+    # a bad expression exits 2 and leaves the previous export as it was
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert export("parquet", "clip_scor > 0").returncode == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # another format replaces the earlier export whole
+    assert export("webdataset").returncode == 0
+    assert sorted(p.suffix for p in out.iterdir()) == [".json"] + [".tar"] * 3
+    # a folder with anything an export did not write is refused, exit 2, nothing deleted
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    (mine / "000000.parquet").write_bytes(b"not ours either, but named like ours")
+    for fmt in ("hf", "parquet", "webdataset"):
+        proc = export(fmt, to=mine)
+        assert proc.returncode == 2 and f"--out {mine}: holds files that no mmcurate export wrote" in proc.stderr, fmt
+    assert export("llava", to=mine).returncode == 2  # this run has no instruction data: refused before --out
+    assert (mine / "notes.txt").read_text() == "keep me" and len(list(mine.iterdir())) == 2
+
+
 def test_explain_and_reproducible_samples(run):
     _, run_dir, ledger, card = run
     low = next(r for r in ledger if r["reason"] == "low_clip_score")
