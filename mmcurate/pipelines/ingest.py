@@ -14,6 +14,7 @@ import io
 import json
 import sys
 import urllib.parse
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,11 +151,49 @@ def _read_jsonl(path: Path, cfg: InputConfig) -> Iterator[RawRow]:
             yield RawRow(str(path), line_no, obj.get(cfg.url_col), obj.get(cfg.caption_col))
 
 
+class _PhysicalLines:
+    """The physical lines a csv reader pulls: remembers those of the record being read, and takes
+    lines back to be read again."""
+
+    def __init__(self, text: Iterator[str]) -> None:
+        self._text = text
+        self._back: deque[str] = deque()
+        self.consumed = 0  # lines handed out and not taken back
+        self.record: list[str] = []
+
+    def __iter__(self) -> _PhysicalLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._back.popleft() if self._back else next(self._text)
+        self.consumed += 1
+        self.record.append(line)
+        return line
+
+    def next_record(self) -> int:
+        """Start remembering a new record; return the line number it starts on."""
+        self.record = []
+        return self.consumed + 1
+
+    def take_back(self, lines: list[str]) -> None:
+        self._back.extendleft(reversed(lines))
+        self.consumed -= len(lines)
+
+
+def _starts_a_row(line: str, delimiter: str, width: int, url_index: int) -> bool:
+    """Whether a physical line, read on its own, is a whole row with a URL where the URL goes."""
+    try:
+        fields = next(csv.reader([line.rstrip("\r\n")], delimiter=delimiter), [])
+    except csv.Error:
+        return False
+    return len(fields) == width and fields[url_index].strip().lower().startswith(("http://", "https://"))
+
+
 def _read_delimited(path: Path, cfg: InputConfig, delimiter: str) -> Iterator[RawRow]:
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     with _open_binary(path) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
-        reader = csv.reader(text, delimiter=delimiter, quoting=quoting, strict=False)
+        lines = _PhysicalLines(io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline=""))
+        reader = csv.reader(lines, delimiter=delimiter, quoting=quoting, strict=False)
         try:
             header = next(reader)
         except StopIteration:
@@ -165,15 +204,27 @@ def _read_delimited(path: Path, cfg: InputConfig, delimiter: str) -> Iterator[Ra
         _require_columns(path, header, cfg)
         iu, ic, width = header.index(cfg.url_col), header.index(cfg.caption_col), len(header)
         while True:
+            line = lines.next_record()
             try:
-                fields = next(reader)
+                fields, error = next(reader), None
             except StopIteration:
                 return
             except csv.Error as err:
-                line = reader.line_num
-                yield RawRow(str(path), line, None, None, ("malformed_row", f"line {line}: {err}"))
+                fields, error = None, err
+            swallowed = lines.record[1:]
+            # a field quoted over several lines closes on the record's last line: with no quote
+            # there, the file ended inside it
+            unclosed = bool(swallowed) and '"' not in swallowed[-1]
+            if swallowed and (error or unclosed or any(_starts_a_row(s, delimiter, width, iu) for s in swallowed)):
+                # a quote opened on this line runs over the lines after it (never closed, or closed by
+                # a later row's quote): this line fails, and the lines after it are read again as rows
+                lines.take_back(swallowed)
+                why = "never closes" if unclosed else f"runs into line {line + 1}, which is a row of its own"
+                yield RawRow(str(path), line, None, None, ("malformed_row", f"line {line}: a quoted field opens here and {why}"))
                 continue
-            line = reader.line_num
+            if error is not None:
+                yield RawRow(str(path), line, None, None, ("malformed_row", f"line {line}: {error}"))
+                continue
             if not fields:
                 continue
             if len(fields) != width:

@@ -108,3 +108,28 @@ def test_input_errors_name_the_problem(tmp_path):
     (tmp_path / "y.parquet").write_bytes(b"garbage")
     with pytest.raises(InputError, match="not a readable parquet"):
         collect(str(tmp_path / "y.parquet"))
+
+
+def test_an_unclosed_quote_does_not_swallow_the_rows_after_it(tmp_path):
+    # by the letter of CSV, a quote that never closes (or closes only at a later row's quote) makes
+    # every line after it part of one caption: those rows would vanish into a row that is kept
+    (tmp_path / "a.csv").write_text(
+        'url,caption\n'
+        'http://a.test/1.jpg,"opens and never closes\n'
+        'http://a.test/2.jpg,two\n'
+        'http://a.test/3.jpg,"three, quoted"\n'
+        'http://a.test/4.jpg,"a caption\nover two lines"\n'
+        'http://a.test/5.jpg,"unclosed at the end\n'
+        'of the file\n')
+    rows = rows_of(collect(str(tmp_path / "a.csv"), shard_size=10))
+    got = [(r[C.SOURCE_LINE], r[C.REASON], r[C.CAPTION]) for r in rows]
+    assert got == [
+        (2, "malformed_row", None),
+        (3, None, "two"),
+        (4, None, "three, quoted"),
+        (5, None, "a caption\nover two lines"),  # a real multi-line caption stays one row
+        (7, "malformed_row", None),
+        (8, "malformed_row", None),  # a line of its own again, not a row: failed, still accounted for
+    ]
+    assert "line 2: a quoted field opens here and runs into line 3" in rows[0][C.DETAIL]
+    assert "never closes" in rows[4][C.DETAIL]
