@@ -100,6 +100,7 @@ def hostile_run(tmp_path_factory):
             writer.writerow(["url", "caption"])
             for r in rows[half:]:
                 writer.writerow([r["url"], r["caption"]])
+            f.write(f'{server.url("/cmyk.jpg")},"a quote that never closes\n')  # must not swallow the next line
             f.write("only-one-field\n")
         config = {
             "input": {"path": str(tmp / "in" / "*"), "shard_size": 7},
@@ -121,11 +122,12 @@ def test_every_hostile_row_has_its_reason(hostile_run):
     # input order: the JSONL half (and its two bad lines), then the CSV half (and its short row)
     jsonl_rows = [r for r in ledger if r[C.SOURCE].endswith("a.jsonl")]
     csv_rows = [r for r in ledger if r[C.SOURCE].endswith("b.csv")]
-    assert len(ledger) == len(expected) + 3
+    assert len(ledger) == len(expected) + 4
     got = [r[C.REASON] for r in jsonl_rows[:half]] + [r[C.REASON] for r in csv_rows[:len(expected) - half]]
     assert got == [reason for _, reason in expected]
     assert [r[C.REASON] for r in jsonl_rows[half:]] == ["malformed_row", "not_utf8"]
-    assert csv_rows[-1][C.REASON] == "malformed_row"
+    assert [r[C.REASON] for r in csv_rows[-2:]] == ["malformed_row"] * 2
+    assert "never closes" in csv_rows[-2][C.DETAIL] and "expected 2 fields, got 1" in csv_rows[-1][C.DETAIL]
     manifest = json.loads((tmp / "run" / "manifest.json").read_text())["ledger"]
     assert manifest["rows"] == manifest["kept"] + manifest["dropped"] + manifest["failed"] == len(ledger)
 
