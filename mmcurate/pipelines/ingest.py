@@ -215,11 +215,13 @@ def _read_delimited(path: Path, cfg: InputConfig, delimiter: str) -> Iterator[Ra
             # a field quoted over several lines closes on the record's last line: with no quote
             # there, the file ended inside it
             unclosed = bool(swallowed) and '"' not in swallowed[-1]
-            if swallowed and (error or unclosed or any(_starts_a_row(s, delimiter, width, iu) for s in swallowed)):
+            row_like = any(_starts_a_row(s, delimiter, width, iu) for s in swallowed)
+            if swallowed and (error or unclosed or row_like):
                 # a quote opened on this line runs over the lines after it (never closed, or closed by
                 # a later row's quote): this line fails, and the lines after it are read again as rows
                 lines.take_back(swallowed)
-                why = "never closes" if unclosed else f"runs into line {line + 1}, which is a row of its own"
+                why = ("never closes" if unclosed else f"runs into line {line + 1}, which is a row of its own"
+                       if row_like else f"does not end ({error})")
                 yield RawRow(str(path), line, None, None, ("malformed_row", f"line {line}: a quoted field opens here and {why}"))
                 continue
             if error is not None:
