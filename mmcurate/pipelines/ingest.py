@@ -131,7 +131,13 @@ def _read_parquet(path: Path, cfg: InputConfig) -> Iterator[RawRow]:
 
 def _read_jsonl(path: Path, cfg: InputConfig) -> Iterator[RawRow]:
     with _open_binary(path) as f:
-        for line_no, raw in enumerate(f, start=1):
+        for line_no, raw in enumerate(_bounded_lines(f, MAX_FIELD_BYTES), start=1):
+            if raw is None:
+                detail = f"line {line_no}: longer than {MAX_FIELD_BYTES:,} bytes (not read)"
+                yield RawRow(str(path), line_no, None, None, ("malformed_row", detail))
+                continue
+            if line_no == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark, as Windows tools write
             if not raw.strip():
                 continue
             try:
@@ -144,11 +150,32 @@ def _read_jsonl(path: Path, cfg: InputConfig) -> Iterator[RawRow]:
             except json.JSONDecodeError as err:
                 yield RawRow(str(path), line_no, None, None, ("malformed_row", f"line {line_no}: not JSON ({err.msg})"))
                 continue
+            except RecursionError:
+                yield RawRow(str(path), line_no, None, None, ("malformed_row", f"line {line_no}: JSON nested too deeply"))
+                continue
             if not isinstance(obj, dict):
-                kind = type(obj).__name__
+                kind = _JSON_KINDS.get(type(obj), type(obj).__name__)
                 yield RawRow(str(path), line_no, None, None, ("malformed_row", f"line {line_no}: a JSON {kind}, not an object"))
                 continue
             yield RawRow(str(path), line_no, obj.get(cfg.url_col), obj.get(cfg.caption_col))
+
+
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def _bounded_lines(f: io.BufferedIOBase, limit: int) -> Iterator[bytes | None]:
+    """The lines of a binary file; None for a line longer than `limit` bytes, which is skipped
+    without being held (one hostile line must not take the driver's memory)."""
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+            pass
+        yield None
 
 
 class _PhysicalLines:

@@ -133,3 +133,19 @@ def test_an_unclosed_quote_does_not_swallow_the_rows_after_it(tmp_path):
     ]
     assert "line 2: a quoted field opens here and runs into line 3" in rows[0][C.DETAIL]
     assert "never closes" in rows[4][C.DETAIL]
+
+
+def test_hostile_jsonl_lines_fail_alone_and_a_bom_is_no_problem(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest, "MAX_FIELD_BYTES", 16_384)  # 64 MiB in use: a small limit keeps the test small
+    ok = json.dumps({"url": "http://a.test/1.jpg", "caption": "one"}).encode()
+    (tmp_path / "a.jsonl").write_bytes(
+        b"\xef\xbb\xbf" + ok + b"\n"  # a byte-order mark, as Windows tools write one
+        + b"[" * 5_000 + b"]" * 5_000 + b"\n"  # nested past Python's recursion limit
+        + json.dumps({"url": "http://a.test/2.jpg", "caption": "x" * 20_000}).encode() + b"\n"  # over the limit
+        + b"[1, 2]\n" + ok.replace(b"one", b"after") + b"\n")
+    rows = rows_of(collect(str(tmp_path / "a.jsonl"), shard_size=10))
+    assert [(r[C.SOURCE_LINE], r[C.REASON]) for r in rows] == [
+        (1, None), (2, "malformed_row"), (3, "malformed_row"), (4, "malformed_row"), (5, None)]
+    assert rows[0][C.CAPTION] == "one" and rows[4][C.CAPTION] == "after"
+    assert [r[C.DETAIL].split(": ", 1)[1] for r in rows[1:4]] == [
+        "JSON nested too deeply", "longer than 16,384 bytes (not read)", "a JSON array, not an object"]
