@@ -126,7 +126,13 @@ def _read_parquet(path: Path, cfg: InputConfig) -> Iterator[RawRow]:
     for batch in pf.iter_batches(batch_size=65536, columns=[cfg.url_col, cfg.caption_col]):
         for url, caption in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
             line += 1
-            yield RawRow(str(path), line, url, caption)
+            yield RawRow(str(path), line, _decoded(url), _decoded(caption))
+
+
+def _decoded(value: object) -> object:
+    """A parquet `binary` value as text, as CSV and JSONL bytes are read (invalid UTF-8 then fails
+    as not_utf8); other values as they are."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def _read_jsonl(path: Path, cfg: InputConfig) -> Iterator[RawRow]:

@@ -149,3 +149,12 @@ def test_hostile_jsonl_lines_fail_alone_and_a_bom_is_no_problem(tmp_path, monkey
     assert rows[0][C.CAPTION] == "one" and rows[4][C.CAPTION] == "after"
     assert [r[C.DETAIL].split(": ", 1)[1] for r in rows[1:4]] == [
         "JSON nested too deeply", "longer than 16,384 bytes (not read)", "a JSON array, not an object"]
+
+
+def test_parquet_binary_columns_read_as_text(tmp_path):
+    # Spark and other writers often store strings as parquet `binary`
+    pq.write_table(pa.table({"url": pa.array([b"http://a.test/1.jpg", b"http://a.test/2.jpg"], pa.binary()),
+                             "caption": pa.array([b"caf\xc3\xa9 au lait", b"caf\xe9"], pa.binary())}), tmp_path / "b.parquet")
+    rows = rows_of(collect(str(tmp_path / "b.parquet")))
+    assert rows[0][C.CAPTION] == "café au lait" and rows[0][C.STATUS] == C.KEPT
+    assert rows[1][C.REASON] == "not_utf8"  # invalid UTF-8, as in a CSV or JSONL file
