@@ -19,6 +19,9 @@ class Route:
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     truncate_to: int | None = None  # send Content-Length of the whole body, then only this many bytes
+    # a tarpit: send the whole response ("all") or only the body ("body") a byte every trickle_gap_s
+    trickle: str | None = None
+    trickle_gap_s: float = 0.2
 
 
 class _Server(ThreadingHTTPServer):
@@ -28,9 +31,11 @@ class _Server(ThreadingHTTPServer):
 
 
 class ImageServer:
-    """Serves `routes` on 127.0.0.1 at a free port (or `port`); counts requests per path."""
+    """Serves `routes` on 127.0.0.1 at a free port (or `port`), over HTTPS given `tls`; counts
+    requests per path."""
 
-    def __init__(self, routes: dict[str, Route] | None = None, port: int = 0, delay_s: float = 0.0):
+    def __init__(self, routes: dict[str, Route] | None = None, port: int = 0, delay_s: float = 0.0,
+                 tls: tuple[str, str] | None = None):
         self.routes: dict[str, Route] = dict(routes or {})
         self.requests: Counter[str] = Counter()
         self.delay_s = delay_s
@@ -53,6 +58,9 @@ class ImageServer:
                 delay = route.delay_s or server.delay_s
                 if delay:
                     time.sleep(delay)
+                if route.trickle:
+                    self._trickle(route)
+                    return
                 try:
                     self.send_response(route.status)
                     self.send_header("Content-Type", route.content_type)
@@ -68,7 +76,29 @@ class ImageServer:
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True
 
+            def _trickle(self, route: Route) -> None:
+                self.close_connection = True
+                head = (f"HTTP/1.1 {route.status} OK\r\nContent-Type: {route.content_type}\r\n"
+                        f"Content-Length: {len(route.body)}\r\nConnection: close\r\n\r\n").encode()
+                data, at_once = head + route.body, len(head) if route.trickle == "body" else 0
+                try:
+                    self.wfile.write(data[:at_once])
+                    for i in range(at_once, len(data)):
+                        self.wfile.write(data[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(route.trickle_gap_s)
+                except OSError:  # the client gave up and shut the connection: what a tarpit wants to see
+                    pass
+
         self._httpd = _Server(("127.0.0.1", port), Handler)
+        self.scheme = "http"
+        if tls is not None:  # (certificate file, key file): serve HTTPS
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="image-server", daemon=True)
 
     @property
@@ -76,7 +106,7 @@ class ImageServer:
         return self._httpd.server_address[1]
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
     def start(self) -> ImageServer:
         self._thread.start()

@@ -75,6 +75,7 @@ class DownloadStage(Stage):
             max_bytes=d.max_image_bytes,
             user_agent_token=d.user_agent_token,
             respect_robots_header=d.respect_robots_header,
+            deadline_s=d.deadline_s,
         )
 
     def process(self, rows: pa.Table) -> pa.Table:

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+from mmcurate.pipelines.deadline import deadline
 from mmcurate.pipelines.netguard import PrivateAddressError
 
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
@@ -26,6 +27,14 @@ class FetchError(Exception):
         self.reason = reason
 
 
+class DeadlineExceeded(FetchError):
+    """An attempt outlived `download.deadline_s`: a stalled or trickling server, not retried."""
+
+    def __init__(self, seconds: float):
+        super().__init__("timeout", f"no complete answer within download.deadline_s ({seconds:g} s): "
+                                    "the server stalls or trickles its bytes")
+
+
 @dataclass(frozen=True)
 class Fetcher:
     """Downloads bodies with bounded size, the guard, retries and X-Robots-Tag opt-outs."""
@@ -37,6 +46,7 @@ class Fetcher:
     user_agent_token: str | None = None
     respect_robots_header: bool = True
     backoff_s: float = 0.2
+    deadline_s: float = 60.0  # one attempt, whole: connect, TLS, redirects, headers and body
 
     def fetch(self, url: str) -> bytes:
         """Return the body of `url`, retrying transient failures; raise FetchError otherwise."""
@@ -45,7 +55,7 @@ class Fetcher:
             try:
                 return self._fetch_once(url)
             except FetchError as err:
-                if err.reason not in _RETRYABLE or attempt >= self.retries:
+                if err.reason not in _RETRYABLE or isinstance(err, DeadlineExceeded) or attempt >= self.retries:
                     raise
             attempt += 1
             time.sleep(min(self.backoff_s * 2 ** (attempt - 1), 5.0))
@@ -59,25 +69,33 @@ class Fetcher:
         if self.user_agent_token:
             agent += f" (compatible; {self.user_agent_token})"
         request = urllib.request.Request(url, headers={"User-Agent": agent})
-        try:
-            with self.opener.open(request, timeout=self.timeout_s) as response:
-                if self.respect_robots_header and is_disallowed(
-                    response.headers, self.user_agent_token, DISALLOWED_DIRECTIVES
-                ):
-                    raise FetchError("robots_disallowed", "the server's X-Robots-Tag forbids AI use of this image")
-                declared = response.headers.get("Content-Length")
-                if declared and declared.isdigit() and int(declared) > self.max_bytes:
-                    raise FetchError("file_too_large", f"Content-Length {declared} > max_image_bytes {self.max_bytes}")
-                body = response.read(self.max_bytes + 1)
-                if len(body) > self.max_bytes:
-                    raise FetchError("file_too_large", f"body larger than max_image_bytes {self.max_bytes}")
-                if declared and declared.isdigit() and len(body) < int(declared):
-                    raise FetchError("truncated", f"body ended early: got {len(body)} of {declared} bytes")
-                return body
-        except FetchError:
-            raise
-        except Exception as err:  # every failure becomes a named ledger reason
-            raise classify(err) from None
+        with deadline(self.deadline_s) as attempt:
+            try:
+                body = self._read(request, is_disallowed)
+            except Exception as err:  # every failure becomes a named ledger reason
+                if attempt.expired:  # the watchdog cut the sockets: whatever broke, the cause is time
+                    raise DeadlineExceeded(self.deadline_s) from None
+                raise err if isinstance(err, FetchError) else classify(err) from None
+            if attempt.expired:  # cut between reads: what arrived is not the whole body
+                raise DeadlineExceeded(self.deadline_s)
+            return body
+
+    def _read(self, request: urllib.request.Request, is_disallowed) -> bytes:
+        """One request through the opener: the body, bounded by max_image_bytes."""
+        with self.opener.open(request, timeout=self.timeout_s) as response:
+            if self.respect_robots_header and is_disallowed(
+                response.headers, self.user_agent_token, DISALLOWED_DIRECTIVES
+            ):
+                raise FetchError("robots_disallowed", "the server's X-Robots-Tag forbids AI use of this image")
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > self.max_bytes:
+                raise FetchError("file_too_large", f"Content-Length {declared} > max_image_bytes {self.max_bytes}")
+            body = response.read(self.max_bytes + 1)
+            if len(body) > self.max_bytes:
+                raise FetchError("file_too_large", f"body larger than max_image_bytes {self.max_bytes}")
+            if declared and declared.isdigit() and len(body) < int(declared):
+                raise FetchError("truncated", f"body ended early: got {len(body)} of {declared} bytes")
+            return body
 
 
 def classify(err: BaseException) -> FetchError:

@@ -12,6 +12,8 @@ import socket
 import urllib.request
 from dataclasses import dataclass, field
 
+from mmcurate.pipelines import deadline
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -73,6 +75,7 @@ def guarded_connection(
             refused.append(reason)
             continue
         sock = socket.socket(family, socktype, proto)
+        deadline.track(sock)
         try:
             if timeout is not None:
                 sock.settimeout(timeout)
@@ -100,7 +103,9 @@ class _GuardedHTTPSConnection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         sock = guarded_connection(self.host, self.port, self.timeout, self.policy, self.source_address)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host, do_handshake_on_connect=False)
+        deadline.track(self.sock)  # the TLS socket, before its handshake: a trickled handshake is cut too
+        self.sock.do_handshake()
 
 
 def guarded_opener(policy: NetworkPolicy) -> urllib.request.OpenerDirector:

@@ -42,7 +42,7 @@ class InputConfig(_Section):
 class DownloadConfig(_Section):
     image_size: int = Field(256, ge=8, le=16384)
     resize_mode: Literal["no", "border", "keep_ratio", "center_crop"] = "keep_ratio"
-    timeout_s: float = Field(10, gt=0)
+    timeout_s: float = Field(10, gt=0)  # each connect and read
     retries: int = Field(2, ge=0, le=20)
     allow_private_networks: bool = False
     allow_networks: list[str] = Field(default_factory=list)
@@ -54,6 +54,9 @@ class DownloadConfig(_Section):
     encode_quality: int = Field(95, ge=0, le=100)
     user_agent_token: str | None = "mmcurate"
     respect_robots_header: bool = True
+    # one attempt at one URL, whole (connect, TLS, redirects, headers, body): a server trickling bytes
+    # inside timeout_s cannot hold a download thread longer; such attempts fail as timeout, not retried
+    deadline_s: float = Field(60, gt=0)
 
     @field_validator("allow_networks")
     @classmethod
