@@ -70,6 +70,9 @@ def run_mmcurate(urls: Path, run_dir: Path, args) -> tuple[float, dict]:
                      "image_size": args.image_size, "resize_mode": "keep_ratio"},
         "dedup": {"exact": False, "phash": {"enabled": False}},
         "clip": {"enabled": False},
+        # the download stage alone: safety's default detoxify model is a download (no hub here)
+        "safety": {"toxicity": {"enabled": False}, "nsfw": {"enabled": False}},
+        "privacy": {"faces": {"enabled": False}, "pii": {"enabled": False}},
         "export": {"formats": []},
     })
     start = time.perf_counter()

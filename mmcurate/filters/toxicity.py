@@ -70,6 +70,28 @@ def _local_checkpoint(checkpoint: Path, config_path: Path, sha: str) -> Path:
     return target
 
 
+def released_checkpoint(model: str) -> Path:
+    """detoxify's released checkpoint of `model`, where detoxify itself looks for it (torch hub's
+    cache): downloaded here, on the driver, when it is not there yet, so that a machine with no
+    route to GitHub fails before any row moves, naming the key, and the manifest gets its sha256."""
+    import torch.hub
+    from detoxify.detoxify import MODEL_URLS  # heavy (transformers): only for a named model
+
+    url = MODEL_URLS[model]
+    target = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, str(target), progress=False)  # temp file, then a rename
+        except Exception as err:
+            raise ToxicityModelError(
+                "safety.toxicity.model", f"cannot download detoxify's {model!r} checkpoint from {url} "
+                f"({type(err).__name__}: {err}). Without GitHub and the Hugging Face hub: give "
+                "safety.toxicity.checkpoint and huggingface_config_path, or use model: profanity-check (offline)"
+            ) from None
+    return target
+
+
 def resolve(model: str, checkpoint: str | None, config_path: str | None) -> ToxicityModel:
     """Check the configured model on the driver (files exist, are detoxify's); hash its checkpoint."""
     if model == PROFANITY_CHECK:
@@ -84,7 +106,8 @@ def resolve(model: str, checkpoint: str | None, config_path: str | None) -> Toxi
         if model not in DETOXIFY_MODELS:
             raise ToxicityModelError("safety.toxicity.model", f"unknown model {model!r} (choose from {', '.join(MODELS)}, "
                                      "or give a checkpoint)")
-        return ToxicityModel(model, None, config_path, None, f"detoxify:{model}")
+        sha = file_sha256(released_checkpoint(model))
+        return ToxicityModel(model, None, config_path, sha, f"detoxify:{model}:{sha[:12]}")
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise ToxicityModelError("safety.toxicity.checkpoint", f"{checkpoint}: no such file")

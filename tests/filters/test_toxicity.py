@@ -83,3 +83,30 @@ def test_profanity_check_flags_real_profanity_offline(tripwire):
     scorer = toxicity.ToxicityScorer(toxicity.resolve("profanity-check", None, None))
     scores = scorer.score(["what a fucking rip-off, this is shit", "a tabby cat looking at the camera"])
     assert scores[0][0] > 0.9 and scores[0][1] == "profanity" and scores[1][0] < 0.5
+
+
+@pytest.fixture
+def no_names(monkeypatch):
+    """Every name fails to resolve, in-process: no DNS query leaves this machine."""
+    import socket
+
+    def refuse(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def test_a_named_model_is_fetched_on_the_driver_or_fails_naming_the_key(tmp_path, monkeypatch, tripwire, no_names):
+    import torch.hub
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))  # an empty cache
+    # no route to GitHub: the error names the key and says what works offline, before any row moves
+    with pytest.raises(toxicity.ToxicityModelError, match=r"cannot download detoxify's 'original'") as err:
+        toxicity.resolve("original", None, None)
+    assert err.value.key == "safety.toxicity.model" and "profanity-check" in str(err.value)
+    # already in torch hub's cache (where detoxify looks): nothing is fetched, the manifest gets its sha256
+    cached = tmp_path / "hub" / "checkpoints" / "toxic_original-c1212f89.ckpt"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"the released checkpoint")
+    model = toxicity.resolve("original", None, None)
+    assert model.sha256 == toxicity.file_sha256(cached) and model.label == f"detoxify:original:{model.sha256[:12]}"
