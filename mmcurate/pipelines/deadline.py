@@ -40,6 +40,11 @@ class Attempt:
             for sock in self._sockets:
                 _shut(sock)
 
+    def finish(self) -> None:
+        """Forget the sockets: a cancelled entry stays in the watchdog's heap until it is due."""
+        with self._lock:
+            self._sockets = []
+
 
 def _shut(sock: socket.socket) -> None:
     try:
@@ -108,4 +113,5 @@ def deadline(seconds: float) -> Iterator[Attempt]:
         yield attempt
     finally:
         _WATCHDOG.cancel(token)
+        attempt.finish()
         _current.attempt = None
