@@ -184,13 +184,22 @@ def _bounded_lines(f: io.BufferedIOBase, limit: int) -> Iterator[bytes | None]:
         yield None
 
 
-class _PhysicalLines:
-    """The physical lines a csv reader pulls: remembers those of the record being read, and takes
-    lines back to be read again."""
+class _LineTooLong(Exception):
+    """A physical line over the limit: skipped unread, and failed in its place."""
 
-    def __init__(self, text: Iterator[str]) -> None:
+
+_TOO_LONG = object()  # stands in for such a line among the lines taken back
+
+
+class _PhysicalLines:
+    """The physical lines a csv reader pulls, each at most `limit` characters (a longer one raises
+    _LineTooLong and is skipped without being held): remembers those of the record being read,
+    and takes lines back to be read again."""
+
+    def __init__(self, text: io.TextIOBase, limit: int) -> None:
         self._text = text
-        self._back: deque[str] = deque()
+        self._limit = limit
+        self._back: deque[str | object] = deque()
         self.consumed = 0  # lines handed out and not taken back
         self.record: list[str] = []
 
@@ -198,17 +207,29 @@ class _PhysicalLines:
         return self
 
     def __next__(self) -> str:
-        line = self._back.popleft() if self._back else next(self._text)
+        line = self._back.popleft() if self._back else self._read()
         self.consumed += 1
+        if line is _TOO_LONG:
+            raise _LineTooLong
         self.record.append(line)
         return line
+
+    def _read(self) -> str | object:
+        line = self._text.readline(self._limit + 1)
+        if not line:
+            raise StopIteration
+        if len(line) <= self._limit or line.endswith(("\n", "\r")):
+            return line
+        while (rest := self._text.readline(1 << 20)) and not rest.endswith(("\n", "\r")):
+            pass
+        return _TOO_LONG
 
     def next_record(self) -> int:
         """Start remembering a new record; return the line number it starts on."""
         self.record = []
         return self.consumed + 1
 
-    def take_back(self, lines: list[str]) -> None:
+    def take_back(self, lines: list[str | object]) -> None:
         self._back.extendleft(reversed(lines))
         self.consumed -= len(lines)
 
@@ -225,25 +246,35 @@ def _starts_a_row(line: str, delimiter: str, width: int, url_index: int) -> bool
 def _read_delimited(path: Path, cfg: InputConfig, delimiter: str) -> Iterator[RawRow]:
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     with _open_binary(path) as raw:
-        lines = _PhysicalLines(io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline=""))
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+        lines = _PhysicalLines(text, MAX_FIELD_BYTES)
         reader = csv.reader(lines, delimiter=delimiter, quoting=quoting, strict=False)
         try:
             header = next(reader)
         except StopIteration:
             return
-        except csv.Error as err:
-            raise InputError(f"input.path: {path}: line 1: unreadable header ({err})") from None
+        except (csv.Error, _LineTooLong) as err:
+            raise InputError(f"input.path: {path}: line 1: unreadable header ({err or 'too long'})") from None
         header = [h.strip().lstrip("\ufeff") for h in header]
         _require_columns(path, header, cfg)
         iu, ic, width = header.index(cfg.url_col), header.index(cfg.caption_col), len(header)
         while True:
             line = lines.next_record()
+            too_long = f"longer than {MAX_FIELD_BYTES:,} characters (not read)"
             try:
                 fields, error = next(reader), None
             except StopIteration:
                 return
             except csv.Error as err:
                 fields, error = None, err
+            except _LineTooLong:
+                if lines.record:  # a record quoted over lines ran into it: read the lines between again
+                    lines.take_back([*lines.record[1:], _TOO_LONG])
+                    detail = f"line {line}: a quoted field opens here and runs into a line {too_long}"
+                else:
+                    detail = f"line {line}: {too_long}"
+                yield RawRow(str(path), line, None, None, ("malformed_row", detail))
+                continue
             swallowed = lines.record[1:]
             # a field quoted over several lines closes on the record's last line: with no quote
             # there, the file ended inside it

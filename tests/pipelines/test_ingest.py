@@ -158,3 +158,21 @@ def test_parquet_binary_columns_read_as_text(tmp_path):
     rows = rows_of(collect(str(tmp_path / "b.parquet")))
     assert rows[0][C.CAPTION] == "café au lait" and rows[0][C.STATUS] == C.KEPT
     assert rows[1][C.REASON] == "not_utf8"  # invalid UTF-8, as in a CSV or JSONL file
+
+
+def test_an_over_long_csv_line_fails_alone_without_being_held(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest, "MAX_FIELD_BYTES", 200)  # 64 MiB in use: a small limit keeps the test small
+    (tmp_path / "a.csv").write_text(
+        'url,caption\n'
+        'http://a.test/1.jpg,one\n'
+        f'http://a.test/2.jpg,{"x" * 5000}\n'  # one line over the limit
+        'http://a.test/3.jpg,"a caption quoted over\n'
+        'http://a.test/4.jpg,four\n'
+        f'{"y" * 5000}"\n'  # ... that runs into a line over the limit
+        'http://a.test/5.jpg,five\n')
+    rows = rows_of(collect(str(tmp_path / "a.csv"), shard_size=10))
+    assert [(r[C.SOURCE_LINE], r[C.REASON], r[C.CAPTION]) for r in rows] == [
+        (2, None, "one"), (3, "malformed_row", None), (4, "malformed_row", None), (5, None, "four"),
+        (6, "malformed_row", None), (7, None, "five")]  # in line order, every line accounted for
+    assert rows[1][C.DETAIL] == "line 3: longer than 200 characters (not read)"
+    assert "runs into a line longer than 200" in rows[2][C.DETAIL] and rows[4][C.DETAIL].startswith("line 6: longer")
