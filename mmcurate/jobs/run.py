@@ -78,8 +78,12 @@ def _flatten(data: object, prefix: str = "") -> dict[str, object]:
 
 
 def _changed_keys(old: dict, new: dict) -> list[str]:
+    """Keys whose value differs. A key the old config lacks and the new one holds at its default was
+    added to mmcurate after the run dir was made: an upgrade, not a change of the run."""
     a, b = _flatten(old), _flatten(new)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    defaults = _flatten(Config.model_validate({"input": {"path": "-"}}).resolved())
+    return sorted(k for k in a.keys() | b.keys()
+                  if a.get(k) != b.get(k) and not (k not in a and k in defaults and b[k] == defaults[k]))
 
 
 class Job:
@@ -109,8 +113,10 @@ class Job:
         config_hash = self.config.section_hash()
         if self.run_dir.manifest.exists():
             manifest = self.run_dir.read_manifest()
-            if manifest.get("config_hash") != config_hash:
-                changed = _changed_keys(manifest.get("config", {}), config)
+            changed = _changed_keys(manifest.get("config", {}), config)
+            if manifest.get("config_hash") != config_hash and not changed:
+                log.info("this run dir predates config keys now at their defaults: resuming as it was")
+            elif manifest.get("config_hash") != config_hash:
                 shown = ", ".join(changed[:8]) + (" ..." if len(changed) > 8 else "")
                 if not self.force:
                     raise ConfigError(

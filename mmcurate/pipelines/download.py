@@ -45,8 +45,9 @@ class DownloadStage(Stage):
 
     def config_sections(self) -> dict:
         d = self.config.download
-        # timeouts, retries and thread counts change how, not what: resuming with new ones is fine
-        return d.model_dump(mode="json", exclude={"timeout_s", "retries", "threads"})
+        # timeouts, the deadline, retries and thread counts change how, not what: resuming with new
+        # ones is fine
+        return d.model_dump(mode="json", exclude={"timeout_s", "deadline_s", "retries", "threads"})
 
     def resources(self, cluster: Cluster) -> Resources:
         return Resources(num_cpus=1)

@@ -110,3 +110,36 @@ def test_sigkill_mid_download_then_resume(tmp_path):
         assert digests(run_dir) == digests(tmp_path / "ref")
         assert not list(run_dir.rglob("*.tmp")), "temp files left behind"
         assert json.loads((run_dir / "manifest.json").read_text())["status"] == "finished"
+
+
+def test_a_run_dir_from_before_a_config_key_existed_resumes_without_redoing_work(tmp_path):
+    n, shard = 20, 5
+    routes = {f"/img/{i}.jpg": Route(make_image(i)) for i in range(n)}
+    with ImageServer(routes) as server:
+        lines = [{"url": server.url(f"/img/{i}.jpg"), "caption": f"image {i}"} for i in range(n)]
+        (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+        config = {"input": {"path": str(tmp_path / "in.jsonl"), "shard_size": shard},
+                  "download": {"allow_networks": ["127.0.0.1/32"], "retries": 0}, "clip": {"enabled": False},
+                  **SAFETY_OFF, "export": {"formats": ["parquet"]}}
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+        run_dir = tmp_path / "run"
+        assert run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", str(run_dir), "--quiet").returncode == 0
+        before = digests(run_dir)
+        # as the previous version of mmcurate left it: no download.deadline_s in its config (the key
+        # came later), another config hash, and one download shard not written yet (it crashed)
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        del manifest["config"]["download"]["deadline_s"]
+        manifest["config_hash"] = "from-an-earlier-version"
+        (run_dir / "manifest.json").write_text(json.dumps(manifest))
+        for f in (run_dir / "stages" / "download").glob("000003.*"):
+            f.unlink()
+        requests = sum(server.requests.values())
+        # a real change is still refused, and only the real change is named
+        changed = run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", str(run_dir), "--quiet",
+                          "--set", "download.image_size=32")
+        assert changed.returncode == 2 and "changed: download.image_size)" in changed.stderr, changed.stderr
+        # the upgrade alone: resumes without --force, redoes only the missing shard
+        proc = run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", str(run_dir), "--quiet")
+        assert proc.returncode == 0, proc.stderr
+        assert sum(server.requests.values()) - requests == shard
+    assert digests(run_dir) == before
