@@ -64,6 +64,7 @@ def hostile_rows(server) -> list[tuple[dict, str | None]]:
     ok = server.url("/cmyk.jpg")
     return [
         ({"url": ok, "caption": "x" * 1_000_000}, "caption_too_long"),
+        ({"url": ok + "?q=" + "a" * 20_000, "caption": "a 20 KB url"}, "url_too_long"),
         ({"url": ok, "caption": ""}, "missing_caption"),
         ({"url": ok, "caption": "   "}, "missing_caption"),
         ({"url": ok, "caption": "a null\x00byte"}, "bad_caption"),

@@ -198,7 +198,8 @@ class Job:
             stats[C.KEPT] = table.num_rows - stats[C.FAILED]
             self.progress.advance(INGEST, stats)
 
-        buffer = ingest.ShardBuffer(self.config.input.shard_size, write, self.config.input.max_caption_chars)
+        i = self.config.input
+        buffer = ingest.ShardBuffer(i.shard_size, write, i.max_caption_chars, i.max_url_chars)
         for path in files:
             for raw in ingest.read_rows(path, self.config.input):
                 buffer.add(raw)

@@ -316,16 +316,20 @@ def _require_columns(path: Path, names: list[str], cfg: InputConfig) -> None:
 
 
 MAX_CAPTION_CHARS = 16_384
+MAX_URL_CHARS = 8_192  # what common web servers accept in a request line; signed URLs fit
 _BAD_CAPTION_CHARS = frozenset(chr(c) for c in range(32) if chr(c) not in "\t\n\r") | {"\x7f"}
 
 
-def check_row(url: object, caption: object, max_caption_chars: int = MAX_CAPTION_CHARS) -> tuple[str, str] | None:
+def check_row(url: object, caption: object, max_caption_chars: int = MAX_CAPTION_CHARS,
+              max_url_chars: int = MAX_URL_CHARS) -> tuple[str, str] | None:
     """Why a row cannot be used (reason, detail), or None when it can."""
     if url is None or (isinstance(url, str) and not url.strip()):
         return "missing_url", "the url is empty"
     if not isinstance(url, str):
         return "bad_url", f"the url is a {type(url).__name__}, not text"
     text = url.strip()
+    if len(text) > max_url_chars:
+        return "url_too_long", f"the url has {len(text):,} characters > input.max_url_chars {max_url_chars:,}"
     if any(ord(ch) < 33 or ord(ch) == 127 for ch in text):
         return "bad_url", "the url contains whitespace or control characters"
     try:
@@ -378,6 +382,7 @@ class ShardBuffer:
     shard_size: int
     write: Callable[[int, pa.Table], None]
     max_caption_chars: int = MAX_CAPTION_CHARS
+    max_url_chars: int = MAX_URL_CHARS
     shard: int = 0
     rows: int = 0
     failed: int = 0
@@ -387,7 +392,7 @@ class ShardBuffer:
 
     def add(self, raw: RawRow) -> None:
         """Validate one input row and buffer it; flush when the shard is full."""
-        problem = raw.problem or check_row(raw.url, raw.caption, self.max_caption_chars)
+        problem = raw.problem or check_row(raw.url, raw.caption, self.max_caption_chars, self.max_url_chars)
         if raw.problem is not None:  # no values could be read: the uid names the place instead
             uid = uid_of(f"{raw.source}:{raw.line}", None)
         else:

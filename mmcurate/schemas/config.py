@@ -37,6 +37,7 @@ class InputConfig(_Section):
     caption_col: str = "caption"
     shard_size: int = Field(1000, ge=1, le=10_000_000)
     max_caption_chars: int = Field(16_384, ge=1)  # longer captions fail as caption_too_long
+    max_url_chars: int = Field(8_192, ge=1)  # longer URLs fail as url_too_long (never requested)
 
 
 class DownloadConfig(_Section):
