@@ -113,17 +113,18 @@ class Job:
         config_hash = self.config.section_hash()
         if self.run_dir.manifest.exists():
             manifest = self.run_dir.read_manifest()
-            changed = _changed_keys(manifest.get("config", {}), config)
-            if manifest.get("config_hash") != config_hash and not changed:
-                log.info("this run dir predates config keys now at their defaults: resuming as it was")
-            elif manifest.get("config_hash") != config_hash:
+            if manifest.get("config_hash") != config_hash:
+                changed = _changed_keys(manifest.get("config", {}), config)
                 shown = ", ".join(changed[:8]) + (" ..." if len(changed) > 8 else "")
-                if not self.force:
+                if not changed:
+                    log.info("this run dir predates config keys now at their defaults: resuming as it was")
+                elif not self.force:
                     raise ConfigError(
                         f"{self.run_dir.root}: this run directory was made with a different config "
                         f"(changed: {shown}); use a new --run-dir, or --force to redo what the change affects"
                     )
-                log.warning("config changed (%s): stages it affects are redone", shown)
+                else:
+                    log.warning("config changed (%s): stages it affects are redone", shown)
         else:
             manifest = {"created": _now(), "stages": {}, "runs": []}
         manifest.update(

@@ -169,19 +169,21 @@ def _read_jsonl(path: Path, cfg: InputConfig) -> Iterator[RawRow]:
 _JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
+def _bounded_readline(readline: Callable, limit: int, ends: bytes | str | tuple[str, ...]):
+    """The next line from `readline` (empty at the end), or None for a line longer than `limit`,
+    which is read and dropped a chunk at a time: one hostile line must not take the driver's memory."""
+    line = readline(limit + 1)
+    if len(line) <= limit or line.endswith(ends):
+        return line
+    while (rest := readline(1 << 20)) and not rest.endswith(ends):
+        pass
+    return None
+
+
 def _bounded_lines(f: io.BufferedIOBase, limit: int) -> Iterator[bytes | None]:
-    """The lines of a binary file; None for a line longer than `limit` bytes, which is skipped
-    without being held (one hostile line must not take the driver's memory)."""
-    while True:
-        line = f.readline(limit + 1)
-        if not line:
-            return
-        if len(line) <= limit or line.endswith(b"\n"):
-            yield line
-            continue
-        while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
-            pass
-        yield None
+    """The lines of a binary file; None for a line longer than `limit` bytes."""
+    while (line := _bounded_readline(f.readline, limit, b"\n")) != b"":
+        yield line
 
 
 class _LineTooLong(Exception):
@@ -215,14 +217,10 @@ class _PhysicalLines:
         return line
 
     def _read(self) -> str | object:
-        line = self._text.readline(self._limit + 1)
-        if not line:
+        line = _bounded_readline(self._text.readline, self._limit, ("\n", "\r"))
+        if line == "":
             raise StopIteration
-        if len(line) <= self._limit or line.endswith(("\n", "\r")):
-            return line
-        while (rest := self._text.readline(1 << 20)) and not rest.endswith(("\n", "\r")):
-            pass
-        return _TOO_LONG
+        return _TOO_LONG if line is None else line
 
     def next_record(self) -> int:
         """Start remembering a new record; return the line number it starts on."""
@@ -258,9 +256,9 @@ def _read_delimited(path: Path, cfg: InputConfig, delimiter: str) -> Iterator[Ra
         header = [h.strip().lstrip("\ufeff") for h in header]
         _require_columns(path, header, cfg)
         iu, ic, width = header.index(cfg.url_col), header.index(cfg.caption_col), len(header)
+        too_long = f"longer than {MAX_FIELD_BYTES:,} characters (not read)"
         while True:
             line = lines.next_record()
-            too_long = f"longer than {MAX_FIELD_BYTES:,} characters (not read)"
             try:
                 fields, error = next(reader), None
             except StopIteration:
