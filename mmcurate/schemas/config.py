@@ -12,10 +12,11 @@ import ipaddress
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -237,10 +238,8 @@ class QualityConfig(_Section):
     watermark: WatermarkConfig = Field(default_factory=WatermarkConfig)
 
 
-def _teacher_endpoint(value: str | None) -> str | None:
+def _teacher_endpoint(value: str) -> str:
     """An OpenAI-compatible base URL that holds no secret (it is written to the manifest and records)."""
-    if value is None:
-        return value
     if not value.startswith(("http://", "https://")):
         raise ValueError("must be an http:// or https:// URL of an OpenAI-compatible API (ending in /v1)")
     if "@" in value.split("//", 1)[1].split("/", 1)[0]:
@@ -251,17 +250,18 @@ def _teacher_endpoint(value: str | None) -> str | None:
     return value
 
 
+TeacherEndpoint = Annotated[str, AfterValidator(_teacher_endpoint)]
+
+
 class JudgeConfig(_Section):
     enabled: bool = False  # a second call asks whether each answer is accurate and grounded in the image
-    endpoint: str | None = None  # default: synthesis.endpoint
+    endpoint: TeacherEndpoint | None = None  # default: synthesis.endpoint
     model: str | None = None  # default: synthesis.model
-
-    _endpoint = field_validator("endpoint")(classmethod(lambda cls, v: _teacher_endpoint(v)))
 
 
 class SynthesisConfig(_Section):
     enabled: bool = False
-    endpoint: str = "http://127.0.0.1:8000/v1"
+    endpoint: TeacherEndpoint = "http://127.0.0.1:8000/v1"
     model: str = "teacher-model-name"
     api_key_env: str | None = None
     tasks: list[str] = Field(default_factory=lambda: ["conversation", "detail", "reasoning"], min_length=1)
@@ -280,8 +280,6 @@ class SynthesisConfig(_Section):
     max_answer_chars: int = Field(6000, ge=1)
     grounding_min_ratio: float = Field(0.5, ge=0)  # flag answers scoring below this x the caption's CLIP score
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
-
-    _endpoint = field_validator("endpoint")(classmethod(lambda cls, v: _teacher_endpoint(v)))
 
     @field_validator("tasks")
     @classmethod
