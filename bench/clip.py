@@ -55,8 +55,8 @@ def main() -> None:
 
     import torch
 
-    from mmcurate.pipelines.clip import ClipEmbedStage
     from mmcurate.schemas.config import config_from_dict
+    from mmcurate.stages.clip_embed import ClipEmbedStage
 
     config = config_from_dict({"input": {"path": "x"}, "clip": {
         "model": args.model, "pretrained": args.pretrained, "batch_size": args.batch, "device": args.device}})

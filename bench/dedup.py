@@ -36,8 +36,8 @@ def planted(n: int, k: int, frac: float, seed: int = 0) -> np.ndarray:
 DECIDE = """
 import sys, time
 import numpy as np, pyarrow as pa
-from mmcurate.pipelines.dedup import DedupStage
-from mmcurate.pipelines.stage import serial
+from mmcurate.stages.dedup import DedupStage
+from mmcurate.stages.base import serial
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import config_from_dict
 sys.path.insert(0, "bench")
@@ -102,14 +102,14 @@ def main() -> None:
     if args.decide_rows:
         decide_memory(args.decide_rows)
 
-    from mmcurate.pipelines import hamming
-    from mmcurate.pipelines.dedup import Signals, near_duplicates
-    from mmcurate.pipelines.stage import serial
+    from mmcurate.algos import hamming
+    from mmcurate.stages.base import serial
+    from mmcurate.stages.dedup import Signals, near_duplicates
 
     hashes = planted(args.n, args.k, 0.05)
     parallel = serial
     if args.ray:
-        from mmcurate.pipelines import executor
+        from mmcurate.engine import executor
 
         executor.start()
         parallel = executor.map_tasks

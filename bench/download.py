@@ -93,7 +93,7 @@ def main() -> None:
     import pyarrow.parquet as pq
     import ray
 
-    from mmcurate.pipelines import executor
+    from mmcurate.engine import executor
 
     ctx = mp.get_context("spawn")
     ports, stop = ctx.Queue(), ctx.Event()

@@ -95,9 +95,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from mmcurate.demo import shapes
-    from mmcurate.pipelines.synthesis import SynthesisStage
     from mmcurate.schemas import columns as C
     from mmcurate.schemas.config import config_from_dict
+    from mmcurate.stages.base import ShardContext
+    from mmcurate.stages.synthesis.stage import SynthesisStage
 
     pairs = shapes.pairs(args.samples, seed=1, size=64)
     rows = pa.table({
@@ -123,16 +124,16 @@ def main() -> None:
             "timeout_s": 10}})
         stage = SynthesisStage(config)
         stage.prepare()
-        stage.run_root = tmp
+        stage.context = ShardContext(0, Path(tmp) / "cache.jsonl")  # the response cache on disk, as in a run
         stage.setup()
         stage._client.backoff_s = 0.05  # the first retry of a 500/503 waits 25-50 ms, as a tuned client would
         start = time.perf_counter()
-        out = stage.process(rows)
+        stage.process(rows)
         seconds = time.perf_counter() - start
     stop.set()
     server.join()
     requests = count.value - base_sent
-    ok = sum(out[C.SYNTH_OK].to_pylist())
+    ok = stage.context.side_tables["records"][C.STATUS].to_pylist().count("ok")
     achieved = requests / seconds
     print(json.dumps({
         "samples": args.samples, "tasks": 3, "requests": requests, "records_ok": ok, "seconds": round(seconds, 2),

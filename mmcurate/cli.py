@@ -7,11 +7,10 @@ import json
 import logging
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from mmcurate import __version__, atomic
-from mmcurate.errors import ConfigError, MmcurateError
+from mmcurate import __version__
+from mmcurate.schemas.errors import ConfigError, MmcurateError
 
 log = logging.getLogger("mmcurate")
 
@@ -95,7 +94,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from mmcurate.jobs.rundir import RunDir
+    from mmcurate.engine.rundir import RunDir
     from mmcurate.jobs.status import run_status
 
     status = run_status(RunDir.at(args.run_dir))
@@ -117,8 +116,8 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from mmcurate.engine.rundir import RunDir
     from mmcurate.jobs.report import write_report
-    from mmcurate.jobs.rundir import RunDir
 
     print(write_report(RunDir.at(args.run_dir)))
     return 0
@@ -127,8 +126,8 @@ def cmd_report(args) -> int:
 def cmd_audit(args) -> int:
     import polars as pl
 
+    from mmcurate.engine.rundir import RunDir
     from mmcurate.jobs.audit import explain, query_ledger, sample_ledger
-    from mmcurate.jobs.rundir import RunDir
 
     run_dir = RunDir.at(args.run_dir)
     if args.explain:
@@ -166,22 +165,16 @@ def cmd_audit(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from mmcurate.jobs.export import EXPORT_MARKER, export_all
-    from mmcurate.jobs.rundir import RunDir
-    from mmcurate.pipelines import build_stages
-    from mmcurate.schemas.config import config_from_dict
+    from mmcurate.engine.rundir import RunDir
+    from mmcurate.jobs.export import export_all
+    from mmcurate.jobs.manifest import stages_of
 
     run_dir = RunDir.at(args.run_dir)
     manifest = run_dir.read_manifest()
     if manifest.get("status") != "finished":
         raise ConfigError(f"{run_dir.root}: the run has not finished (status {manifest.get('status')}); run it again to resume")
-    config = config_from_dict(manifest["config"], source=str(run_dir.manifest))
     out = Path(args.out)
-    count = export_all(run_dir, build_stages(config), args.format, out, where=args.where)
-    atomic.write_json(out / EXPORT_MARKER, {  # last: only a complete export has it
-        "run_dir": str(run_dir.root), "config_hash": manifest.get("config_hash"), "format": args.format,
-        "where": args.where, "rows": count, "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    })
+    count = export_all(run_dir, stages_of(manifest, str(run_dir.manifest)), args.format, out, where=args.where)
     cut = f" where {args.where}" if args.where else ""
     what = "instruction records" if args.format == "llava" else "samples"
     print(f"exported {count:,} {what}{cut} as {args.format} to {out}")

@@ -137,11 +137,11 @@ def test_changed_config_is_refused_unless_forced(finished_run):
 def test_ledger_invariant_failure_is_loud(finished_run, tmp_path):
     import shutil
 
-    from mmcurate.errors import LedgerError
+    from mmcurate.engine.rundir import RunDir
     from mmcurate.jobs.ledger import build_ledger
-    from mmcurate.jobs.rundir import RunDir
-    from mmcurate.pipelines import build_stages
     from mmcurate.schemas.config import config_from_dict
+    from mmcurate.schemas.errors import LedgerError
+    from mmcurate.stages import build_stages
 
     tmp, _, _ = finished_run
     copy = tmp_path / "run"
@@ -160,9 +160,9 @@ def test_ledger_check_finds_a_missing_repeated_or_misplaced_row(tmp_path, rows):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mmcurate.errors import LedgerError
+    from mmcurate.engine.rundir import RunDir
     from mmcurate.jobs.ledger import check_invariant
-    from mmcurate.jobs.rundir import RunDir
+    from mmcurate.schemas.errors import LedgerError
 
     run_dir = RunDir.at(tmp_path)
     pq.write_table(pa.table({"row": pa.array(rows, pa.int64()), "status": ["kept"] * len(rows)}), run_dir.ledger)

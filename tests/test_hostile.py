@@ -17,9 +17,9 @@ from skimage import data
 
 from mmcurate.demo import bomb_png
 from mmcurate.demo.server import ImageServer, Route
-from mmcurate.pipelines.download import DownloadStage
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import config_from_dict
+from mmcurate.stages.download import DownloadStage
 from tests.conftest import SAFETY_OFF, run_cli
 
 pytestmark = pytest.mark.slow

@@ -17,32 +17,9 @@ import struct
 import zlib
 from pathlib import Path
 
+from mmcurate.demo.photos import PHOTOS, _photo_dir, load_photos, random_crop  # noqa: F401 - the demo's API
 from mmcurate.demo.server import ImageServer, Route
 
-PHOTOS = {
-    "astronaut.png": "an astronaut in a white spacesuit in front of a flag",
-    "brick.png": "a wall of bricks",
-    "camera.png": "a man with a camera on a tripod, black and white",
-    "cell.png": "cells under a microscope",
-    "chelsea.png": "a tabby cat looking at the camera",
-    "clock_motion.png": "a wall clock blurred by motion",
-    "coffee.png": "a cup of coffee on a saucer",
-    "coins.png": "old coins on a dark background",
-    "color.png": "a chart of colour patches",
-    "grass.png": "a close-up of green grass",
-    "gravel.png": "a close-up of grey gravel",
-    "horse.png": "the silhouette of a horse",
-    "hubble_deep_field.jpg": "galaxies in the Hubble deep field",
-    "ihc.png": "a stained tissue sample under a microscope",
-    "logo.png": "a logo of a snake drawn in blue and yellow",
-    "moon.png": "the cratered surface of the moon",
-    "motorcycle_left.png": "a motorcycle parked in a workshop",
-    "page.png": "a scanned page of printed text",
-    "retina.jpg": "a photograph of a human retina",
-    "rocket.jpg": "a rocket standing on its launch pad",
-    "text.png": "handwritten text on a sheet of paper",
-    "phantom.png": "a medical imaging test phantom",
-}
 NEAR_DUPLICATES = 8  # the first photos also appear as re-encoded, slightly resized copies
 SHAPES = 36  # shape pictures in the sample; every third has a wrong caption
 MISCAPTIONED = {"coffee.png": "chelsea.png", "rocket.jpg": "moon.png"}  # photo -> photo whose caption it gets
@@ -53,33 +30,6 @@ CAPTION_TAILS = {
     ("coffee", 0): ", prints from jane.doe@example.com",  # e-mail: redacted to [EMAIL]
     ("brick", 0): ", call the builder on +44 20 7946 0958",  # phone: redacted to [PHONE]
 }
-
-
-def _photo_dir() -> Path:
-    import skimage.data
-
-    return Path(skimage.data.__file__).parent
-
-
-def load_photos() -> list:
-    """The sample's photographs as RGB PIL images (those present in the installed wheel)."""
-    from PIL import Image
-
-    photos = []
-    for name in PHOTOS:
-        path = _photo_dir() / name
-        if path.exists():
-            with Image.open(path) as im:
-                photos.append(im.convert("RGB"))
-    return photos
-
-
-def random_crop(photo, rng, smallest: float):
-    """A crop of `photo` covering a random fraction (smallest..1) of each side, at a random place."""
-    w, h = photo.size
-    cw, ch = int(w * rng.uniform(smallest, 1.0)), int(h * rng.uniform(smallest, 1.0))
-    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    return photo.crop((x, y, x + cw, y + ch))
 
 
 def _encode(img, fmt: str, quality: int = 90) -> bytes:
@@ -225,8 +175,8 @@ def run_demo(run_dir: str | Path, progress=None, force: bool = True):
     """Serve the sample on loopback, run the default pipeline on it, return the RunResult."""
     from mmcurate.demo import shapes
     from mmcurate.demo.teacher import StandInTeacher
+    from mmcurate.engine.rundir import RunDir
     from mmcurate.jobs.run import run
-    from mmcurate.jobs.rundir import RunDir
     from mmcurate.schemas.config import config_from_dict
 
     run_dir = RunDir.at(run_dir).root  # a URI is refused here, before anything is written

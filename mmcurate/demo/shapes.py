@@ -109,8 +109,8 @@ def cache_dir() -> Path:
 
 
 def photo_caption(name: str, rng: np.random.Generator) -> str:
-    """One of the captions the demo gives photo `name` (see mmcurate.demo.PHOTOS)."""
-    from mmcurate.demo import PHOTOS
+    """One of the captions the demo gives photo `name` (see mmcurate.demo.photos.PHOTOS)."""
+    from mmcurate.demo.photos import PHOTOS
 
     base = PHOTOS[name]
     return (base, f"part of {base}", f"{base} (via a redirect)")[int(rng.integers(3))]
@@ -120,7 +120,7 @@ def photo_pairs(crops_per_photo: int, seed: int) -> list[Pair]:
     """Random crops of the demo's photographs, fitted to the model's input size."""
     from PIL import ImageOps
 
-    from mmcurate.demo import PHOTOS, _photo_dir, random_crop
+    from mmcurate.demo.photos import PHOTOS, _photo_dir, random_crop
 
     rng = np.random.default_rng(seed)
     out = []

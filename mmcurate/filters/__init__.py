@@ -1,0 +1,30 @@
+"""Ray-free scorers over Arrow rows. A filter is one file here: its stage finds it by name.
+
+`filters_for("quality")` imports every module of this folder once and returns the `Filter`
+classes whose `stage` is "quality", in their `order`: adding a file with such a class is all it
+takes to add a filter (plus its config field and its test).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from functools import cache
+
+from mmcurate.filters.base import Filter
+
+
+@cache
+def _all_filters() -> tuple[type[Filter], ...]:
+    found: list[type[Filter]] = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        found += [obj for obj in vars(module).values()
+                  if isinstance(obj, type) and issubclass(obj, Filter) and obj.__module__ == module.__name__
+                  and hasattr(obj, "stage") and hasattr(obj, "section")]  # not bases that stages share
+    return tuple(found)
+
+
+def filters_for(stage: str) -> list[type[Filter]]:
+    """The filter classes of `stage`, in the order their objections count."""
+    return sorted((f for f in _all_filters() if f.stage == stage), key=lambda f: (f.order, f.name))

@@ -7,7 +7,11 @@ aspect ratio below 3. Sizes are the original image's, as downloaded, before any 
 
 from __future__ import annotations
 
-from mmcurate.filters.caption_text import TextStats
+import pyarrow as pa
+
+from mmcurate.filters.base import Filter, Histogram, Verdicts
+from mmcurate.filters.caption_text import TextStats, stats_of
+from mmcurate.schemas import columns as C
 
 
 def basic_reason(
@@ -37,3 +41,39 @@ def basic_reason(
     if aspect >= max_aspect:
         return "extreme_aspect_ratio", f"original image {width}x{height}, aspect ratio {aspect:.2f} >= {max_aspect}"
     return None
+
+
+class BasicFilter(Filter):
+    """DataComp's basic filtering; the caption's language and its confidence are its scores."""
+
+    stage = "quality"
+    name = "basic"
+    section = "quality.basic"
+    order = 20
+    fields = (pa.field(C.LANGUAGE, pa.string()), pa.field(C.LANGUAGE_CONFIDENCE, pa.float32()))
+    needs = (C.ORIGINAL_WIDTH, C.ORIGINAL_HEIGHT)
+    settings = ("quality.basic", "quality.language")
+    histograms = (Histogram(C.LANGUAGE_CONFIDENCE, "quality.language.min_confidence", "min"),)
+
+    def fingerprint(self) -> dict:
+        q = self.config.quality  # on or off, as before filters were files
+        return {"basic": q.basic.model_dump(), "language": q.language.model_dump()}
+
+    def apply(self, rows: pa.Table) -> Verdicts:
+        b, lang = self.options, self.config.quality.language
+        captions = rows[C.CAPTION].to_pylist()
+        if b.languages:
+            from mmcurate.filters.language import identify
+
+            langs = identify(captions, lang.accuracy)
+        else:
+            langs = [(None, None)] * len(captions)
+        found = [
+            basic_reason(s, language, conf or 0.0, w or 0, h or 0, languages=b.languages,
+                         min_confidence=lang.min_confidence, min_words=b.min_words, min_chars=b.min_chars,
+                         min_side=b.min_side, max_aspect=b.max_aspect)
+            for s, (language, conf), w, h in zip(stats_of(rows), langs, rows[C.ORIGINAL_WIDTH].to_pylist(),
+                                                 rows[C.ORIGINAL_HEIGHT].to_pylist())
+        ]
+        return Verdicts(scores={C.LANGUAGE: [x for x, _ in langs], C.LANGUAGE_CONFIDENCE: [c for _, c in langs]},
+                        reasons=[f[0] if f else None for f in found], details=[f[1] if f else None for f in found])

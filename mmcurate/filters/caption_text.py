@@ -11,6 +11,11 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+import pyarrow as pa
+
+from mmcurate.filters.base import Filter, Verdicts
+from mmcurate.schemas import columns as C
+
 WORD = re.compile(r"\w+", re.UNICODE)
 URL = re.compile(r"^\s*(?:https?://|www\.)\S+\s*$", re.IGNORECASE)
 FILENAME = re.compile(
@@ -33,6 +38,16 @@ class TextStats:
     digit_fraction: float  # of non-space characters
     alpha_fraction: float  # letters, of non-space characters
     top_word_fraction: float  # share of words taken by the most frequent word
+
+
+# the quality stage's score column of each statistic, measured for every caption it sees
+STAT_COLUMNS = {
+    C.CAPTION_WORDS: "words",
+    C.CAPTION_CHARS: "chars",
+    C.CAPTION_DIGIT_FRACTION: "digit_fraction",
+    C.CAPTION_ALPHA_FRACTION: "alpha_fraction",
+    C.CAPTION_TOP_WORD_FRACTION: "top_word_fraction",
+}
 
 
 def stats(caption: str) -> TextStats:
@@ -66,3 +81,27 @@ def boilerplate(caption: str, s: TextStats, max_digit_fraction: float, max_repea
             f"one word is {s.top_word_fraction:.0%} of the caption's {s.words} words (max {max_repeat_fraction:.0%})"
         )
     return None
+
+
+def stats_of(rows: pa.Table) -> list[TextStats]:
+    """The caption statistics the quality stage measured, back from its columns."""
+    columns = [rows[c].to_pylist() for c in STAT_COLUMNS]
+    return [TextStats(*values) for values in zip(*columns)]
+
+
+class TextFilter(Filter):
+    """Drops boilerplate captions: URLs, file names, generic words, mostly digits, one repeated word."""
+
+    stage = "quality"
+    name = "text"
+    section = "quality.text"
+    order = 10
+
+    def fingerprint(self) -> dict:
+        return {"text": self.options.model_dump()}  # on or off, as before filters were files
+
+    def apply(self, rows: pa.Table) -> Verdicts:
+        t = self.options
+        found = [boilerplate(c, s, t.max_digit_fraction, t.max_repeat_fraction, t.min_words_for_repeat)
+                 for c, s in zip(rows[C.CAPTION].to_pylist(), stats_of(rows))]
+        return Verdicts(reasons=[f[0] if f else None for f in found], details=[f[1] if f else None for f in found])

@@ -8,7 +8,6 @@ checkpoint file, and is ignored for the `hf-hub:`/`local-dir:` forms, as in open
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from mmcurate.filters.weights import file_sha256
+from mmcurate.schemas.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +41,6 @@ class Weights:
         return f"{name} sha256:{self.sha256[:12]}" if self.sha256 else f"{name} (random init)"
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-class WeightsError(ValueError):
-    """The configured model or weights cannot be found or fetched; `key` names the config key."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
-
-
 def resolve_weights(model: str, pretrained: str | None) -> Weights:
     """Find (downloading a tag where a hub is reachable) the weights file and hash it."""
     import open_clip
@@ -63,10 +49,10 @@ def resolve_weights(model: str, pretrained: str | None) -> Weights:
     if model.startswith(LOCAL_DIR):
         folder = Path(model[len(LOCAL_DIR) :]).expanduser()
         if not (folder / "open_clip_config.json").is_file():
-            raise WeightsError("clip.model", f"{folder} is not an open_clip folder (no open_clip_config.json in it)")
+            raise ModelError("clip.model", f"{folder} is not an open_clip folder (no open_clip_config.json in it)")
         path = _find_checkpoint_in_dir(folder)
         if path is None:
-            raise WeightsError("clip.model", f"{folder} holds no weights (*.safetensors, *.bin or *.pth)")
+            raise ModelError("clip.model", f"{folder} holds no weights (*.safetensors, *.bin or *.pth)")
         return Weights(model, None, path, file_sha256(path))
     if model.startswith(HF_HUB):
         from open_clip.pretrained import download_pretrained_from_hf
@@ -74,11 +60,11 @@ def resolve_weights(model: str, pretrained: str | None) -> Weights:
         try:
             path = download_pretrained_from_hf(model[len(HF_HUB) :])
         except Exception as err:
-            raise WeightsError("clip.model", f"cannot fetch {model} ({type(err).__name__}: {err}); "
+            raise ModelError("clip.model", f"cannot fetch {model} ({type(err).__name__}: {err}); "
                                "with no hub, save the model to a folder and use local-dir:/path") from None
         return Weights(model, None, path, file_sha256(path))
     if model.replace("/", "-") not in open_clip.list_models():
-        raise WeightsError("clip.model", f"{model!r} is not an open_clip architecture (see open_clip.list_models()), "
+        raise ModelError("clip.model", f"{model!r} is not an open_clip architecture (see open_clip.list_models()), "
                            "nor hf-hub:org/repo or local-dir:/path")
     if pretrained is None:
         return Weights(model, None, None, None)
@@ -88,14 +74,14 @@ def resolve_weights(model: str, pretrained: str | None) -> Weights:
     cfg = open_clip.get_pretrained_cfg(model.replace("/", "-"), pretrained)
     if not cfg:
         known = ", ".join(open_clip.list_pretrained_tags_by_model(model.replace("/", "-"))) or "none"
-        raise WeightsError("clip.pretrained", f"{pretrained!r} is neither a file nor a tag of {model} (tags: {known})")
+        raise ModelError("clip.pretrained", f"{pretrained!r} is neither a file nor a tag of {model} (tags: {known})")
     try:
         path = open_clip.download_pretrained(cfg)
     except Exception as err:
-        raise WeightsError("clip.pretrained", f"cannot download {model}@{pretrained} ({type(err).__name__}: {err}); "
+        raise ModelError("clip.pretrained", f"cannot download {model}@{pretrained} ({type(err).__name__}: {err}); "
                            "with no hub, give a local checkpoint file or a local-dir: model") from None
     if not path:
-        raise WeightsError("clip.pretrained", f"open_clip has no download for {model}@{pretrained}")
+        raise ModelError("clip.pretrained", f"open_clip has no download for {model}@{pretrained}")
     return Weights(model, pretrained, path, file_sha256(path))
 
 

@@ -14,15 +14,18 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pyarrow as pa
+
+from mmcurate.algos.embeddings import embeddings_of
+from mmcurate.filters.base import Filter, Histogram, Verdicts
+from mmcurate.filters.weights import file_sha256
+from mmcurate.schemas import columns as C
+from mmcurate.schemas.errors import ModelError
 
 LAYER = re.compile(r"^(?:layers\.)?(\d+)\.(weight|bias)$")
 
 
-class HeadError(ValueError):
-    pass
-
-
-def build(state: dict):
+def build(state: dict, key: str = "weights"):
     """A torch module with the state dict's layout (see module doc)."""
     import torch
 
@@ -33,7 +36,7 @@ def build(state: dict):
         return layer.eval()
     indices = sorted({int(m.group(1)) for k in state if (m := LAYER.match(k))})
     if not indices or len(indices) * 2 != len(state):
-        raise HeadError(f"not a linear probe nor LAION's MLP layout (keys: {sorted(state)[:6]} ...)")
+        raise ModelError(key, f"not a linear probe nor LAION's MLP layout (keys: {sorted(state)[:6]} ...)")
     prefix = "layers." if any(k.startswith("layers.") for k in state) else ""
     modules = []
     for i in range(indices[-1] + 1):
@@ -48,10 +51,10 @@ def build(state: dict):
 
 
 class EmbeddingHead:
-    """Scores normalised CLIP image embeddings with a head loaded from `path`."""
+    """Scores normalised CLIP image embeddings with a head loaded from `path`; errors name `key`."""
 
-    def __init__(self, path: str, probability: bool = False):
-        self.path, self.probability = path, probability
+    def __init__(self, path: str, probability: bool = False, key: str = "weights"):
+        self.path, self.probability, self.key = path, probability, key
         self.module = None
 
     def load(self) -> None:
@@ -60,10 +63,10 @@ class EmbeddingHead:
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
-            raise HeadError(f"{self.path}: no such file") from None
+            raise ModelError(self.key, f"{self.path}: no such file") from None
         except Exception as err:
-            raise HeadError(f"{self.path}: not a torch state dict ({type(err).__name__}: {err})") from None
-        self.module = build(state)
+            raise ModelError(self.key, f"{self.path}: not a torch state dict ({type(err).__name__}: {err})") from None
+        self.module = build(state, self.key)
         first = next(m for m in self.module.modules() if isinstance(m, torch.nn.Linear))
         self.in_features = first.in_features
 
@@ -73,7 +76,7 @@ class EmbeddingHead:
         if self.module is None:
             self.load()
         if embeddings.shape[1] != self.in_features:
-            raise HeadError(f"{self.path} expects {self.in_features}-d embeddings; the CLIP model gives "
+            raise ModelError(self.key, f"{self.path} expects {self.in_features}-d embeddings; the CLIP model gives "
                             f"{embeddings.shape[1]}-d (LAION's heads are for ViT-L-14)")
         with torch.inference_mode():
             out = self.module(torch.from_numpy(np.ascontiguousarray(embeddings, np.float32)))
@@ -81,3 +84,74 @@ class EmbeddingHead:
             return torch.softmax(out, dim=1)[:, 1].numpy()
         out = out[:, 0]
         return (torch.sigmoid(out) if self.probability else out).numpy()
+
+
+class _HeadFilter(Filter):
+    """A head on the CLIP image embedding whose score decides against a threshold."""
+
+    stage = "clip_heads"
+    needs = (C.CLIP_EMBEDDING,)
+    probability: bool = False  # the head's output is a probability (its sigmoid)
+    head: EmbeddingHead | None = None
+    sha256: str | None = None
+
+    def prepare(self) -> dict:
+        """Load and hash the head once on the driver: a bad file exits 2 naming its key."""
+        weights = self.options.weights
+        head = EmbeddingHead(weights, probability=self.probability, key=f"{self.section}.weights")
+        head.load()
+        self.head, self.sha256 = head, file_sha256(weights)
+        return {"weights": weights, "sha256": self.sha256, "inputs": head.in_features}
+
+    def fingerprint(self) -> dict:
+        return {self.name: {**self.options.model_dump(), "sha256": self.sha256}} if self.enabled else {}
+
+    def setup(self) -> None:
+        if self.head is None:
+            self.prepare()
+
+    def score(self, rows: pa.Table) -> np.ndarray:
+        if not rows.num_rows:
+            return np.zeros(0, np.float32)
+        return self.head.score(embeddings_of(rows[C.CLIP_EMBEDDING]))
+
+
+class AestheticFilter(_HeadFilter):
+    """LAION-style aesthetic score: drops images under `quality.aesthetic.min_score`."""
+
+    name = "aesthetic"
+    section = "quality.aesthetic"
+    order = 10
+    fields = (pa.field(C.AESTHETIC, pa.float32()),)
+    settings = ("quality.aesthetic.min_score",)
+    threshold_reasons = frozenset({"low_aesthetic_score"})
+    histograms = (Histogram(C.AESTHETIC, "quality.aesthetic.min_score", "min"),)
+
+    def apply(self, rows: pa.Table) -> Verdicts:
+        limit = self.options.min_score
+        scores = self.score(rows)
+        low = [s < limit for s in scores]
+        return Verdicts(scores={C.AESTHETIC: pa.array(scores, pa.float32())},
+                        reasons=["low_aesthetic_score" if x else None for x in low],
+                        details=[f"aesthetic score {s:.3f} < {limit}" if x else None for s, x in zip(scores, low)])
+
+
+class WatermarkFilter(_HeadFilter):
+    """Watermark probability: drops images over `quality.watermark.max_score`."""
+
+    name = "watermark"
+    section = "quality.watermark"
+    order = 20
+    fields = (pa.field(C.WATERMARK, pa.float32()),)
+    settings = ("quality.watermark.max_score",)
+    threshold_reasons = frozenset({"watermark"})
+    histograms = (Histogram(C.WATERMARK, "quality.watermark.max_score", "max"),)
+    probability = True
+
+    def apply(self, rows: pa.Table) -> Verdicts:
+        limit = self.options.max_score
+        scores = self.score(rows)
+        high = [s > limit for s in scores]
+        return Verdicts(scores={C.WATERMARK: pa.array(scores, pa.float32())},
+                        reasons=["watermark" if x else None for x in high],
+                        details=[f"watermark probability {s:.3f} > {limit}" if x else None for s, x in zip(scores, high)])

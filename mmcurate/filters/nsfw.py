@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
+from mmcurate.filters.base import Filter, Histogram, Verdicts
 from mmcurate.filters.images import decode_rgb
+from mmcurate.filters.weights import file_sha256
+from mmcurate.schemas import columns as C
+from mmcurate.schemas.errors import ModelError
 
 EXPOSED = frozenset({
     "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED",
@@ -81,3 +87,59 @@ class NsfwDetector:
             best = max(exposed, key=lambda d: d["score"], default=None)
             results.append(NsfwResult(float(best["score"]) if best else 0.0, best["class"] if best else None))
         return results
+
+
+class NsfwFilter(Filter):
+    """Drops images NudeNet scores over `safety.nsfw.max_score`; an undecodable image fails."""
+
+    stage = "safety"
+    name = "nsfw"
+    section = "safety.nsfw"
+    order = 20
+    fields = (pa.field(C.NSFW, pa.float32()), pa.field(C.NSFW_CLASS, pa.string()))
+    needs = (C.IMAGE,)
+    settings = ("safety.nsfw.max_score",)
+    threshold_reasons = frozenset({"nsfw_image"})
+    histograms = (Histogram(C.NSFW, "safety.nsfw.max_score", "max"),)
+    weights: str | None = None
+    sha256: str | None = None
+    _detector: NsfwDetector | None = None
+
+    def prepare(self) -> dict:
+        try:
+            self.weights = self.options.weights or default_weights()
+        except ImportError:
+            raise ModelError("safety.nsfw.enabled", "the NSFW detector needs NudeNet, an optional extra "
+                             "(AGPL licence file in its wheel): pip install 'mmcurate[nsfw]', "
+                             "or set safety.nsfw.enabled: false") from None
+        if not Path(self.weights).is_file():
+            raise ModelError("safety.nsfw.weights", f"{self.weights}: no such file")
+        self.sha256 = file_sha256(self.weights)
+        return {"model": "nudenet-320n", "weights": self.weights, "sha256": self.sha256}
+
+    def fingerprint(self) -> dict:
+        n = self.options
+        return {"nsfw": {**n.model_dump(exclude={"batch_size"}), "sha256": self.sha256} if n.enabled else None}
+
+    def setup(self) -> None:
+        if self.weights is None:
+            self.prepare()
+        if self._detector is None:
+            self._detector = NsfwDetector(self.weights, self.options.batch_size)
+
+    def apply(self, rows: pa.Table) -> Verdicts:
+        limit = self.options.max_score
+        results = self._detector.score(rows[C.IMAGE].to_pylist())
+        reasons, details = [], []
+        for r in results:
+            if r.error:
+                reasons.append("undecodable_image")
+                details.append(r.error)
+            elif r.score > limit:
+                reasons.append("nsfw_image")
+                details.append(f"nsfw {r.score:.4f} ({r.top}) > {limit:g}")
+            else:
+                reasons.append(None)
+                details.append(None)
+        return Verdicts(scores={C.NSFW: [r.score for r in results], C.NSFW_CLASS: [r.top for r in results]},
+                        reasons=reasons, details=details, failed=[r.error is not None for r in results])

@@ -24,6 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+import pyarrow as pa
+
+from mmcurate.filters.base import Filter, Verdicts
+from mmcurate.schemas import columns as C
+
 PLACEHOLDERS = {
     "url_secret": "[URL]",
     "email": "[EMAIL]",
@@ -254,3 +259,35 @@ def redact(text: str, spans: Sequence[Span]) -> str:
         last = span.end
     out.append(text[last:])
     return "".join(out)
+
+
+class PiiFilter(Filter):
+    """Personal data in captions: redacted (the stored caption is rewritten), flagged, or the row dropped."""
+
+    stage = "privacy"
+    name = "pii"
+    section = "privacy.pii"
+    order = 20
+    fields = (pa.field(C.PII_TYPES, pa.list_(pa.string())), pa.field(C.PII_ACTION, pa.string()))
+    settings = ("privacy.pii.action", "privacy.pii.types")
+
+    def fingerprint(self) -> dict:
+        p = self.options
+        return {"pii": p.model_dump() if p.enabled else None}
+
+    def apply(self, rows: pa.Table) -> Verdicts:
+        p = self.options
+        done = {"redact": "redacted", "flag": "flagged"}.get(p.action)
+        kinds, captions, acted, notes, reasons, details = [], [], [], [], [], []
+        for caption in rows[C.CAPTION].to_pylist():
+            spans = find(caption or "", p.phone_regions, p.types)
+            found = sorted({s.kind for s in spans})
+            kinds.append(found)
+            captions.append(redact(caption, spans) if spans and p.action == "redact" else caption)
+            acted.append(done if spans and done else None)
+            notes.append(f"caption {done}: {', '.join(found)}" if spans and done else None)
+            dropped = bool(spans) and p.action == "drop"
+            reasons.append("contains_pii" if dropped else None)
+            details.append(f"caption holds {', '.join(found)}" if dropped else None)
+        return Verdicts(scores={C.PII_TYPES: kinds}, data={C.CAPTION: captions}, actions={C.PII_ACTION: acted},
+                        notes=notes, reasons=reasons, details=details)

@@ -21,19 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmcurate.filters.clip_score import file_sha256
+import pyarrow as pa
 
-DETOXIFY_MODELS = ("original", "unbiased", "multilingual", "original-small", "unbiased-small")
-PROFANITY_CHECK = "profanity-check"
-MODELS = (*DETOXIFY_MODELS, PROFANITY_CHECK)
-
-
-class ToxicityModelError(ValueError):
-    """A model that cannot load; `key` is the config key to blame."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
+from mmcurate.filters.base import Filter, Histogram, Verdicts
+from mmcurate.filters.weights import file_sha256
+from mmcurate.schemas import columns as C
+from mmcurate.schemas.errors import ModelError
+from mmcurate.schemas.sections import DETOXIFY_MODELS, PROFANITY_CHECK, TOXICITY_MODELS
 
 
 @dataclass(frozen=True)
@@ -55,7 +49,7 @@ def _local_checkpoint(checkpoint: Path, config_path: Path, sha: str) -> Path:
 
     loaded = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if not isinstance(loaded, dict) or "config" not in loaded or "state_dict" not in loaded:
-        raise ToxicityModelError("safety.toxicity.checkpoint", f"{checkpoint}: not a detoxify checkpoint "
+        raise ModelError("safety.toxicity.checkpoint", f"{checkpoint}: not a detoxify checkpoint "
                                  "(it needs 'config' and 'state_dict')")
     args = loaded["config"]["arch"]["args"]
     if Path(str(args.get("model_type", ""))).is_dir():
@@ -84,7 +78,7 @@ def released_checkpoint(model: str) -> Path:
         try:
             torch.hub.download_url_to_file(url, str(target), progress=False)  # temp file, then a rename
         except Exception as err:
-            raise ToxicityModelError(
+            raise ModelError(
                 "safety.toxicity.model", f"cannot download detoxify's {model!r} checkpoint from {url} "
                 f"({type(err).__name__}: {err}). Without GitHub and the Hugging Face hub: give "
                 "safety.toxicity.checkpoint and huggingface_config_path, or use model: profanity-check (offline)"
@@ -100,23 +94,23 @@ def resolve(model: str, checkpoint: str | None, config_path: str | None) -> Toxi
 
             import profanity_check  # noqa: F401
         except ImportError:
-            raise ToxicityModelError("safety.toxicity.model", "profanity-check needs alt-profanity-check installed") from None
+            raise ModelError("safety.toxicity.model", "profanity-check needs alt-profanity-check installed") from None
         return ToxicityModel(model, None, None, None, f"alt-profanity-check {version('alt-profanity-check')}")
     if checkpoint is None:
         if model not in DETOXIFY_MODELS:
-            raise ToxicityModelError("safety.toxicity.model", f"unknown model {model!r} (choose from {', '.join(MODELS)}, "
+            raise ModelError("safety.toxicity.model", f"unknown model {model!r} (choose from {', '.join(TOXICITY_MODELS)}, "
                                      "or give a checkpoint)")
         sha = file_sha256(released_checkpoint(model))
         return ToxicityModel(model, None, config_path, sha, f"detoxify:{model}:{sha[:12]}")
     path = Path(checkpoint).expanduser()
     if not path.is_file():
-        raise ToxicityModelError("safety.toxicity.checkpoint", f"{checkpoint}: no such file")
+        raise ModelError("safety.toxicity.checkpoint", f"{checkpoint}: no such file")
     sha = file_sha256(path)
     if config_path is None:
         return ToxicityModel(model, str(path), None, sha, f"detoxify:{path.name}:{sha[:12]}")
     folder = Path(config_path).expanduser()
     if not (folder / "config.json").is_file():
-        raise ToxicityModelError("safety.toxicity.huggingface_config_path",
+        raise ModelError("safety.toxicity.huggingface_config_path",
                                  f"{config_path}: no config.json there (save the model's config and tokenizer into it)")
     local = _local_checkpoint(path, folder.resolve(), sha)
     return ToxicityModel(model, str(local), str(folder.resolve()), sha, f"detoxify:{path.name}:{sha[:12]}")
@@ -158,3 +152,47 @@ class ToxicityScorer:
                 best = max(range(len(classes)), key=lambda i: probs[i])
                 out.append((float(probs[best]), classes[best]))
         return out
+
+
+class ToxicityFilter(Filter):
+    """Drops captions whose toxicity (highest class probability) is over `safety.toxicity.max_score`."""
+
+    stage = "safety"
+    name = "toxicity"
+    section = "safety.toxicity"
+    order = 10
+    fields = (pa.field(C.TOXICITY, pa.float32()), pa.field(C.TOXICITY_CLASS, pa.string()),
+              pa.field(C.TOXICITY_MODEL, pa.string()))
+    settings = ("safety.toxicity.model", "safety.toxicity.max_score")
+    threshold_reasons = frozenset({"toxic_caption"})
+    histograms = (Histogram(C.TOXICITY, "safety.toxicity.max_score", "max"),)
+    model: ToxicityModel | None = None  # found on the driver by prepare()
+    _scorer: ToxicityScorer | None = None
+
+    def prepare(self) -> dict:
+        t = self.options
+        self.model = resolve(t.model, t.checkpoint, t.huggingface_config_path)
+        m = self.model
+        return {"model": m.model, "checkpoint": t.checkpoint, "sha256": m.sha256, "label": m.label}
+
+    def fingerprint(self) -> dict:
+        t = self.options
+        sha = self.model.sha256 if self.model else None
+        return {"toxicity": {**t.model_dump(exclude={"batch_size", "device"}), "sha256": sha} if t.enabled else None}
+
+    def setup(self) -> None:
+        if self.model is None:
+            self.prepare()
+        if self._scorer is None:
+            self._scorer = ToxicityScorer(self.model, self.options.device, self.options.batch_size)
+
+    def apply(self, rows: pa.Table) -> Verdicts:
+        limit = self.options.max_score
+        scored = self._scorer.score(rows[C.CAPTION].to_pylist())
+        toxic = [s > limit for s, _ in scored]
+        return Verdicts(
+            scores={C.TOXICITY: [s for s, _ in scored], C.TOXICITY_CLASS: [c for _, c in scored],
+                    C.TOXICITY_MODEL: [self.model.label] * len(scored)},
+            reasons=["toxic_caption" if t else None for t in toxic],
+            details=[f"toxicity {s:.4f} ({c}) > {limit:g}" if t else None for (s, c), t in zip(scored, toxic)],
+        )

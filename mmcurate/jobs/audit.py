@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import polars as pl
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from mmcurate.errors import ConfigError
-from mmcurate.jobs.rundir import RunDir
+from mmcurate.engine.rundir import RunDir
+from mmcurate.jobs.manifest import stages_of
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import lookup
+from mmcurate.schemas.errors import ConfigError
 
 
 def query_ledger(
@@ -40,31 +43,12 @@ def sample_ledger(run_dir: RunDir, n: int, seed: int, **filters) -> pl.DataFrame
     return frame.sample(n, seed=seed).sort(C.ROW)
 
 
-# the configuration each stage decides by, for --explain (dotted keys of the run's config)
-STAGE_SETTINGS = {
-    "download": ["download.image_size", "download.max_image_bytes", "download.timeout_s", "download.retries"],
-    "quality": ["quality.basic", "quality.text", "quality.language"],
-    "dedup": ["dedup.exact", "dedup.phash.max_distance", "dedup.phash.dhash_distance", "dedup.phash.keep",
-              "dedup.reference_path"],
-    "clip_embed": ["clip.model", "clip.pretrained"],
-    "clip": ["clip.min_score", "clip.min_percentile"],
-    "semantic_dedup": ["dedup.semantic.threshold"],
-    "image_based": ["quality.image_based"],
-    "clip_heads": ["quality.aesthetic.min_score", "quality.watermark.max_score"],
-    "safety": ["safety.toxicity.model", "safety.toxicity.max_score", "safety.nsfw.max_score"],
-    "privacy": ["privacy.faces.action", "privacy.faces.detector", "privacy.faces.min_confidence",
-                "privacy.pii.action", "privacy.pii.types"],
-    "synthesis": ["synthesis.model", "synthesis.tasks", "synthesis.temperature", "synthesis.judge.enabled"],
-}
-
-
 def explain(run_dir: RunDir, uid: str) -> list[dict]:
     """Every stage's decision, values and settings for each ledger row with `uid`.
 
     A uid names an (url, caption) pair; the same pair given twice has two rows, both explained.
+    The settings shown beside each stage are those it declares it decides by.
     """
-    import pyarrow.compute as pc
-
     rows = query_ledger(run_dir, uid=uid, limit=None)
     if rows.height == 0:
         raise ConfigError(f"--explain {uid}: no ledger row has this uid")
@@ -72,6 +56,7 @@ def explain(run_dir: RunDir, uid: str) -> list[dict]:
     config = manifest["config"]
     shard_size = config["input"]["shard_size"]
     stages = [s for s in manifest.get("stage_order", []) if not s.startswith("export-")]
+    settings = {s.name: s.settings for s in stages_of(manifest, str(run_dir.manifest))}
     out = []
     for row in rows.to_dicts():
         shard = row[C.ROW] // shard_size
@@ -90,14 +75,12 @@ def explain(run_dir: RunDir, uid: str) -> list[dict]:
                       and not isinstance(v, bytes) and not (isinstance(v, list) and len(v) > 16)}
             steps.append({
                 "stage": name, "status": record[C.STATUS], "reason": record[C.REASON], "detail": record[C.DETAIL],
-                "values": values, "settings": {k: lookup(config, k) for k in STAGE_SETTINGS.get(name, [])},
+                "values": values, "settings": {k: lookup(config, k) for k in settings.get(name, ())},
             })
         explained = {**{k: row[k] for k in (C.UID, C.ROW, C.URL, C.CAPTION, C.STATUS, C.STAGE, C.REASON, C.DETAIL)},
                      "decided_by": row[C.STAGE] or "kept by every stage", "steps": steps}
-        records = run_dir.root / "instructions" / f"{shard:06d}.parquet"
+        records = run_dir.instruction_file(shard)
         if records.exists():  # the teacher's records for this sample: why each was kept, rejected or failed
-            import pyarrow.parquet as pq
-
             table = pq.read_table(records, columns=[C.ROW, "task", C.STATUS, C.REASON, "problems", "flags",
                                                     "template_id", "template_version", "request_hash"])
             hit = table.filter(pc.equal(table[C.ROW], row[C.ROW])).to_pylist()
@@ -109,8 +92,6 @@ def explain(run_dir: RunDir, uid: str) -> list[dict]:
 
 
 def _read(path):
-    import pyarrow.parquet as pq
-
     schema = pq.read_schema(path)
     # image bytes and embeddings are not explanations: leave them on disk
     keep = [f.name for f in schema if not (f.name == C.IMAGE or str(f.type).startswith(("list", "binary")))]

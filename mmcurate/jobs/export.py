@@ -9,27 +9,26 @@ import shutil
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmcurate import atomic
-from mmcurate.errors import ConfigError
+from mmcurate.engine import atomic
+from mmcurate.engine.rundir import RunDir
+from mmcurate.jobs.instructions import export_llava, require_instructions
 from mmcurate.jobs.ledger import ledger_shard
-from mmcurate.jobs.rundir import RunDir
-from mmcurate.pipelines.stage import Stage
 from mmcurate.schemas import columns as C
+from mmcurate.schemas.errors import ConfigError
+from mmcurate.stages import last_writer, threshold_reasons
+from mmcurate.stages.base import Stage
 
 FORMATS = ("webdataset", "parquet", "hf")  # per-shard formats first; hf is one dataset folder
 SHARD_FORMATS = ("webdataset", "parquet")
-KEY = "key"
+KEY = C.KEY
 _EXT = {"webdataset": "tar", "parquet": "parquet"}
-# reasons that come from a score threshold: a --where cut may take such rows back in
-THRESHOLD_REASONS = frozenset({
-    "low_clip_score", "low_aesthetic_score", "watermark", "toxic_caption", "nsfw_image", "off_target_cluster",
-})
 EXPORT_COLUMNS = (KEY, C.UID, C.ROW, C.URL, C.CAPTION, C.DETAIL, C.IMAGE, C.IMAGE_FORMAT)
 
 
@@ -64,28 +63,12 @@ def claim_out_dir(out_dir: Path) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def sample_key(row: int) -> str:
-    """The export key of a sample: its input row, zero-padded (unique even for repeated inputs)."""
-    return f"{row:012d}"
-
-
 def where_expr(where: str) -> pl.Expr:
     """A polars SQL expression over ledger columns (scores flattened), or exit 2 naming --where."""
     try:
         return pl.sql_expr(where)
     except Exception as err:  # polars raises several kinds for a bad expression
         raise ConfigError(f"--where {where!r}: not a valid expression ({err})") from None
-
-
-def data_stage(stages: Sequence[Stage], column: str) -> Stage | None:
-    """The last stage that writes `column`: exports take that column from it."""
-    writers = [s for s in stages if column in s.data_columns]
-    return writers[-1] if writers else None
-
-
-def image_stage(stages: Sequence[Stage]) -> Stage | None:
-    """The last stage that writes the image bytes: exports take images from it (e.g. faces blurred)."""
-    return data_stage(stages, C.IMAGE)
 
 
 def _cut(run_dir: RunDir, shard: int, stages: Sequence[Stage], where: str | None) -> pl.DataFrame:
@@ -95,7 +78,7 @@ def _cut(run_dir: RunDir, shard: int, stages: Sequence[Stage], where: str | None
     ledger = ledger.unnest(C.SCORES) if isinstance(dtype, pl.Struct) and dtype.fields else ledger.drop(C.SCORES)
     if where is None:
         return ledger.filter(pl.col(C.STATUS) == C.KEPT)
-    eligible = (pl.col(C.STATUS) == C.KEPT) | pl.col(C.REASON).is_in(sorted(THRESHOLD_REASONS))
+    eligible = (pl.col(C.STATUS) == C.KEPT) | pl.col(C.REASON).is_in(sorted(threshold_reasons(stages)))
     try:
         return ledger.filter(eligible).filter(where_expr(where))
     except pl.exceptions.PolarsError as err:
@@ -106,22 +89,22 @@ def kept_samples(run_dir: RunDir, shard: int, stages: Sequence[Stage], where: st
     """The samples of one shard to export, with their image and every score as a column.
 
     Without `where`: the rows the run kept. With `where`: rows that were kept or dropped only by
-    a score threshold (`THRESHOLD_REASONS`) and that satisfy the expression, so a looser or
+    a score threshold (the stages' `threshold_reasons`) and that satisfy the expression, so a looser or
     stricter cut of the same run needs no re-run. A row is only ever exported with the image
     bytes and caption of the last stage that writes them (never an original that a later stage
     would have changed: faces blurred, PII redacted).
     """
     chosen = _cut(run_dir, shard, stages, where)
-    source = image_stage(stages)
+    source = last_writer(stages, C.IMAGE)
     images = pl.from_arrow(run_dir.read_shard(source.name, shard, columns=[C.ROW, C.STATUS, C.IMAGE, C.IMAGE_FORMAT]))
     images = images.filter(pl.col(C.STATUS) == C.KEPT).drop(C.STATUS)
     chosen = chosen.join(images, on=C.ROW, how="inner").sort(C.ROW)
-    captions = data_stage(stages, C.CAPTION)  # e.g. PII redacted: the input caption is never exported then
+    captions = last_writer(stages, C.CAPTION)  # e.g. PII redacted: the input caption is never exported then
     if captions is not None:
         new = pl.from_arrow(run_dir.read_shard(captions.name, shard, columns=[C.ROW, C.STATUS, C.CAPTION]))
         new = new.filter(pl.col(C.STATUS) == C.KEPT).drop(C.STATUS)
         chosen = chosen.drop(C.CAPTION).join(new, on=C.ROW, how="inner").sort(C.ROW)
-    chosen = chosen.with_columns(pl.col(C.ROW).map_elements(sample_key, return_dtype=pl.String).alias(KEY))
+    chosen = chosen.with_columns(pl.col(C.ROW).map_elements(C.sample_key, return_dtype=pl.String).alias(KEY))
     skip = {C.STATUS, C.STAGE, C.REASON, C.SOURCE, C.SOURCE_LINE}
     scores = [c for c in chosen.columns if c not in EXPORT_COLUMNS and c not in skip]
     return chosen.select([*EXPORT_COLUMNS, *scores]).to_arrow()
@@ -178,7 +161,7 @@ class ExportTask:
         marker = run_dir.stats_file(f"export-{self.fmt}", shard)
         if marker.exists():
             return json.loads(marker.read_text())
-        count = export_shard(run_dir, shard, self.stages, self.fmt, run_dir.shards / self.fmt)
+        count = export_shard(run_dir, shard, self.stages, self.fmt, run_dir.export_dir(self.fmt))
         stats = {"stage": f"export-{self.fmt}", "shard": shard, "rows_in": count, C.KEPT: count}
         atomic.write_json(marker, stats)
         return stats
@@ -190,7 +173,6 @@ def export_hf(run_dir: RunDir, stages: Sequence[Stage], out_dir: Path, where: st
     Built shard by shard through `Dataset.from_generator`, so the export never holds more than
     one shard in memory; written to a temp folder and renamed into place.
     """
-    import shutil
     import tempfile
 
     import datasets
@@ -223,8 +205,17 @@ def export_hf(run_dir: RunDir, stages: Sequence[Stage], out_dir: Path, where: st
 
 
 def export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Path, where: str | None = None) -> int:
-    """Export every shard of a finished run to `out_dir` (the `mmcurate export` command); the caller
-    writes the marker when this returns."""
+    """Export every shard of a finished run to `out_dir` (the `mmcurate export` command), then its
+    marker, last: only a complete export has one. Returns how many samples (or records) it wrote."""
+    count = _export_all(run_dir, stages, fmt, out_dir, where)
+    atomic.write_json(out_dir / EXPORT_MARKER, {
+        "run_dir": str(run_dir.root), "config_hash": run_dir.read_manifest().get("config_hash"), "format": fmt,
+        "where": where, "rows": count, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    })
+    return count
+
+
+def _export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Path, where: str | None) -> int:
     if fmt == "llava" and where is not None:
         raise ConfigError("--where: cuts apply to sample exports (webdataset, parquet, hf), not to llava")
     if fmt not in FORMATS and fmt != "llava":
@@ -232,8 +223,6 @@ def export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Path
     if where is not None and run_dir.shard_count():
         _cut(run_dir, 0, stages, where)  # a bad expression exits 2 before --out is touched
     if fmt == "llava":
-        from mmcurate.jobs.instructions import export_llava, require_instructions
-
         require_instructions(run_dir, stages)  # before the claim: a refused export leaves --out as it was
         claim_out_dir(out_dir)
         return export_llava(run_dir, stages, out_dir)

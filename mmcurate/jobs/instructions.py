@@ -9,7 +9,6 @@ Everything is rebuilt from the stage's records on every run, so it is resumable 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -18,12 +17,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmcurate import atomic
-from mmcurate.errors import ConfigError
+from mmcurate.engine import atomic
+from mmcurate.engine.rundir import RunDir
 from mmcurate.filters import instructions as V
-from mmcurate.jobs.rundir import RunDir
-from mmcurate.pipelines.stage import Stage
 from mmcurate.schemas import columns as C
+from mmcurate.schemas.errors import ConfigError
+from mmcurate.stages import last_writer
+from mmcurate.stages.base import Stage
+from mmcurate.stages.synthesis.records import repeated_questions
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "llava.schema.json"
 LENGTH_BINS = (0, 50, 100, 200, 400, 800, 1600, 3200, 6400)
@@ -34,14 +35,13 @@ def synthesis_stage(stages: Sequence[Stage]) -> Stage | None:
 
 
 def records(run_dir: RunDir, shard: int) -> pa.Table | None:
-    path = run_dir.stage_dir("synthesis") / f"records-{shard:06d}.parquet"
+    path = run_dir.synthesis_records(shard)
     return pq.read_table(path) if path.exists() else None
 
 
 def finish(run_dir: RunDir, stages: Sequence[Stage]) -> dict:
     """Write instructions/NNNNNN.parquet (all records, final statuses) and summary.json; return it."""
-    out_dir = run_dir.root / "instructions"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.instructions.mkdir(parents=True, exist_ok=True)
     seen: set[bytes] = set()
     stage = synthesis_stage(stages)
     # tasks whose human turn is the template's fixed instruction, not a teacher-written question
@@ -54,17 +54,10 @@ def finish(run_dir: RunDir, stages: Sequence[Stage]) -> dict:
         if table is None:
             continue
         rows = table.to_pylist()
+        repeated_questions(rows, seen, fixed)
         for r in rows:
-            if r[C.STATUS] == "ok" and r["conversations"] and r["task"] not in fixed:
-                hashes = [hashlib.blake2b(V.normalise(t["value"].replace(V.IMAGE_TOKEN, "")).encode(), digest_size=12).digest()
-                          for t in r["conversations"] if t["from"] == "human"]
-                if any(h in seen for h in hashes):
-                    r.update({C.STATUS: "rejected", C.REASON: "duplicate_question_across_run",
-                              "problems": ["duplicate_question_across_run"]})
-                else:
-                    seen.update(hashes)
             _count(summary, r)
-        atomic.write_parquet(out_dir / f"{shard:06d}.parquet", pa.Table.from_pylist(rows, schema=C.INSTRUCTION_SCHEMA))
+        atomic.write_parquet(run_dir.instruction_file(shard), pa.Table.from_pylist(rows, schema=C.INSTRUCTION_SCHEMA))
     answered = summary["by_status"]["ok"] + summary["by_status"]["rejected"]
     result = {
         "records": summary["records"],
@@ -81,7 +74,7 @@ def finish(run_dir: RunDir, stages: Sequence[Stage]) -> dict:
         "answer_length_bins": list(LENGTH_BINS),
         "answer_length_by_task": summary["answer_chars"],
     }
-    atomic.write_json(out_dir / "summary.json", result)
+    atomic.write_json(run_dir.instructions_summary, result)
     return result
 
 
@@ -109,7 +102,7 @@ def _count(summary: dict, r: dict) -> None:
 
 def require_instructions(run_dir: RunDir, stages: Sequence[Stage]) -> None:
     """Exit 2 (naming --format) when the run wrote no instruction data."""
-    if synthesis_stage(stages) is None or not (run_dir.root / "instructions").exists():
+    if synthesis_stage(stages) is None or not run_dir.instructions.exists():
         raise ConfigError("--format llava: this run has no instruction data (synthesis.enabled is false)")
 
 
@@ -118,12 +111,10 @@ def export_llava(run_dir: RunDir, stages: Sequence[Stage], out_dir: Path) -> int
     beside it (`images/<key>.<ext>`, from the last stage that writes images: faces blurred)."""
     import jsonschema
 
-    from mmcurate.jobs.export import image_stage
-
     require_instructions(run_dir, stages)
     schema = json.loads(SCHEMA_PATH.read_text())
     item_validator = jsonschema.Draft202012Validator(schema["items"])
-    source = image_stage(stages)
+    source = last_writer(stages, C.IMAGE)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     count = 0
 
@@ -132,7 +123,7 @@ def export_llava(run_dir: RunDir, stages: Sequence[Stage], out_dir: Path) -> int
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("[")
             for shard in range(run_dir.shard_count()):
-                path = run_dir.root / "instructions" / f"{shard:06d}.parquet"
+                path = run_dir.instruction_file(shard)
                 if not path.exists():
                     continue
                 ok = [r for r in pq.read_table(path).to_pylist() if r[C.STATUS] == "ok"]

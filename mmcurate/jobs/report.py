@@ -12,15 +12,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mmcurate import atomic
-from mmcurate.jobs.rundir import RunDir
+from mmcurate.engine import atomic
+from mmcurate.engine.rundir import RunDir
+from mmcurate.filters.base import Histogram
+from mmcurate.jobs.manifest import stages_of
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import lookup
+from mmcurate.stages.base import Stage
 
 
-def build_report(run_dir: RunDir) -> dict:
+def build_report(run_dir: RunDir, run_stages: list[Stage] | None = None) -> dict:
     """The report's numbers, computed from the ledger (the source of truth) and the manifest."""
     manifest = run_dir.read_manifest()
+    run_stages = stages_of(manifest) if run_stages is None else run_stages
     ledger = pl.scan_parquet(run_dir.ledger)
     counts = ledger.group_by(C.STATUS).len().collect()
     by_status = {row[C.STATUS]: row["len"] for row in counts.iter_rows(named=True)}
@@ -46,7 +50,7 @@ def build_report(run_dir: RunDir) -> dict:
         funnel.append({"stage": name, "rows": remaining})
     config = manifest.get("config") or {}
     return {
-        "histograms": _histograms(ledger, config),
+        "histograms": _histograms(ledger, config, [h for s in run_stages for h in s.histograms]),
         "samples": _drop_samples(run_dir.ledger),
         "run_dir": str(run_dir.root),
         "status": manifest.get("status"),
@@ -71,47 +75,34 @@ def build_report(run_dir: RunDir) -> dict:
     }
 
 
-# score column -> (config path of its threshold, what the threshold means)
-HISTOGRAMS = {
-    C.CLIP_SCORE: ("clip.min_score", "min"),
-    C.DUP_DISTANCE: ("dedup.phash.max_distance", "max"),
-    C.SEMANTIC_SIMILARITY: ("dedup.semantic.threshold", "min duplicate"),
-    C.LANGUAGE_CONFIDENCE: ("quality.language.min_confidence", "min"),
-    C.CAPTION_WORDS: ("quality.basic.min_words", "min"),
-    C.AESTHETIC: ("quality.aesthetic.min_score", "min"),
-    C.WATERMARK: ("quality.watermark.max_score", "max"),
-    "toxicity": ("safety.toxicity.max_score", "max"),
-    "nsfw": ("safety.nsfw.max_score", "max"),
-    "faces": (None, ""),
-}
 BINS = 30
 SAMPLES_PER_REASON = 6
 NEVER_SHOWN = {"nsfw_image"}  # listed by uid, never shown
 SAMPLE_SEED = 0
 
 
-def _histograms(ledger: pl.LazyFrame, config: dict) -> list[dict]:
-    """Per score: counts in BINS equal bins over the scored rows, and the threshold in force.
+def _histograms(ledger: pl.LazyFrame, config: dict, wanted: list[Histogram]) -> list[dict]:
+    """Per score the stages draw: counts in BINS equal bins over the scored rows, and the threshold
+    in force (its config key's value, or the score that holds the one the run chose).
 
     Two aggregating passes over the ledger file (range, then counts per bin), so the report's
     memory does not grow with the run; bins as numpy.histogram's (the last one closed).
     """
     fields = {f.name for f in ledger.collect_schema()[C.SCORES].fields}
     out = []
-    for column, (key, kind) in HISTOGRAMS.items():
-        if column not in fields:
+    for h in wanted:
+        if h.score not in fields:
             continue
-        v = pl.col(C.SCORES).struct.field(column).cast(pl.Float64)
+        v = pl.col(C.SCORES).struct.field(h.score).cast(pl.Float64)
         scored = ledger.select(v.alias("v")).drop_nulls()
         stats = scored.select(pl.len().alias("n"), pl.col("v").min().alias("lo"),
                               pl.col("v").max().alias("hi")).collect().row(0, named=True)
         if not stats["n"]:
             continue
-        threshold = lookup(config, key)
-        if column == C.CLIP_SCORE and config.get("clip", {}).get("min_percentile") is not None:
-            thr = ledger.select(pl.col(C.SCORES).struct.field(C.CLIP_THRESHOLD)).drop_nulls().head(1).collect()
+        threshold = lookup(config, h.threshold_key)
+        if h.threshold_score is not None:
+            thr = ledger.select(pl.col(C.SCORES).struct.field(h.threshold_score)).drop_nulls().head(1).collect()
             threshold = float(thr.item()) if thr.height else None
-            kind = f"min ({config['clip']['min_percentile']:g}th percentile)"
         lo, hi = float(stats["lo"]), float(stats["hi"])
         if threshold is not None:
             lo, hi = min(lo, float(threshold)), max(hi, float(threshold))
@@ -124,7 +115,7 @@ def _histograms(ledger: pl.LazyFrame, config: dict) -> list[dict]:
         for b, n in binned.iter_rows():
             counts[b] = n
         edges = [lo + i * width for i in range(BINS)] + [hi]
-        out.append({"score": column, "rows": stats["n"], "threshold": threshold, "threshold_kind": kind,
+        out.append({"score": h.score, "rows": stats["n"], "threshold": threshold, "threshold_kind": h.kind,
                     "edges": [round(e, 6) for e in edges], "counts": counts})
     return out
 
@@ -346,19 +337,16 @@ def render_html(report: dict, thumbs: dict[int, str | None] | None = None) -> st
     return "\n".join(parts)
 
 
-def _image_stages(manifest: dict) -> tuple[list[str], object]:
+def _image_stages(manifest: dict, stages: list[Stage]) -> tuple[list[str], object]:
     """Stages that write image bytes, last first, and a face blur for images from before privacy.
 
     Thumbnails show what exports would (faces blurred); a row dropped before the privacy stage
     shows its downloaded image with faces blurred on the spot when faces are to be blurred.
     """
-    from mmcurate.pipelines import build_stages
-    from mmcurate.schemas.config import config_from_dict
-
-    if not manifest.get("config"):
+    if not stages:
         return [], None
-    config = config_from_dict(manifest["config"], source="manifest.json")
-    stages = [s.name for s in build_stages(config) if C.IMAGE in s.data_columns][::-1]
+    config = stages[0].config
+    names = [s.name for s in stages if C.IMAGE in s.data_columns][::-1]
     blur = None
     faces = (manifest.get("models") or {}).get("privacy", {}).get("faces")
     if config.privacy.faces.enabled and config.privacy.faces.action == "blur" and faces:
@@ -370,22 +358,23 @@ def _image_stages(manifest: dict) -> tuple[list[str], object]:
         def blur(rgb):
             return blur_faces(rgb, detector.detect(rgb))
 
-    return stages, blur
+    return names, blur
 
 
 def write_report(run_dir: RunDir) -> Path:
     """(Re)build report/report.json and report/index.html; return the page's path."""
-    report = build_report(run_dir)
-    atomic.write_json(run_dir.report / "report.json", report)
     manifest = run_dir.read_manifest()
+    stages = stages_of(manifest)
+    report = build_report(run_dir, stages)
+    atomic.write_json(run_dir.report_json, report)
     shard_size = (manifest.get("config") or {}).get("input", {}).get("shard_size", 1)
-    images_from, blur = _image_stages(manifest)
+    images_from, blur = _image_stages(manifest, stages)
     thumbs = {}
     for reason, items in report["samples"].items():
         for item in items:
             if reason not in NEVER_SHOWN and images_from:
                 thumbs[item["row"]] = _thumbnail(run_dir, item["row"], shard_size, images_from, blur)
-    page = run_dir.report / "index.html"
+    page = run_dir.report_page
     atomic.write_with(page, lambda tmp: Path(tmp).write_text(render_html(report, thumbs), encoding="utf-8"))
     return page
 

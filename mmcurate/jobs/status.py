@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mmcurate.jobs.rundir import INGEST, RunDir
+from mmcurate.engine.rundir import INGEST, RunDir
 from mmcurate.schemas import columns as C
 
 

@@ -11,6 +11,7 @@ SOURCE = "source"  # input file the row came from
 SOURCE_LINE = "source_line"  # 1-based line (csv, tsv, jsonl) or row (parquet) within that file
 URL = "url"
 CAPTION = "caption"
+KEY = "key"  # a sample's name in exports: its input row, zero-padded (sample_key)
 
 # a stage's decision about a row
 STATUS = "status"
@@ -247,6 +248,11 @@ LEDGER_BASE_FIELDS = [
     pa.field(REASON, pa.string()),
     pa.field(DETAIL, pa.string()),
 ]
+
+
+def sample_key(row: int) -> str:
+    """The export key of a sample: its input row, zero-padded (unique even for repeated inputs)."""
+    return f"{row:012d}"
 
 
 def ledger_schema(score_fields: list[pa.Field]) -> pa.Schema:

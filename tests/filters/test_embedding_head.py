@@ -10,11 +10,11 @@ import pyarrow as pa
 import pytest
 import torch
 
-from mmcurate.errors import ConfigError
 from mmcurate.filters.embedding_head import EmbeddingHead
-from mmcurate.pipelines.clip_quality import ClipHeadsStage
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import config_from_dict
+from mmcurate.schemas.errors import ConfigError
+from mmcurate.stages.clip_heads import ClipHeadsStage
 
 DIM = 64
 

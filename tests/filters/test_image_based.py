@@ -8,12 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmcurate.demo import shapes
-from mmcurate.errors import ConfigError
 from mmcurate.filters.clip_score import ClipScorer, resolve_weights
-from mmcurate.pipelines.clip_quality import ImageBasedStage
-from mmcurate.pipelines.stage import serial
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import config_from_dict
+from mmcurate.schemas.errors import ConfigError
+from mmcurate.stages.base import serial
+from mmcurate.stages.image_based import ImageBasedStage
 
 
 def pool_table(model_dir, pairs) -> pa.Table:

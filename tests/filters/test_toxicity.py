@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mmcurate.filters import toxicity
+from mmcurate.schemas.errors import ModelError
 
 BAD = ["you are an idiot", "stupid moron", "i hate you idiot", "kill the moron"]
 GOOD = ["a red cat on the beach", "photo of a blue house", "sunset tree", "a happy dog", "nice car photo"]
@@ -70,11 +71,11 @@ def test_detoxify_checkpoint_loads_offline(tmp_path, monkeypatch, tripwire, stor
 
 
 def test_config_errors_name_the_key(tmp_path):
-    with pytest.raises(toxicity.ToxicityModelError) as err:
+    with pytest.raises(ModelError) as err:
         toxicity.resolve("original", str(tmp_path / "absent.ckpt"), None)
     assert err.value.key == "safety.toxicity.checkpoint"
     (tmp_path / "x.ckpt").write_bytes(b"0")
-    with pytest.raises(toxicity.ToxicityModelError) as err:
+    with pytest.raises(ModelError) as err:
         toxicity.resolve("original", str(tmp_path / "x.ckpt"), str(tmp_path))
     assert err.value.key == "safety.toxicity.huggingface_config_path"
 
@@ -101,7 +102,7 @@ def test_a_named_model_is_fetched_on_the_driver_or_fails_naming_the_key(tmp_path
 
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))  # an empty cache
     # no route to GitHub: the error names the key and says what works offline, before any row moves
-    with pytest.raises(toxicity.ToxicityModelError, match=r"cannot download detoxify's 'original'") as err:
+    with pytest.raises(ModelError, match=r"cannot download detoxify's 'original'") as err:
         toxicity.resolve("original", None, None)
     assert err.value.key == "safety.toxicity.model" and "profanity-check" in str(err.value)
     # already in torch hub's cache (where detoxify looks): nothing is fetched, the manifest gets its sha256

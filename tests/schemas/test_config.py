@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mmcurate.cli import main
-from mmcurate.errors import ConfigError
 from mmcurate.schemas.config import load_config
+from mmcurate.schemas.errors import ConfigError
 
 GOOD = """\
 input:

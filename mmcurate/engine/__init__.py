@@ -1,0 +1,1 @@
+"""The engine: the run directory, the shard runner and the one module that talks to Ray."""

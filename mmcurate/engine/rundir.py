@@ -1,0 +1,158 @@
+"""The run directory's layout (DESIGN A.3): the one place that knows where every file lives."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmcurate.schemas.errors import ConfigError
+
+INGEST = "ingest"
+# stages whose per-shard caches live outside stages/ (the layout DESIGN A.3 gives them)
+_CACHE_DIRS = {"synthesis": "instructions/cache"}
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run directory."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, path: str | Path) -> RunDir:
+        """The run dir at a local or mounted path; URIs are refused (exit 2), not made a folder."""
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", str(path)):
+            raise ConfigError(
+                f"--run-dir {path}: object-store URIs are not supported (resume needs atomic renames); "
+                "use a path on a POSIX filesystem every node mounts, and copy the finished shards/ to the bucket"
+            )
+        return cls(Path(path).resolve())
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger.parquet"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def report_json(self) -> Path:
+        return self.report / "report.json"
+
+    @property
+    def report_page(self) -> Path:
+        return self.report / "index.html"
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def instructions(self) -> Path:
+        return self.root / "instructions"
+
+    @property
+    def llava(self) -> Path:
+        return self.instructions / "llava.json"
+
+    @property
+    def instructions_summary(self) -> Path:
+        return self.instructions / "summary.json"
+
+    def instruction_file(self, shard: int) -> Path:
+        """The final instruction records of a shard (after the run-level checks)."""
+        return self.instructions / f"{shard:06d}.parquet"
+
+    def synthesis_records(self, shard: int) -> Path:
+        """The records the synthesis stage wrote for a shard, before the run-level checks."""
+        return self.side_file("synthesis", "records", shard)
+
+    def export_dir(self, fmt: str) -> Path:
+        return self.shards / fmt
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / "stages" / stage
+
+    def shard_file(self, stage: str, shard: int) -> Path:
+        return self.stage_dir(stage) / f"{shard:06d}.parquet"
+
+    def stats_file(self, stage: str, shard: int) -> Path:
+        """Written after the shard file: it is both the statistics and the resume marker."""
+        return self.stage_dir(stage) / f"{shard:06d}.stats.json"
+
+    def side_file(self, stage: str, name: str, shard: int) -> Path:
+        """A further table a stage stores beside its shard output (synthesis: its records)."""
+        return self.stage_dir(stage) / f"{name}-{shard:06d}.parquet"
+
+    def cache_file(self, stage: str, shard: int) -> Path:
+        """A stage's own cache for one shard (synthesis: the teacher's answers by request hash)."""
+        return self.root / _CACHE_DIRS.get(stage, f"stages/{stage}/cache") / f"{shard:06d}.jsonl"
+
+    def stage_marker(self, stage: str) -> Path:
+        """The done marker of a stage that is one piece, not shards (export-hf)."""
+        return self.stage_dir(stage) / "done.json"
+
+    def stage_meta(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "_stage.json"
+
+    def ingest_done(self) -> Path:
+        return self.stage_dir(INGEST) / "_SUCCESS.json"
+
+    def is_done(self, stage: str, shard: int) -> bool:
+        return self.stats_file(stage, shard).exists()
+
+    def read_shard(self, stage: str, shard: int, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.shard_file(stage, shard), columns=columns)
+
+    def read_stats(self, stage: str, shard: int) -> dict:
+        return json.loads(self.stats_file(stage, shard).read_text())
+
+    def read_manifest(self) -> dict:
+        if not self.manifest.exists():
+            raise ConfigError(f"{self.root}: not a run directory (no manifest.json)")
+        return json.loads(self.manifest.read_text())
+
+    def shard_count(self) -> int:
+        if not self.ingest_done().exists():
+            return 0
+        return json.loads(self.ingest_done().read_text())["shards"]
+
+
+class RunLock:
+    """An exclusive lock on a run directory, so two runs never write the same files."""
+
+    def __init__(self, run_dir: RunDir):
+        self.path = run_dir.root / ".lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ConfigError(f"{self.path.parent}: run directory is in use by pid {holder}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

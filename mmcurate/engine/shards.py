@@ -1,0 +1,81 @@
+"""Stage shards on disk: reading a shard as a stage sees it, and writing a stage's output and stats.
+
+A stage's shard appears whole or not at all: its side tables, then its output, then its stats
+file (the resume marker), each atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import Counter
+from collections.abc import Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mmcurate.engine import atomic
+from mmcurate.engine.rundir import INGEST, RunDir
+from mmcurate.schemas import columns as C
+from mmcurate.stages.base import Stage
+
+
+def alive_rows(
+    run_dir: RunDir, shard: int, stages: Sequence[Stage], columns: Sequence[str] | None = None
+) -> pa.Table:
+    """Rows of `shard` that ingest and every stage in `stages` kept, with the stages' data columns
+    (only those named in `columns`, when given: only they are read from disk)."""
+    table = run_dir.read_shard(INGEST, shard, columns=[C.UID, C.ROW, C.URL, C.CAPTION, C.STATUS])
+    table = table.filter(pc.equal(table[C.STATUS], C.KEPT)).select([C.UID, C.ROW, C.URL, C.CAPTION])
+    for stage in stages:
+        wanted = [c for c in stage.data_columns if columns is None or c in columns]
+        out = run_dir.read_shard(stage.name, shard, columns=[C.ROW, C.STATUS] + wanted)
+        check_aligned(stage.name, table, out)
+        mask = pc.equal(out[C.STATUS], C.KEPT)
+        table = table.filter(mask)
+        kept = out.filter(mask)
+        for name in wanted:
+            if name in table.column_names:
+                table = table.set_column(table.column_names.index(name), kept.schema.field(name), kept[name])
+            else:
+                table = table.append_column(kept.schema.field(name), kept[name])
+    return table
+
+
+def check_aligned(stage: str, rows: pa.Table, out: pa.Table) -> None:
+    """A stage's output must hold exactly its input rows, in order."""
+    if out.num_rows != rows.num_rows or not out[C.ROW].equals(rows[C.ROW]):
+        raise RuntimeError(
+            f"stage {stage!r} returned {out.num_rows} rows for {rows.num_rows} input rows (or reordered them)"
+        )
+
+
+def shard_stats(stage: str, shard: int, out: pa.Table, seconds: float) -> dict:
+    """The statistics of one stage on one shard (also its resume marker): counts per status and reason."""
+    status = Counter(out[C.STATUS].to_pylist())
+    reasons = Counter(r for r in out[C.REASON].to_pylist() if r is not None)
+    return {
+        "stage": stage,
+        "shard": shard,
+        "rows_in": out.num_rows,
+        C.KEPT: status[C.KEPT],
+        C.DROPPED: status[C.DROPPED],
+        C.FAILED: status[C.FAILED],
+        "reasons": dict(sorted(reasons.items())),
+        "seconds": round(seconds, 4),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+    }
+
+
+def write_stage_shard(run_dir: RunDir, stage: Stage, shard: int, out: pa.Table, seconds: float,
+                      side_tables: dict[str, pa.Table] | None = None) -> dict:
+    """Write a stage's side tables and output for one shard, then its stats (the resume marker)."""
+    bad = set(out[C.STATUS].to_pylist()) - set(C.STATUSES)
+    if bad:
+        raise RuntimeError(f"stage {stage.name!r} produced unknown statuses {sorted(bad)}")
+    for name, table in (side_tables or {}).items():
+        atomic.write_parquet(run_dir.side_file(stage.name, name, shard), table)
+    atomic.write_parquet(run_dir.shard_file(stage.name, shard), out.cast(stage.output_schema))
+    stats = shard_stats(stage.name, shard, out, seconds)
+    atomic.write_json(run_dir.stats_file(stage.name, shard), stats)
+    return stats

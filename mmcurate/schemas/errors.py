@@ -1,0 +1,31 @@
+"""Exceptions the command line maps to exit codes: user errors exit 2, the rest exit 1."""
+
+
+class MmcurateError(Exception):
+    """Base class for errors mmcurate reports without a traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(MmcurateError):
+    """The configuration or a command-line value is wrong; the message names the key."""
+
+    exit_code = 2
+
+
+class InputError(MmcurateError):
+    """An input file is missing, unreadable or lacks a column; the message names it."""
+
+    exit_code = 2
+
+
+class LedgerError(MmcurateError):
+    """The ledger does not account for every input row: the run is not trustworthy."""
+
+
+class ModelError(ConfigError):
+    """A model or its weights cannot be found, fetched or loaded; `key` is the config key to change."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key

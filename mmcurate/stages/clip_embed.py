@@ -1,0 +1,81 @@
+"""CLIP scoring on an actor pool: the cosine of image and caption embeddings, and the image embedding.
+
+Scoring and deciding (`clip`) are two stages so that a threshold can be a percentile of the whole
+run (DataComp's "top 30 %"), and so that changing a threshold (`--force --set clip.min_score=...`)
+redoes only the decision, never the model work.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from mmcurate.filters.base import Verdicts
+from mmcurate.filters.clip_score import ClipScorer, Weights, resolve_weights
+from mmcurate.schemas import columns as C
+from mmcurate.schemas.config import Config
+from mmcurate.schemas.errors import ConfigError
+from mmcurate.stages.base import Cluster, Resources, Stage
+
+CPUS_PER_CPU_ACTOR = 8  # torch intra-op threads per CPU actor; more actors beyond that
+
+
+class ClipEmbedStage(Stage):
+    """Cosine similarity of image and caption embeddings, and the image embedding, per row."""
+
+    name = "clip_embed"
+    version = "1"
+    output_schema = C.CLIP_EMBED_SCHEMA
+    score_columns = (C.CLIP_SCORE, C.CLIP_MODEL)
+    data_columns = (C.CLIP_SCORE, C.CLIP_EMBEDDING)
+    input_columns = (C.IMAGE,)
+    settings = ("clip.model", "clip.pretrained")
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.weights: Weights | None = None
+        self.scorer: ClipScorer | None = None
+
+    @classmethod
+    def enabled(cls, config: Config) -> bool:
+        return config.clip.enabled
+
+    def prepare(self) -> dict:
+        """Find and hash the weights on the driver, before any worker starts."""
+        c = self.config.clip
+        self.weights = resolve_weights(c.model, c.pretrained)
+        w = self.weights
+        return {"model": w.model, "pretrained": w.pretrained, "weights": w.path, "sha256": w.sha256, "label": w.label}
+
+    def config_sections(self) -> dict:
+        # device and batch size change speed, not scores (beyond fp16 rounding): not part of it
+        c = self.config.clip
+        return {"model": c.model, "pretrained": c.pretrained, "sha256": self.weights.sha256 if self.weights else None}
+
+    def resources(self, cluster: Cluster) -> Resources:
+        device = self.config.clip.device
+        if device == "cuda" and not cluster.gpus:
+            raise ConfigError("clip.device: cuda, but the Ray cluster has no GPU (use auto or cpu)")
+        if device != "cpu" and cluster.gpus:
+            return Resources(num_cpus=min(4, cluster.node_cpus), num_gpus=1, actors=cluster.gpus)
+        per_actor = min(CPUS_PER_CPU_ACTOR, cluster.node_cpus)
+        return Resources(num_cpus=per_actor, actors=max(1, cluster.cpus // per_actor))
+
+    def setup(self) -> None:
+        if self.weights is None:
+            self.prepare()
+        if self.scorer is None:
+            self.scorer = ClipScorer(self.weights, self.config.clip.device, self.config.clip.batch_size)
+            self.scorer.load()
+
+    def judge(self, rows: pa.Table) -> Verdicts:
+        self.setup()
+        scores, embeddings, errors = self.scorer.score(rows[C.IMAGE].to_pylist(), rows[C.CAPTION].to_pylist())
+        ok = ~np.isnan(scores)
+        return Verdicts(
+            scores={C.CLIP_SCORE: pa.array(np.where(ok, scores, 0), pa.float32(), mask=~ok),
+                    C.CLIP_MODEL: [self.weights.label] * rows.num_rows},
+            data={C.CLIP_EMBEDDING: pa.array([None if e is None else e.astype(np.float16) for e in embeddings],
+                                             pa.list_(pa.float16()))},
+            reasons=["undecodable_image" if e else None for e in errors], details=errors, failed=True,
+        )

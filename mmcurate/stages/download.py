@@ -1,0 +1,167 @@
+"""The download stage: fetch each URL through the guard, resize with img2dataset's resizer."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from mmcurate.clients.fetch import Fetcher, FetchError
+from mmcurate.clients.netguard import NetworkPolicy, guarded_opener
+from mmcurate.filters.base import Verdicts
+from mmcurate.schemas import columns as C
+from mmcurate.stages.base import Cluster, Resources, Stage
+
+# img2dataset's resizer reports failures as text; these are the ones with a ledger reason of their own
+_RESIZER_REASONS = {
+    "Image decoding error": "not_an_image",
+    "image area too large": "image_too_large",
+}
+
+
+@dataclass
+class _Outcome:
+    reason: str | None = None
+    detail: str | None = None
+    image: bytes | None = None
+    width: int | None = None
+    height: int | None = None
+    original_width: int | None = None
+    original_height: int | None = None
+    nbytes: int | None = None
+
+
+class DownloadStage(Stage):
+    """Downloads, checks and resizes every image of a shard; failures become ledger reasons."""
+
+    name = "download"
+    version = "1"
+    output_schema = C.DOWNLOAD_SCHEMA
+    score_columns = (C.WIDTH, C.HEIGHT, C.ORIGINAL_WIDTH, C.ORIGINAL_HEIGHT, C.DOWNLOAD_BYTES)
+    data_columns = (C.IMAGE, C.IMAGE_FORMAT, C.WIDTH, C.HEIGHT, C.ORIGINAL_WIDTH, C.ORIGINAL_HEIGHT)
+    input_columns = ()
+    settings = ("download.image_size", "download.max_image_bytes", "download.timeout_s", "download.retries")
+
+    def config_sections(self) -> dict:
+        d = self.config.download
+        # timeouts, the deadline, retries and thread counts change how, not what: resuming with new
+        # ones is fine
+        return d.model_dump(mode="json", exclude={"timeout_s", "deadline_s", "retries", "threads"})
+
+    def resources(self, cluster: Cluster) -> Resources:
+        return Resources(num_cpus=1)
+
+    def setup(self) -> None:
+        from img2dataset.resizer import Resizer
+        from PIL import Image
+
+        d = self.config.download
+        # Pixel counts are checked explicitly against max_image_pixels before any decode.
+        Image.MAX_IMAGE_PIXELS = None
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        self._resizer = Resizer(
+            image_size=d.image_size,
+            resize_mode=d.resize_mode,
+            resize_only_if_bigger=False,
+            encode_format=d.encode_format,
+            encode_quality=d.encode_quality if d.encode_format != "png" else 9,
+            max_image_area=d.max_image_pixels,
+        )
+        policy = NetworkPolicy.from_config(d.allow_private_networks, d.allow_networks)
+        self._fetcher = Fetcher(
+            opener=guarded_opener(policy),
+            timeout_s=d.timeout_s,
+            retries=d.retries,
+            max_bytes=d.max_image_bytes,
+            user_agent_token=d.user_agent_token,
+            respect_robots_header=d.respect_robots_header,
+            deadline_s=d.deadline_s,
+        )
+
+    def judge(self, rows: pa.Table) -> Verdicts:
+        urls = [url.strip() for url in rows.column(C.URL).to_pylist()]
+        with ThreadPoolExecutor(max_workers=min(self.config.download.threads, max(1, len(urls)))) as pool:
+            outcomes = list(pool.map(self._one, urls))
+        fmt = self.config.download.encode_format
+        return Verdicts(
+            scores={name: [getattr(o, attr) for o in outcomes] for name, attr in (
+                (C.WIDTH, "width"), (C.HEIGHT, "height"), (C.ORIGINAL_WIDTH, "original_width"),
+                (C.ORIGINAL_HEIGHT, "original_height"), (C.DOWNLOAD_BYTES, "nbytes"))},
+            data={C.IMAGE: [o.image for o in outcomes],
+                  C.IMAGE_FORMAT: [fmt if o.image is not None else None for o in outcomes]},
+            reasons=[o.reason for o in outcomes], details=[o.detail for o in outcomes], failed=True,
+        )
+
+    def _one(self, url: str) -> _Outcome:
+        try:
+            body = self._fetcher.fetch(url)
+        except FetchError as err:
+            return _Outcome(err.reason, str(err))
+        size = len(body)
+        problem = self._check_header(body)
+        if problem is not None:
+            return _Outcome(*problem, nbytes=size)
+        body = eight_bit(upright(body))
+        image, width, height, ow, oh, err = self._resizer(io.BytesIO(body))
+        if err is not None:
+            reason = _RESIZER_REASONS.get(err, "resize_error")
+            return _Outcome(reason, f"img2dataset resizer: {err}", nbytes=size)
+        return _Outcome(None, None, image, width, height, ow, oh, size)
+
+    def _check_header(self, body: bytes) -> tuple[str, str] | None:  # noqa: PLR0911
+        """Refuse non-images and decompression bombs from the header alone, before decoding."""
+        from PIL import Image, UnidentifiedImageError
+
+        if not body:
+            return "not_an_image", "empty body"
+        try:
+            with Image.open(io.BytesIO(body)) as im:
+                width, height = im.size
+                kind = im.format
+        except UnidentifiedImageError:
+            head = body[:40].decode("latin-1").strip()
+            return "not_an_image", f"not a known image format; body starts {head[:32]!r}"
+        except Exception as err:  # a header PIL cannot parse is no image we can use
+            return "not_an_image", f"unreadable image header: {type(err).__name__}: {err}"
+        limit = self.config.download.max_image_pixels
+        if width * height > limit:
+            return "image_too_large", f"{kind} {width}x{height} = {width * height} pixels > max_image_pixels {limit}"
+        return None
+
+
+def upright(body: bytes) -> bytes:
+    """The image turned as its EXIF orientation says (phones store photos sideways and tag them).
+
+    img2dataset's resizer decodes with OpenCV, which ignores the tag; captions describe the
+    picture as people see it. Only tagged images (orientation 2-8) are decoded here, and they
+    go on losslessly (PNG) to the resizer; everything else passes untouched.
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(io.BytesIO(body)) as im:
+            if im.format not in ("JPEG", "WEBP", "TIFF", "PNG", "MPO") or im.getexif().get(0x0112, 1) in (0, 1):
+                return body
+            turned = ImageOps.exif_transpose(im)
+            buf = io.BytesIO()
+            turned.save(buf, "PNG")
+            return buf.getvalue()
+    except Exception:  # noqa: BLE001 - an unreadable tag leaves the image as sent; the resizer judges it
+        return body
+
+
+def eight_bit(body: bytes) -> bytes:
+    """A 16-bit PNG scaled to 8 bits (OpenCV's JPEG encoder would saturate it to white)."""
+    if not (body[:8] == b"\x89PNG\r\n\x1a\n" and len(body) > 24 and body[24] == 16):
+        return body
+    import cv2
+    import numpy as np
+
+    array = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None or array.dtype != np.uint16:
+        return body
+    ok, out = cv2.imencode(".png", (array >> 8).astype(np.uint8))
+    return out.tobytes() if ok else body

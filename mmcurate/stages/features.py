@@ -1,0 +1,47 @@
+"""The features stage: sha256, pHash, dHash and colour signals of every stored image, one decode each."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from mmcurate.filters.base import Verdicts
+from mmcurate.filters.image_hash import signals
+from mmcurate.schemas import columns as C
+from mmcurate.schemas.config import Config
+from mmcurate.stages.base import Stage
+
+
+class FeaturesStage(Stage):
+    """Per-shard image features for deduplication; an image that cannot be decoded fails here."""
+
+    name = "features"
+    version = "1"
+    output_schema = C.FEATURES_SCHEMA
+    score_columns = (C.SHA256, C.PHASH, C.DHASH, C.LUMA_STD)
+    data_columns = (C.SHA256, C.PHASH, C.DHASH, C.LUMA_STD, C.COLOUR)
+    input_columns = (C.IMAGE,)
+
+    @classmethod
+    def enabled(cls, config: Config) -> bool:
+        return config.dedup.active
+
+    def config_sections(self) -> dict:
+        return {"exact": self.config.dedup.phash.exact}
+
+    def judge(self, rows: pa.Table) -> Verdicts:
+        exact = self.config.dedup.phash.exact
+        out: dict[str, list] = {k: [] for k in self.data_columns}
+        reasons, details = [], []
+        for data in rows.column(C.IMAGE).to_pylist():
+            try:
+                sig = signals(data, exact=exact)
+            except Exception as err:  # stored bytes that no longer decode: a ledger reason, not a crash
+                reasons.append("undecodable_image")
+                details.append(f"{type(err).__name__}: {err}")
+                sig = None
+            else:
+                reasons.append(None)
+                details.append(None)
+            for name, values in out.items():
+                values.append(getattr(sig, name) if sig is not None else None)
+        return Verdicts(data=out, reasons=reasons, details=details, failed=True)

@@ -1,0 +1,63 @@
+"""DataComp's image-based selection over the whole run: keep the pool's samples in the k-means
+clusters that a reference set's images fall into (`filters/image_based.py`), drop the rest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from mmcurate.algos.embeddings import embeddings_of
+from mmcurate.algos.parallel import Parallel
+from mmcurate.filters import image_based
+from mmcurate.filters.base import Verdicts
+from mmcurate.schemas import columns as C
+from mmcurate.schemas.config import Config
+from mmcurate.schemas.errors import ConfigError
+from mmcurate.stages.base import GlobalStage
+
+
+class ImageBasedStage(GlobalStage):
+    """Drops pool samples outside the k-means clusters the reference images fall into (`off_target_cluster`)."""
+
+    name = "image_based"
+    version = "1"
+    output_schema = C.IMAGE_BASED_SCHEMA
+    score_columns = (C.IMAGE_CLUSTER,)
+    input_columns = (C.CLIP_EMBEDDING,)
+    settings = ("quality.image_based",)
+    threshold_reasons = frozenset({"off_target_cluster"})
+
+    @classmethod
+    def enabled(cls, config: Config) -> bool:
+        return config.clip.enabled and config.quality.image_based.enabled
+
+    def config_sections(self) -> dict:
+        return self.config.quality.image_based.model_dump()
+
+    def _embed_images(self, images: list[bytes]) -> np.ndarray:
+        from mmcurate.filters.clip_score import ClipScorer, resolve_weights
+
+        c = self.config.clip
+        scorer = ClipScorer(resolve_weights(c.model, c.pretrained), c.device, c.batch_size)
+        _, emb, _ = scorer.score(images, [""] * len(images))
+        return np.asarray([e for e in emb if e is not None], np.float32)
+
+    def judge(self, rows: pa.Table, parallel: Parallel) -> Verdicts:
+        cfg = self.config.quality.image_based
+        try:
+            reference = image_based.load_reference(cfg.reference_path, self._embed_images)
+        except ValueError as err:
+            raise ConfigError(f"quality.image_based.reference_path: {err}") from None
+        if rows.num_rows == 0:
+            return Verdicts()
+        pool = embeddings_of(rows[C.CLIP_EMBEDDING])
+        if pool.shape[1] != reference.shape[1]:
+            raise ConfigError(f"quality.image_based.reference_path: reference embeddings are {reference.shape[1]}-d, "
+                              f"the run's CLIP gives {pool.shape[1]}-d (embed the reference with the same model)")
+        labels, keep, targets, k = image_based.select(pool, reference, cfg.clusters)
+        return Verdicts(
+            scores={C.IMAGE_CLUSTER: labels},
+            reasons=[None if x else "off_target_cluster" for x in keep],
+            details=[None if x else f"nearest centre {label} is not among the {targets} of {k} centres "
+                     f"that the {len(reference)} reference images fall into" for x, label in zip(keep, labels.tolist())],
+        )

@@ -1,0 +1,28 @@
+"""Safety: its filters drop toxic captions (`filters/toxicity.py`: detoxify, or profanity-check
+offline) and NSFW images (`filters/nsfw.py`: NudeNet).
+
+One actor-pool stage: each worker loads its models once. Every row scored gets its scores in
+the ledger, dropped or not, so a researcher can re-cut `toxicity` and `nsfw` later; an image
+that cannot be decoded fails with `undecodable_image`.
+"""
+
+from __future__ import annotations
+
+from mmcurate.schemas.errors import ConfigError
+from mmcurate.stages.base import Cluster, FilterStage, Resources
+
+CPUS_PER_ACTOR = 4
+
+
+class SafetyStage(FilterStage):
+    name = "safety"
+    version = "1"
+
+    def resources(self, cluster: Cluster) -> Resources:
+        t = self.config.safety.toxicity
+        if t.enabled and t.device == "cuda" and not cluster.gpus:
+            raise ConfigError("safety.toxicity.device: cuda, but the Ray cluster has no GPU (use auto or cpu)")
+        if t.enabled and t.device != "cpu" and cluster.gpus and t.model != "profanity-check":
+            return Resources(num_cpus=min(4, cluster.node_cpus), num_gpus=1, actors=cluster.gpus)
+        per_actor = min(CPUS_PER_ACTOR, cluster.node_cpus)
+        return Resources(num_cpus=per_actor, actors=max(1, cluster.cpus // per_actor))

@@ -1,0 +1,2 @@
+"""The synthesis stage as a small package: the stage (`stage.py`), its prompt templates, its
+response cache and its instruction records."""
