@@ -198,6 +198,11 @@ class TextQualityConfig(_Section):
     min_words_for_repeat: int = Field(4, ge=2)  # shorter captions are not judged for repetition
 
 
+class EmojiConfig(_Section):
+    enabled: bool = False
+    max_fraction: float = Field(0.5, ge=0, le=1)  # of a caption's visible characters that are emoji
+
+
 class ImageBasedConfig(_Section):
     enabled: bool = False
     reference_path: str | None = None  # parquet of embeddings (clip_image_embedding) or a folder of images
@@ -221,6 +226,7 @@ class QualityConfig(_Section):
     basic: BasicQualityConfig = Field(default_factory=BasicQualityConfig)
     language: LanguageConfig = Field(default_factory=LanguageConfig)
     text: TextQualityConfig = Field(default_factory=TextQualityConfig)
+    emoji: EmojiConfig = Field(default_factory=EmojiConfig)
     image_based: ImageBasedConfig = Field(default_factory=ImageBasedConfig)
     aesthetic: AestheticConfig = Field(default_factory=AestheticConfig)
     watermark: WatermarkConfig = Field(default_factory=WatermarkConfig)
