@@ -82,8 +82,12 @@ class RunDir:
     def export_dir(self, fmt: str) -> Path:
         return self.shards / fmt
 
+    @property
+    def stages(self) -> Path:
+        return self.root / "stages"
+
     def stage_dir(self, stage: str) -> Path:
-        return self.root / "stages" / stage
+        return self.stages / stage
 
     def shard_file(self, stage: str, shard: int) -> Path:
         return self.stage_dir(stage) / f"{shard:06d}.parquet"

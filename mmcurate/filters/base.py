@@ -51,6 +51,9 @@ class Filter:
     section: ClassVar[str]  # its config section, dotted (quality.text); `enabled` is read there
     order: ClassVar[int] = 100  # its place among the stage's filters: earlier objections win
     fields: ClassVar[tuple[pa.Field, ...]] = ()  # its scores: columns of the stage's output and the ledger
+    # whether its columns stay (null) while it is off: only for filters older than this contract, whose
+    # ledgers always had them; a new filter changes nothing, not even a column, for runs that leave it off
+    columns_when_off: ClassVar[bool] = False
     needs: ClassVar[tuple[str, ...]] = ()  # data columns of earlier stages it reads
     settings: ClassVar[tuple[str, ...] | None] = None  # dotted keys it decides by (audit --explain); None: section
     threshold_reasons: ClassVar[frozenset[str]] = frozenset()  # reasons a score threshold decides (export --where)

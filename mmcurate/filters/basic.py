@@ -47,6 +47,7 @@ class BasicFilter(Filter):
     """DataComp's basic filtering; the caption's language and its confidence are its scores."""
 
     stage = "quality"
+    columns_when_off = True
     name = "basic"
     section = "quality.basic"
     order = 20

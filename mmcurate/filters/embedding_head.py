@@ -90,8 +90,13 @@ class _HeadFilter(Filter):
     """A head on the CLIP image embedding whose score decides against a threshold."""
 
     stage = "clip_heads"
+    columns_when_off = True
     needs = (C.CLIP_EMBEDDING,)
     probability: bool = False  # the head's output is a probability (its sigmoid)
+    column: str  # its score's column
+    label: str  # what its score is called in a detail
+    limit: str  # the option holding the threshold: min_score (drops below) or max_score (drops above)
+    reason: str
     head: EmbeddingHead | None = None
     sha256: str | None = None
 
@@ -110,10 +115,15 @@ class _HeadFilter(Filter):
         if self.head is None:
             self.prepare()
 
-    def score(self, rows: pa.Table) -> np.ndarray:
-        if not rows.num_rows:
-            return np.zeros(0, np.float32)
-        return self.head.score(embeddings_of(rows[C.CLIP_EMBEDDING]))
+    def apply(self, rows: pa.Table) -> Verdicts:
+        limit = getattr(self.options, self.limit)
+        scores = self.head.score(embeddings_of(rows[C.CLIP_EMBEDDING])) if rows.num_rows else np.zeros(0, np.float32)
+        below = self.limit == "min_score"
+        out = [s < limit if below else s > limit for s in scores]
+        sign = "<" if below else ">"
+        return Verdicts(scores={self.column: pa.array(scores, pa.float32())},
+                        reasons=[self.reason if x else None for x in out],
+                        details=[f"{self.label} {s:.3f} {sign} {limit}" if x else None for s, x in zip(scores, out)])
 
 
 class AestheticFilter(_HeadFilter):
@@ -126,14 +136,7 @@ class AestheticFilter(_HeadFilter):
     settings = ("quality.aesthetic.min_score",)
     threshold_reasons = frozenset({"low_aesthetic_score"})
     histograms = (Histogram(C.AESTHETIC, "quality.aesthetic.min_score", "min"),)
-
-    def apply(self, rows: pa.Table) -> Verdicts:
-        limit = self.options.min_score
-        scores = self.score(rows)
-        low = [s < limit for s in scores]
-        return Verdicts(scores={C.AESTHETIC: pa.array(scores, pa.float32())},
-                        reasons=["low_aesthetic_score" if x else None for x in low],
-                        details=[f"aesthetic score {s:.3f} < {limit}" if x else None for s, x in zip(scores, low)])
+    column, label, limit, reason = C.AESTHETIC, "aesthetic score", "min_score", "low_aesthetic_score"
 
 
 class WatermarkFilter(_HeadFilter):
@@ -146,12 +149,5 @@ class WatermarkFilter(_HeadFilter):
     settings = ("quality.watermark.max_score",)
     threshold_reasons = frozenset({"watermark"})
     histograms = (Histogram(C.WATERMARK, "quality.watermark.max_score", "max"),)
+    column, label, limit, reason = C.WATERMARK, "watermark probability", "max_score", "watermark"
     probability = True
-
-    def apply(self, rows: pa.Table) -> Verdicts:
-        limit = self.options.max_score
-        scores = self.score(rows)
-        high = [s > limit for s in scores]
-        return Verdicts(scores={C.WATERMARK: pa.array(scores, pa.float32())},
-                        reasons=["watermark" if x else None for x in high],
-                        details=[f"watermark probability {s:.3f} > {limit}" if x else None for s, x in zip(scores, high)])

@@ -142,6 +142,7 @@ class FacesFilter(Filter):
     """Faces in images: blurred (the stored image is rewritten), flagged, or the row dropped."""
 
     stage = "privacy"
+    columns_when_off = True
     name = "faces"
     section = "privacy.faces"
     order = 10

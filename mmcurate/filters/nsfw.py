@@ -93,6 +93,7 @@ class NsfwFilter(Filter):
     """Drops images NudeNet scores over `safety.nsfw.max_score`; an undecodable image fails."""
 
     stage = "safety"
+    columns_when_off = True
     name = "nsfw"
     section = "safety.nsfw"
     order = 20

@@ -265,6 +265,7 @@ class PiiFilter(Filter):
     """Personal data in captions: redacted (the stored caption is rewritten), flagged, or the row dropped."""
 
     stage = "privacy"
+    columns_when_off = True
     name = "pii"
     section = "privacy.pii"
     order = 20

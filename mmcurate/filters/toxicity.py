@@ -158,6 +158,7 @@ class ToxicityFilter(Filter):
     """Drops captions whose toxicity (highest class probability) is over `safety.toxicity.max_score`."""
 
     stage = "safety"
+    columns_when_off = True
     name = "toxicity"
     section = "safety.toxicity"
     order = 10

@@ -35,16 +35,14 @@ def ledger_shard(run_dir: RunDir, shard: int, stages: Sequence[Stage]) -> pa.Tab
     position = {row: i for i, row in enumerate(base[C.ROW].to_pylist())}
     scores: dict[str, list] = {}
     for st in stages:
-        # a score a newer mmcurate added (a new filter's) is absent from shards an older one wrote: null there
-        present = set(pq.read_schema(run_dir.shard_file(st.name, shard)).names)
-        out = run_dir.read_shard(st.name, shard, columns=_DECISION + [c for c in st.score_columns if c in present])
+        out = run_dir.read_shard(st.name, shard, columns=_DECISION + list(st.score_columns))
         idx = [position[r] for r in out[C.ROW].to_pylist()]
         for i, s, r, d in zip(idx, out[C.STATUS].to_pylist(), out[C.REASON].to_pylist(), out[C.DETAIL].to_pylist()):
             if s != C.KEPT:
                 status[i], stage[i], reason[i], detail[i] = s, st.name, r, d
             elif d is not None and status[i] == C.KEPT:  # kept but modified: say so
                 detail[i] = d if detail[i] is None else f"{detail[i]}; {d}"
-        for name in (c for c in st.score_columns if c in present):
+        for name in st.score_columns:
             column = scores.setdefault(name, [None] * n)
             for i, v in zip(idx, out[name].to_pylist()):
                 column[i] = v

@@ -81,7 +81,7 @@ class Job:
                     f"(fingerprint {done.get('input_fingerprint', '?')[:12]} -> {fp[:12]}); use a new --run-dir or --force"
                 )
             log.warning("input changed: redoing the whole run")
-            for path in (self.run_dir.root / "stages", self.run_dir.shards, self.run_dir.report, self.run_dir.instructions):
+            for path in (self.run_dir.stages, self.run_dir.shards, self.run_dir.report, self.run_dir.instructions):
                 shutil.rmtree(path, ignore_errors=True)
             self.run_dir.ledger.unlink(missing_ok=True)
             manifest["stages"] = {}

@@ -13,7 +13,7 @@ def run_status(run_dir: RunDir) -> dict:
     manifest = run_dir.read_manifest()
     total = run_dir.shard_count()
     stages = []
-    stage_root = run_dir.root / "stages"
+    stage_root = run_dir.stages
     order = manifest.get("stage_order", [INGEST])
     names = order + sorted(n for n in manifest.get("stages", {}) if n not in order)
     names += sorted(p.name for p in stage_root.iterdir() if p.is_dir() and p.name not in names) if stage_root.exists() else []

@@ -135,9 +135,10 @@ class GlobalStage(Stage):
 class FilterStage(Stage):
     """A per-shard stage made of the filters whose `stage` is its name (found in mmcurate/filters).
 
-    Its output holds its own scores (`fields`, measured by `measure`), every filter's fields
-    (null where a filter is off), then its `data_fields`. Filters run in their order, each seeing
-    the scores of those before it; what they say is assembled as every stage's verdicts are.
+    Its output holds its own scores (`fields`, measured by `measure`), its filters' fields (those
+    of a filter that is off only where it has `columns_when_off`, as null), then its `data_fields`.
+    Filters run in their order, each seeing the scores of those before it; what they say is
+    assembled as every stage's verdicts are.
     """
 
     fields: ClassVar[tuple[pa.Field, ...]] = ()  # scores the stage measures itself, before its filters
@@ -148,7 +149,8 @@ class FilterStage(Stage):
         self.filters: list[Filter] = [cls(config) for cls in filters_for(self.name)]
         self.active = [f for f in self.filters if f.enabled]
         cls = type(self)
-        score_fields = [*cls.fields, *(f for filt in self.filters for f in filt.fields)]
+        shown = [f for f in self.filters if f.enabled or f.columns_when_off]
+        score_fields = [*cls.fields, *(f for filt in shown for f in filt.fields)]
         self.output_schema = pa.schema(C.IDENTITY_FIELDS + C.DECISION_FIELDS + score_fields + list(cls.data_fields))
         self.score_columns = tuple(f.name for f in score_fields)
         needs = [*(cls.input_columns or ()), *(c for filt in self.filters for c in filt.needs)]

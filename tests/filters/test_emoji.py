@@ -49,8 +49,10 @@ def test_the_quality_stage_drops_mostly_emoji_captions_and_scores_every_row():
     assert out[EMOJI_FRACTION].to_pylist()[:2] == [0.0, 0.25]
     assert EMOJI_FRACTION in stage.score_columns and "emoji_caption" in stage.threshold_reasons
     assert stage.settings == ("quality.emoji",)
-    # off by default: the quality stage does not run for it
+    # off by default: the quality stage does not run for it, nor gains a column when it runs for others
     assert not QualityStage.enabled(config_from_dict({"input": {"path": "x"}}))
+    text_only = QualityStage(config_from_dict({"input": {"path": "x"}, "quality": {"text": {"enabled": True}}}))
+    assert EMOJI_FRACTION not in text_only.output_schema.names
 
 
 def _png(seed: int) -> bytes:
