@@ -2,7 +2,8 @@
 
 `filters_for("quality")` imports every module of this folder once and returns the `Filter`
 classes whose `stage` is "quality", in their `order`: adding a file with such a class is all it
-takes to add a filter (plus its config field and its test).
+takes to add a filter (plus its config field and its test). A class whose name starts with `_` is
+a base that several filters share (`embedding_head._HeadFilter`), not a filter.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ def _all_filters() -> tuple[type[Filter], ...]:
     found: list[type[Filter]] = []
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{__name__}.{info.name}")
-        found += [obj for obj in vars(module).values()
+        found += [obj for obj in vars(module).values()  # defined there, and not a base (_Name) that filters share
                   if isinstance(obj, type) and issubclass(obj, Filter) and obj.__module__ == module.__name__
-                  and hasattr(obj, "stage") and hasattr(obj, "section")]  # not bases that stages share
+                  and obj is not Filter and not obj.__name__.startswith("_")]
     return tuple(found)
 
 

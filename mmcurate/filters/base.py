@@ -80,7 +80,9 @@ class Filter:
 
     def fingerprint(self) -> dict:
         """What this filter's output depends on. Nothing while it is off, so that a filter added to
-        mmcurate never changes the fingerprint (and so redoes the work) of an existing run dir."""
+        mmcurate never changes the fingerprint (and so redoes the work) of an existing run dir. The
+        filters older than this contract override it to give exactly what their stage's fingerprint
+        held before (`tests/stages/test_fingerprints.py`), on or off."""
         return {self.name: self.options.model_dump(mode="json")} if self.enabled else {}
 
     def prepare(self) -> dict:

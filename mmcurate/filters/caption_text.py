@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import pyarrow as pa
 
@@ -40,14 +40,14 @@ class TextStats:
     top_word_fraction: float  # share of words taken by the most frequent word
 
 
-# the quality stage's score column of each statistic, measured for every caption it sees
-STAT_COLUMNS = {
-    C.CAPTION_WORDS: "words",
-    C.CAPTION_CHARS: "chars",
-    C.CAPTION_DIGIT_FRACTION: "digit_fraction",
-    C.CAPTION_ALPHA_FRACTION: "alpha_fraction",
-    C.CAPTION_TOP_WORD_FRACTION: "top_word_fraction",
-}
+# the quality stage's score column of each statistic (TextStats' fields, in order), measured for every caption
+STAT_FIELDS = (
+    pa.field(C.CAPTION_WORDS, pa.int32()),
+    pa.field(C.CAPTION_CHARS, pa.int32()),
+    pa.field(C.CAPTION_DIGIT_FRACTION, pa.float32()),
+    pa.field(C.CAPTION_ALPHA_FRACTION, pa.float32()),
+    pa.field(C.CAPTION_TOP_WORD_FRACTION, pa.float32()),
+)
 
 
 def stats(caption: str) -> TextStats:
@@ -83,10 +83,15 @@ def boilerplate(caption: str, s: TextStats, max_digit_fraction: float, max_repea
     return None
 
 
+def stats_columns(captions: list[str]) -> dict[str, list]:
+    """The statistics of every caption, as the quality stage's columns."""
+    measured = [astuple(stats(c)) for c in captions]
+    return {f.name: [m[i] for m in measured] for i, f in enumerate(STAT_FIELDS)}
+
+
 def stats_of(rows: pa.Table) -> list[TextStats]:
-    """The caption statistics the quality stage measured, back from its columns."""
-    columns = [rows[c].to_pylist() for c in STAT_COLUMNS]
-    return [TextStats(*values) for values in zip(*columns)]
+    """The caption statistics the quality stage measured, back from its columns (exact: as computed)."""
+    return [TextStats(*values) for values in zip(*(rows[f.name].to_pylist() for f in STAT_FIELDS))]
 
 
 class TextFilter(Filter):

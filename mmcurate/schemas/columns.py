@@ -1,4 +1,8 @@
-"""Every column mmcurate writes, named once, with the Arrow schemas built from them."""
+"""Every column mmcurate writes, named once, with the Arrow schemas built from them.
+
+The stages made of filters (quality, clip_heads, safety, privacy) build their output schemas from
+their filters' `fields`, which take their column names from here (a new filter may name its own).
+"""
 
 from __future__ import annotations
 
@@ -151,52 +155,7 @@ SEMANTIC_DEDUP_SCHEMA = pa.schema(
     + [pa.field(SEMANTIC_DUP_OF, pa.string()), pa.field(SEMANTIC_SIMILARITY, pa.float32())]
 )
 
-QUALITY_SCHEMA = pa.schema(
-    IDENTITY_FIELDS
-    + DECISION_FIELDS
-    + [
-        pa.field(CAPTION_WORDS, pa.int32()),
-        pa.field(CAPTION_CHARS, pa.int32()),
-        pa.field(CAPTION_DIGIT_FRACTION, pa.float32()),
-        pa.field(CAPTION_ALPHA_FRACTION, pa.float32()),
-        pa.field(CAPTION_TOP_WORD_FRACTION, pa.float32()),
-        pa.field(LANGUAGE, pa.string()),
-        pa.field(LANGUAGE_CONFIDENCE, pa.float32()),
-    ]
-)
-
 IMAGE_BASED_SCHEMA = pa.schema(IDENTITY_FIELDS + DECISION_FIELDS + [pa.field(IMAGE_CLUSTER, pa.int32())])
-
-CLIP_HEADS_SCHEMA = pa.schema(
-    IDENTITY_FIELDS + DECISION_FIELDS + [pa.field(AESTHETIC, pa.float32()), pa.field(WATERMARK, pa.float32())]
-)
-
-SAFETY_SCHEMA = pa.schema(
-    IDENTITY_FIELDS
-    + DECISION_FIELDS
-    + [
-        pa.field(TOXICITY, pa.float32()),
-        pa.field(TOXICITY_CLASS, pa.string()),
-        pa.field(TOXICITY_MODEL, pa.string()),
-        pa.field(NSFW, pa.float32()),
-        pa.field(NSFW_CLASS, pa.string()),
-    ]
-)
-
-PRIVACY_SCHEMA = pa.schema(
-    IDENTITY_FIELDS
-    + DECISION_FIELDS
-    + [
-        pa.field(FACES, pa.int16()),
-        pa.field(FACE_BOXES, pa.list_(pa.list_(pa.int32()))),
-        pa.field(FACE_ACTION, pa.string()),
-        pa.field(PII_TYPES, pa.list_(pa.string())),
-        pa.field(PII_ACTION, pa.string()),
-        pa.field(CAPTION, pa.string()),  # as exported: redacted where PII was found
-        pa.field(IMAGE, pa.binary()),  # as exported: faces blurred
-        pa.field(IMAGE_FORMAT, pa.string()),
-    ]
-)
 
 SYNTHESIS_SCHEMA = pa.schema(
     IDENTITY_FIELDS

@@ -28,4 +28,7 @@ class ModelError(ConfigError):
 
     def __init__(self, key: str, message: str):
         super().__init__(f"{key}: {message}")
-        self.key = key
+        self.key, self.message = key, message
+
+    def __reduce__(self):  # raised on a worker, it comes back to the driver as itself
+        return type(self), (self.key, self.message)

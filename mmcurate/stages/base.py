@@ -242,19 +242,19 @@ def assemble(stage: Stage, rows: pa.Table, verdicts: Verdicts | Sequence[Verdict
     failed = np.zeros(n, bool)
     reason = np.full(n, None, object)
     detail = np.full(n, None, object)
-    for failures in (True, False):  # failures first, then objections, each in check order
-        for j, v in enumerate(verdicts):
-            if v.reasons is None:
-                continue
-            reasons = pa.array(v.reasons, pa.string()) if not isinstance(v.reasons, (pa.Array, pa.ChunkedArray)) \
-                else v.reasons
+    objections = []  # (check, rows it objects to, whether those are failures, its reasons)
+    for j, v in enumerate(verdicts):
+        if v.reasons is not None:
+            reasons = v.reasons if isinstance(v.reasons, (pa.Array, pa.ChunkedArray)) else pa.array(v.reasons, pa.string())
             objects = pc.is_valid(reasons).to_numpy(zero_copy_only=False)
-            hit = (winner < 0) & objects & (np.broadcast_to(np.asarray(v.failed, bool), (n,)) == failures)
-            if not hit.any():
-                continue
-            winner[hit], failed[hit] = j, failures
-            reason[hit] = _objects(reasons, n)[hit]
-            detail[hit] = _objects(v.details, n)[hit]
+            objections.append((j, objects, np.broadcast_to(np.asarray(v.failed, bool), (n,)), reasons))
+    for failures in (True, False):  # failures first, then objections, each in check order
+        for j, objects, as_failure, reasons in objections:
+            hit = (winner < 0) & objects & (as_failure == failures)
+            if hit.any():
+                winner[hit], failed[hit] = j, failures
+                reason[hit] = _objects(reasons, n)[hit]
+                detail[hit] = _objects(verdicts[j].details, n)[hit]
     kept = winner < 0
     notes = [_objects(v.notes, n) for v in verdicts if v.notes is not None]
     if notes:

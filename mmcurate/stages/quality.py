@@ -23,16 +23,9 @@ class QualityStage(FilterStage):
 
     name = "quality"
     version = "1"
-    fields = (
-        pa.field(C.CAPTION_WORDS, pa.int32()),
-        pa.field(C.CAPTION_CHARS, pa.int32()),
-        pa.field(C.CAPTION_DIGIT_FRACTION, pa.float32()),
-        pa.field(C.CAPTION_ALPHA_FRACTION, pa.float32()),
-        pa.field(C.CAPTION_TOP_WORD_FRACTION, pa.float32()),
-    )
+    fields = caption_text.STAT_FIELDS
     histograms = (Histogram(C.CAPTION_WORDS, "quality.basic.min_words", "min"),)
     input_columns = ()
 
     def measure(self, rows: pa.Table) -> dict[str, Sequence]:
-        stats = [caption_text.stats(c) for c in rows[C.CAPTION].to_pylist()]
-        return {column: [getattr(s, attr) for s in stats] for column, attr in caption_text.STAT_COLUMNS.items()}
+        return caption_text.stats_columns(rows[C.CAPTION].to_pylist())

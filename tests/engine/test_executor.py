@@ -8,7 +8,7 @@ import os
 import pytest
 
 from mmcurate.engine import executor
-from mmcurate.schemas.errors import ConfigError
+from mmcurate.schemas.errors import ConfigError, ModelError
 
 
 def where_am_i(x: int) -> tuple[int, int]:
@@ -17,6 +17,10 @@ def where_am_i(x: int) -> tuple[int, int]:
 
 def bad_setting() -> None:
     raise ConfigError("quality.image_based.reference_path: no such file")
+
+
+def bad_model() -> None:
+    raise ModelError("clip.model", "/models/nope is not an open_clip folder")
 
 
 def broken() -> None:
@@ -31,6 +35,9 @@ def test_run_remote_runs_on_a_worker_and_passes_errors_back():
         with pytest.raises(ConfigError) as err:
             executor.run_remote(bad_setting)
         assert type(err.value) is ConfigError and str(err.value) == "quality.image_based.reference_path: no such file"
+        with pytest.raises(ModelError) as err:
+            executor.run_remote(bad_model)
+        assert err.value.key == "clip.model" and str(err.value) == "clip.model: /models/nope is not an open_clip folder"
         with pytest.raises(ZeroDivisionError):
             executor.run_remote(broken)
     finally:

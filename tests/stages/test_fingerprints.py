@@ -43,3 +43,34 @@ def test_fingerprints_are_those_of_earlier_versions(name):
         chain = stage.fingerprint(chain)
         got[stage.name] = chain
     assert got == EXPECTED[name]
+
+
+# the columns each filter-made stage wrote before stages were made of filters (identity and decision first)
+COLUMNS = {
+    "quality": [("caption_words", "int32"), ("caption_chars", "int32"), ("caption_digit_fraction", "float"),
+                ("caption_alpha_fraction", "float"), ("caption_top_word_fraction", "float"), ("language", "string"),
+                ("language_confidence", "float")],
+    "clip_heads": [("aesthetic_score", "float"), ("watermark_score", "float")],
+    "safety": [("toxicity", "float"), ("toxicity_class", "string"), ("toxicity_model", "string"), ("nsfw", "float"),
+               ("nsfw_class", "string")],
+    "privacy": [("faces", "int16"), ("face_boxes", "list<item: list<item: int32>>"), ("face_action", "string"),
+                ("pii_types", "list<item: string>"), ("pii_action", "string"), ("caption", "string"),
+                ("image", "binary"), ("image_format", "string")],
+}
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_filter_stages_write_the_columns_of_earlier_versions(partial):
+    """With every filter on, and with only one filter per stage on (the others' columns stay, as null)."""
+    quality = {"text": {"enabled": True}} if partial else {"text": {"enabled": True}, "basic": {"enabled": True}}
+    quality["watermark"] = {"enabled": True, "weights": "w.pth"}
+    if not partial:
+        quality["aesthetic"] = {"enabled": True, "weights": "a.pth"}
+    config = config_from_dict({"input": {"path": "x"}, "quality": quality,
+                               **({"safety": {"nsfw": {"enabled": False}}, "privacy": {"faces": {"enabled": False}}}
+                                  if partial else {})})
+    stages = {s.name: s for s in build_stages(config)}
+    for name, columns in COLUMNS.items():
+        schema = stages[name].output_schema
+        assert schema.names[:5] == ["uid", "row", "status", "reason", "detail"], name
+        assert [(f.name, str(f.type)) for f in schema][5:] == columns, name
