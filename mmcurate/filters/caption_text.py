@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 
 import pyarrow as pa
 
@@ -85,8 +86,8 @@ def boilerplate(caption: str, s: TextStats, max_digit_fraction: float, max_repea
 
 def stats_columns(captions: list[str]) -> dict[str, list]:
     """The statistics of every caption, as the quality stage's columns."""
-    measured = [astuple(stats(c)) for c in captions]
-    return {f.name: [m[i] for m in measured] for i, f in enumerate(STAT_FIELDS)}
+    measured = [stats(c) for c in captions]
+    return {f.name: [getattr(m, attr.name) for m in measured] for f, attr in zip(STAT_FIELDS, dataclass_fields(TextStats))}
 
 
 def stats_of(rows: pa.Table) -> list[TextStats]:
