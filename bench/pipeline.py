@@ -1,29 +1,43 @@
-"""The whole default pipeline vs the sum of its stages run alone, and the driver's peak memory.
+"""The whole pipeline vs each of its stages run alone; the streaming engine vs the barrier engine;
+the driver's and the object store's peak memory.
 
-1. A loopback server holds `--rows` distinct pictures (coloured shapes, 96 px PNG). The default
-   pipeline runs on them as users run it, offline: the demo's stand-in CLIP in place of
-   ViT-B-32, profanity-check in place of detoxify's download; NSFW (where the nsfw extra is
-   installed), faces and PII as shipped. Rows/s per stage come from the manifest.
+1. A loopback server holds `--rows` distinct pictures (coloured shapes, 96 px PNG). The pipeline
+   runs on them as users run it, offline: the demo's stand-in CLIP in place of ViT-B-32,
+   profanity-check in place of detoxify's download; NSFW (where the nsfw extra is installed),
+   faces and PII as shipped.
 2. Each stage alone: its outputs are deleted from the finished run dir and the run repeated, so
-   that exactly that stage runs again (on the same input, with everything else done); the
-   manifest times it. The ratio whole / sum(alone) shows what running the stages together costs
-   (goal <= 1.3x).
-3. Driver peak RSS (the kernel's VmHWM) for the same default pipeline at `--rss-rows` and 10x that:
-   global stages (dedup, CLIP's threshold) decide in a worker task, so it should stay flat.
+   that exactly that stage runs again (on the same input, with everything else done).
+3. The same pipeline with `engine.streaming: false` (every stage a barrier, the engine before
+   streaming), in another run dir: its time, and whether its ledger and exports are byte-identical.
+4. Driver peak RSS (the kernel's VmHWM) and the object store's peak (polled from Ray's raylet)
+   at `--rss-rows` and 10x that: they should stay flat.
+
+Times are the span of the stages' shards (the first shard's `started` to the last one's
+`finished`, from the shard stats), so Ray's start and the exports count in no figure but the
+wall clock.
+
+`--latency-ms 300` makes the server answer every request that late, as web hosts do, and runs
+downloads with `--threads` threads (few), so that download alone and the CPU stages alone take
+about the same time. Dedup is a barrier (it must see every shard), so here it is off unless
+`--dedup`: then nothing separates download from the detectors and they can overlap.
 
     python bench/pipeline.py [--rows 10000] [--rss-rows 2000]
+    python bench/pipeline.py --latency-ms 300 --rows 1000 [--threads 4] [--dedup]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -31,11 +45,64 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def run(config: Path, run_dir: Path, *extra: str) -> tuple[float, int]:
-    """Run the CLI; return (seconds, the driver's peak RSS in bytes, from /proc: Linux)."""
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+class StoreWatch(threading.Thread):
+    """Polls the object store's bytes in use of the Ray cluster the process `pid` started."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.halt = pid, 0, threading.Event()
+
+    def gcs_address(self) -> str | None:
+        for child in descendants(self.pid):
+            try:
+                args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if args and args[0].endswith(b"gcs_server"):
+                opts = dict(a.decode().lstrip("-").split("=", 1) for a in args[1:] if b"=" in a)
+                return f"{opts.get('node_ip_address', opts.get('node-ip-address', '127.0.0.1'))}:{opts['gcs_server_port']}"
+        return None
+
+    def run(self) -> None:
+        from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+        state = None
+        while not self.halt.wait(0.25):
+            try:
+                if state is None:
+                    address = self.gcs_address()
+                    state = get_state_from_address(address) if address else None
+                if state is not None:
+                    used = get_memory_info_reply(state, timeout_seconds=5).store_stats.object_store_bytes_used
+                    self.peak = max(self.peak, used)
+            except Exception:  # the cluster is starting or going: try again
+                state = None
+
+
+def run(config: Path, run_dir: Path, *extra: str) -> tuple[float, int, int]:
+    """Run the CLI; return (seconds, the driver's peak RSS, the object store's peak, in bytes)."""
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "mmcurate", "run", str(config), "--run-dir", str(run_dir),
                              "--quiet", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watch = StoreWatch(proc.pid)
+    watch.start()
     peak = 0
     while proc.poll() is None:
         try:
@@ -44,27 +111,33 @@ def run(config: Path, run_dir: Path, *extra: str) -> tuple[float, int]:
         except (OSError, IndexError, ValueError):
             pass
         time.sleep(0.1)
+    watch.halt.set()
+    watch.join()
     err = proc.stderr.read()
     if proc.returncode:
         raise SystemExit(f"run failed: {err[-2000:]}")
-    return time.perf_counter() - start, peak
+    return time.perf_counter() - start, peak, watch.peak
 
 
-def ray_start_seconds() -> float:
-    """What starting an embedded Ray costs here: every "alone" run pays it inside its stage's time."""
-    code = ("import time, ray; t = time.perf_counter(); ray.init(address='local', include_dashboard=False); "
-            "ray.get(ray.remote(lambda: 1).remote()); print(time.perf_counter() - t); ray.shutdown()")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+def span(run_dir: Path, stages: list[str]) -> float:
+    """Seconds from the first shard any of `stages` began to the last one it finished."""
+    stats = [json.loads(p.read_text()) for s in stages for p in (run_dir / "stages" / s).glob("*.stats.json")]
+    return (max(datetime.fromisoformat(s["finished"]) for s in stats)
+            - min(datetime.fromisoformat(s["started"]) for s in stats)).total_seconds()
 
 
-def serve(rows: int):
+def digests(run_dir: Path) -> dict[str, str]:
+    files = [run_dir / "ledger.parquet"] + sorted((run_dir / "shards").rglob("*.*"))
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def serve(rows: int, delay_s: float = 0.0):
     from mmcurate.demo import shapes
     from mmcurate.demo.server import ImageServer, Route
 
     pairs = shapes.pairs(rows, seed=3, size=96)
     server = ImageServer({f"/s/{i}.png": Route(shapes.png(p.image), content_type="image/png")
-                          for i, p in enumerate(pairs)})
+                          for i, p in enumerate(pairs)}, delay_s=delay_s)
     lines = [{"url": server.url(f"/s/{i}.png"), "caption": p.caption} for i, p in enumerate(pairs)]
     return server, lines
 
@@ -75,15 +148,24 @@ def write_input(folder: Path, lines: list[dict]) -> Path:
     return path
 
 
+def mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--rss-rows", type=int, default=2_000)
     parser.add_argument("--shard-size", type=int, default=500)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="every response this late")
+    parser.add_argument("--threads", type=int, default=4, help="download threads per task, with --latency-ms")
+    parser.add_argument("--dedup", action="store_true", help="keep dedup on with --latency-ms (a barrier)")
     parser.add_argument("--skip-alone", action="store_true")
+    parser.add_argument("--skip-rss", action="store_true")
     args = parser.parse_args()
     from mmcurate.demo import shapes
 
+    latency = args.latency_ms / 1000
     tmp = Path(tempfile.mkdtemp(prefix="mmcurate-bench-"))
     clip_dir, card = shapes.ensure_model()
     try:
@@ -93,63 +175,69 @@ def main() -> None:
     except ImportError:
         nsfw = False
 
-    def default_pipeline(path: Path) -> dict:
-        return {
+    def pipeline(path: Path) -> dict:
+        config = {
             "input": {"path": str(path), "shard_size": args.shard_size},
             "download": {"allow_networks": ["127.0.0.1/32"], "retries": 0},
             "clip": {"model": f"local-dir:{clip_dir}", "min_score": card["threshold"], "batch_size": 128},
             "safety": {"toxicity": {"model": "profanity-check"}, "nsfw": {"enabled": nsfw}},
             "export": {"formats": ["webdataset", "parquet"]},
         }
-    server, lines = serve(args.rows)
+        if latency:
+            config["download"]["threads"] = args.threads
+            if not args.dedup:
+                config["dedup"] = {"exact": False, "phash": {"enabled": False}}
+        return config
+
+    server, lines = serve(args.rows, latency)
     with server:
-        (tmp / "c.yaml").write_text(yaml.safe_dump(default_pipeline(write_input(tmp, lines))))
-        whole_dir = tmp / "whole"
-        whole_s, whole_rss = run(tmp / "c.yaml", whole_dir)
+        (tmp / "c.yaml").write_text(yaml.safe_dump(pipeline(write_input(tmp, lines))))
+        whole_dir, barrier_dir = tmp / "whole", tmp / "barrier"
+        whole_s, whole_rss, whole_store = run(tmp / "c.yaml", whole_dir)
         manifest = json.loads((whole_dir / "manifest.json").read_text())
         stages = [s for s in manifest["stage_order"] if s != "ingest" and not s.startswith("export-")]
+        whole_span = span(whole_dir, stages)
+        barrier_s, _, _ = run(tmp / "c.yaml", barrier_dir, "--set", "engine.streaming=false")
+        barrier_span = span(barrier_dir, stages)
+        identical = digests(whole_dir) == digests(barrier_dir)
         table = []
         for name in stages:
-            info = manifest["stages"][name]
             alone = None
             if not args.skip_alone:
                 shutil.rmtree(whole_dir / "stages" / name)
                 run(tmp / "c.yaml", whole_dir)
-                alone = json.loads((whole_dir / "manifest.json").read_text())["stages"][name]["seconds_this_run"]
-            table.append((name, info["rows_in"], info["seconds_this_run"], alone))
-    in_stages = sum(t[2] for t in table)
-    alone_sum = sum(t[3] for t in table) if not args.skip_alone else None
-    ray_start = ray_start_seconds()
+                alone = span(whole_dir, [name])
+            table.append((name, manifest["stages"][name]["rows_in"], alone))
 
     rss = {}
-    for scale in (1, 10):
+    for scale in () if args.skip_rss else (1, 10):
         server, lines = serve(args.rss_rows * scale)
         with server:
             folder = tmp / f"rss-{scale}"
             folder.mkdir()
-            (folder / "c.yaml").write_text(yaml.safe_dump(default_pipeline(write_input(folder, lines))))
-            seconds, peak = run(folder / "c.yaml", folder / "run")
-            rss[scale] = (args.rss_rows * scale, seconds, peak)
+            (folder / "c.yaml").write_text(yaml.safe_dump(pipeline(write_input(folder, lines))))
+            rss[scale] = (args.rss_rows * scale, *run(folder / "c.yaml", folder / "run"))
 
-    print(f"{args.rows:,} rows from a loopback server, {os.cpu_count()} cores, one run\n")
-    print("| stage | rows in | s in the whole run | rows/s | s alone |")
-    print("|---|---|---|---|---|")
-    for name, rows_in, seconds, alone in table:
-        rate = f"{rows_in / seconds:,.0f}" if seconds else "-"
-        print(f"| {name} | {rows_in:,} | {seconds:.1f} | {rate} | {alone if alone is None else f'{alone:.1f}'} |")
-    print(f"\nwhole run, wall clock (Ray start, ingest, stages, ledger, exports, report): {whole_s:.1f} s "
-          f"= {args.rows / whole_s:,.1f} rows/s; stages inside it: {in_stages:.1f} s")
-    if alone_sum:
-        print(f"sum of the stages run alone: {alone_sum:.1f} s; whole run / sum alone = {whole_s / alone_sum:.2f}x "
-              f"(stages only: {in_stages / alone_sum:.2f}x)")
-        net = alone_sum - ray_start * len(table)
-        print(f"each alone run starts Ray ({ray_start:.1f} s here); without that: sum alone {net:.1f} s, "
-              f"whole run / sum alone = {whole_s / net:.2f}x (stages only: {in_stages / net:.2f}x)")
-    print(f"driver peak RSS, whole pipeline: {whole_rss / 2**20:,.0f} MiB")
-    for scale, (rows, seconds, peak) in rss.items():
-        print(f"driver peak RSS, whole pipeline, {rows:,} rows ({scale}x): {peak / 2**20:,.0f} MiB ({seconds:.0f} s)")
+    how = f"every response {args.latency_ms:g} ms late, {args.threads} download threads a task" if latency else "no latency"
+    print(f"{args.rows:,} rows from a loopback server ({how}), {args.shard_size}-row shards, {os.cpu_count()} cores\n")
+    print("| stage | rows in | s alone | rows/s alone |")
+    print("|---|---|---|---|")
+    for name, rows_in, alone in table:
+        rate = f"{rows_in / alone:,.0f}" if alone else "-"
+        print(f"| {name} | {rows_in:,} | {'-' if alone is None else f'{alone:.1f}'} | {rate} |")
+    print(f"\nstages of the whole run, streaming: {whole_span:.1f} s; barrier engine: {barrier_span:.1f} s "
+          f"(wall clock with Ray's start, ingest, ledger, exports, report: {whole_s:.1f} s and {barrier_s:.1f} s)")
+    print(f"output of the streaming run byte-identical to the barrier run's: {'yes' if identical else 'NO'}")
+    if not args.skip_alone:
+        total, slowest = sum(t[2] for t in table), max(t[2] for t in table)
+        print(f"sum of the stages alone: {total:.1f} s, slowest alone: {slowest:.1f} s")
+        print(f"streaming whole / sum(alone) = {whole_span / total:.2f}x, whole / max(alone) = {whole_span / slowest:.2f}x")
+        print(f"barrier whole / sum(alone) = {barrier_span / total:.2f}x")
+    print(f"\npeak, whole run: driver RSS {mib(whole_rss)}, object store {mib(whole_store)}")
+    for scale, (rows, seconds, peak, store) in rss.items():
+        print(f"peak, {rows:,} rows ({scale}x): driver RSS {mib(peak)}, object store {mib(store)} ({seconds:.0f} s)")
     if len(rss) == 2:
-        print(f"driver peak RSS 10x / 1x: {rss[10][2] / rss[1][2]:.2f}")
+        print(f"10x / 1x: driver RSS {rss[10][2] / rss[1][2]:.2f}, object store {rss[10][3] / max(rss[1][3], 1):.2f}")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,43 +18,82 @@ log = logging.getLogger("mmcurate")
 
 
 class LineProgress:
-    """One live line per stage on stderr: shards done / total, rows, rows/s."""
+    """One line per stage on stderr: shards done / total, rows, rows/s.
+
+    On a terminal the lines of the stages running at once (a streaming segment) update together,
+    redrawn in place a few times a second (rich); in a log file each stage gets a line every
+    `interval_s` and one when it ends. Events may come from the engine's watcher thread.
+    """
 
     def __init__(self, stream=sys.stderr, interval_s: float = 5.0):
         self.stream = stream
         self.live = stream.isatty()
         self.interval_s = interval_s
         self._state: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        self._screen = None
 
     def begin(self, stage: str, total: int, done: int) -> None:
-        self._state[stage] = {"total": total, "done": done, "rows": 0, "start": time.perf_counter(), "shown": 0.0}
+        with self._lock:
+            self._state[stage] = {"total": total, "done": done, "rows": 0, "start": time.perf_counter(), "shown": 0.0,
+                                  "end": None}
+        if self.live and self._screen is None:
+            from rich.console import Console
+            from rich.live import Live
+
+            self._screen = Live(self, console=Console(file=self.stream), refresh_per_second=4, transient=False)
+            self._screen.start()
         self._draw(stage, final=False)
 
     def advance(self, stage: str, stats: dict) -> None:
-        st = self._state[stage]
-        st["done"] += 1
-        st["rows"] += stats.get("rows_in", 0)
+        with self._lock:
+            st = self._state[stage]
+            st["done"] += 1
+            st["rows"] += stats.get("rows_in", 0)
         self._draw(stage, final=False)
 
     def end(self, stage: str) -> None:
+        with self._lock:
+            self._state[stage]["end"] = time.perf_counter()
         self._draw(stage, final=True)
 
-    def _draw(self, stage: str, final: bool) -> None:
+    def close(self) -> None:
+        """Leave the last picture on the terminal."""
+        if self._screen is not None:
+            self._screen.stop()
+            self._screen = None
+
+    def line(self, stage: str) -> str:
         st = self._state[stage]
-        now = time.perf_counter()
-        if not self.live and not final and now - st["shown"] < self.interval_s:
-            return
-        if not final and not self.live and st["total"] == 0:
-            return
-        st["shown"] = now
-        elapsed = max(now - st["start"], 1e-9)
+        elapsed = max((st["end"] or time.perf_counter()) - st["start"], 1e-9)
         total = st["total"] if st["total"] else st["done"]
-        line = f"{stage:<18} {st['done']:>6}/{total:<6} shards  {st['rows']:>10,} rows  {st['rows'] / elapsed:>9,.0f} rows/s"
+        return f"{stage:<18} {st['done']:>6}/{total:<6} shards  {st['rows']:>10,} rows  {st['rows'] / elapsed:>9,.0f} rows/s"
+
+    def __rich__(self):
+        from rich.text import Text
+
+        with self._lock:
+            return Text("\n".join(self.line(stage) for stage in self._state))
+
+    def _draw(self, stage: str, final: bool) -> None:
         if self.live:
-            self.stream.write("\r" + line + ("\n" if final else ""))
-        else:
-            self.stream.write(line + "\n")
+            return  # the live screen redraws itself
+        with self._lock:
+            st = self._state[stage]
+            now = time.perf_counter()
+            if not final and (now - st["shown"] < self.interval_s or st["total"] == 0):
+                return
+            st["shown"] = now
+            text = self.line(stage)
+        self.stream.write(text + "\n")
         self.stream.flush()
+
+
+def _progress(args) -> contextlib.AbstractContextManager:
+    """The progress display of a command, closed (its last picture left) when the command ends."""
+    from mmcurate.jobs.run import NoProgress
+
+    return contextlib.nullcontext(NoProgress()) if args.quiet else contextlib.closing(LineProgress())
 
 
 def _config(args):
@@ -63,12 +104,12 @@ def _config(args):
 
 
 def cmd_run(args) -> int:
-    from mmcurate.jobs.run import NoProgress, run
+    from mmcurate.jobs.run import run
 
     config = _config(args)
     run_dir = args.run_dir or Path("runs") / Path(args.config).stem
-    progress = NoProgress() if args.quiet else LineProgress()
-    result = run(config, run_dir, address=args.address, force=args.force, progress=progress)
+    with _progress(args) as progress:
+        result = run(config, run_dir, address=args.address, force=args.force, progress=progress)
     led = result.ledger
     print(f"run dir: {result.run_dir}")
     print(f"ledger:  {led['rows']:,} rows = {led['kept']:,} kept + {led['dropped']:,} dropped + {led['failed']:,} failed")
@@ -78,12 +119,11 @@ def cmd_run(args) -> int:
 
 def cmd_demo(args) -> int:
     from mmcurate.demo import run_demo, shapes
-    from mmcurate.jobs.run import NoProgress
 
-    progress = NoProgress() if args.quiet else LineProgress()
     if not (shapes.cache_dir() / "mmcurate_card.json").exists() and not args.quiet:
         print(f"training the demo's offline stand-in CLIP once (about a minute) into {shapes.cache_dir()}", flush=True)
-    result = run_demo(args.run_dir, progress=progress, force=args.force)
+    with _progress(args) as progress:
+        result = run_demo(args.run_dir, progress=progress, force=args.force)
     led = result.ledger
     print(f"run dir: {result.run_dir}")
     print(f"ledger:  {led['rows']:,} rows = {led['kept']:,} kept + {led['dropped']:,} dropped + {led['failed']:,} failed")

@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
+import pickle
+import traceback
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
+
+import numpy as np
 
 from mmcurate.stages.base import Cluster, Resources
 
@@ -73,20 +77,96 @@ def stop() -> None:
         ray.shutdown()
 
 
-def _run_batch(batch: dict, task: ShardCallable) -> dict:
-    task.setup()
-    return {"stats": [json.dumps(task(int(s))) for s in batch["shard"]]}
+class ShardFailure:
+    """A shard a step could not do: the exception as it was raised (when it pickles), and its traceback."""
+
+    def __init__(self, step: int, shard: int, error: BaseException, trace: str):
+        self.step, self.shard, self.error, self.trace = step, shard, error, trace
 
 
-class _ActorRunner:
-    """An actor-pool member: the task's models load once, in the constructor."""
+def _pack(err: BaseException) -> bytes:
+    trace = "".join(traceback.format_exception(err))
+    try:
+        body = pickle.dumps(err)
+        pickle.loads(body)
+    except Exception:  # an exception that does not survive pickling comes back as its text
+        body = pickle.dumps(RuntimeError(f"{type(err).__name__}: {err}"))
+    return pickle.dumps((body, trace))
 
-    def __init__(self, task: ShardCallable):
-        self.task = task
-        task.setup()
+
+class _Step:
+    """One step of a stream: the shard task on every shard of a batch that no earlier step failed.
+
+    A failure is caught and passed on as data, so that one bad shard stops neither the shards
+    beside it nor the pipeline; the driver raises once every healthy shard is through. Stats
+    travel as JSON text (for the driver's progress), errors as pickled bytes.
+    """
+
+    def __init__(self, task: ShardCallable, index: int):
+        self.task, self.index, self.broken = task, index, None
+        try:
+            task.setup()
+        except Exception as err:  # a model that cannot load: every shard of this step fails with it
+            self.broken = _pack(err)
 
     def __call__(self, batch: dict) -> dict:
-        return {"stats": [json.dumps(self.task(int(s))) for s in batch["shard"]]}
+        stats, errors, steps = [], [], []
+        before = batch.get("step", np.full(len(batch["shard"]), -1))
+        for shard, error, step in zip(batch["shard"], batch["error"], before):
+            if not error:
+                step, error = self.index, self.broken
+            if not error:
+                try:
+                    stats.append(json.dumps(self.task(int(shard))))
+                    errors.append(b"")
+                    steps.append(step)
+                    continue
+                except Exception as err:
+                    error = _pack(err)
+            stats.append("")
+            errors.append(error)
+            steps.append(step)  # the step that failed, carried past the later ones
+        return {"shard": batch["shard"], "error": np.array(errors, dtype=object), "step": np.array(steps, np.int64),
+                "stats": np.array(stats, dtype=object)}
+
+
+def _run_step(batch: dict, task: ShardCallable, index: int) -> dict:
+    return _Step(task, index)(batch)
+
+
+def stream(steps: Sequence[tuple[ShardCallable, Resources]], shards: Iterable[int],
+           on_done: Callable[[dict], None] = lambda stats: None) -> list[ShardFailure]:
+    """Every shard through every step, as one streaming Ray Data pipeline: shard k is in step 2
+    while shard k+1 is in step 1. Only shard ids, stats and errors travel between steps (the
+    rows stay in the run dir's files), so the object store holds a few hundred bytes a shard.
+
+    `on_done(stats)` gets the last step's stats of each shard as it comes out; the shards some
+    step failed come back as `ShardFailure`s, after every other shard is through.
+    """
+    import ray.data
+
+    items = [{"shard": s, "error": b""} for s in shards]
+    if not items:
+        return []
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    for index, (task, resources) in enumerate(steps):
+        common: dict[str, Any] = dict(batch_size=1, batch_format="numpy", num_cpus=resources.num_cpus)
+        if resources.num_gpus:
+            common["num_gpus"] = resources.num_gpus
+        if resources.actors:
+            size = resources.actors if resources.min_actors is None else (resources.min_actors, resources.actors)
+            ds = ds.map_batches(_Step, fn_constructor_args=(task, index), concurrency=size, **common)
+        else:
+            ds = ds.map_batches(_run_step, fn_args=(task, index), **common)
+    failures = []
+    for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
+        for shard, step, error, stats in zip(batch["shard"], batch["step"], batch["error"], batch["stats"]):
+            if error:
+                body, trace = pickle.loads(error)
+                failures.append(ShardFailure(int(step), int(shard), pickle.loads(body), trace))
+            else:
+                on_done(json.loads(stats))
+    return sorted(failures, key=lambda f: (f.step, f.shard))
 
 
 def map_shards(
@@ -95,23 +175,11 @@ def map_shards(
     resources: Resources,
     on_done: Callable[[dict], None],
 ) -> None:
-    """Run `task` on every shard on the cluster; call `on_done(stats)` as each one finishes."""
-    import ray.data
-
-    items = [{"shard": s} for s in shards]
-    if not items:
-        return
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    common = dict(batch_size=1, batch_format="numpy", num_cpus=resources.num_cpus)
-    if resources.num_gpus:
-        common["num_gpus"] = resources.num_gpus
-    if resources.actors:
-        ds = ds.map_batches(_ActorRunner, fn_constructor_args=(task,), concurrency=resources.actors, **common)
-    else:
-        ds = ds.map_batches(_run_batch, fn_args=(task,), **common)
-    for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
-        for text in batch["stats"]:
-            on_done(json.loads(text))
+    """Run `task` on every shard on the cluster; call `on_done(stats)` as each one finishes.
+    Raises the first shard's error once the others are done."""
+    failures = stream([(task, resources)], shards, on_done)
+    if failures:
+        raise failures[0].error
 
 
 def run_remote(fn: Callable[..., Any], *args: Any, num_cpus: float = 1.0) -> Any:
@@ -168,6 +236,11 @@ class RaySession:
                    on_done: Callable[[dict], None]) -> None:
         self.ensure()
         map_shards(task, shards, resources, on_done)
+
+    def stream(self, steps: Sequence[tuple[ShardCallable, Resources]], shards: Iterable[int],
+               on_done: Callable[[dict], None] = lambda stats: None) -> list[ShardFailure]:
+        self.ensure()
+        return stream(steps, shards, on_done)
 
     def run_remote(self, fn: Callable[..., Any], *args: Any) -> Any:
         self.ensure()

@@ -1,29 +1,36 @@
-"""Running a stage over the shards of a run: per-shard tasks, the global task, resume, totals.
+"""Running stages over the shards of a run: streaming segments, the global task, resume, totals.
 
-A per-shard stage becomes a `ShardTask` mapped over the pending shards by the Ray adapter; a
-global stage is decided in one Ray task on a worker (`decide_global`), never on the driver, which
-only waits: its memory does not grow with the input. Either way a shard's output and stats
-appear atomically, and a rerun skips the shards whose stats exist.
+The per-shard stages of a segment (`engine/plan.py`) become `ShardTask`s chained into one
+streaming pipeline over the pending shards by the Ray adapter: shard k is in the second stage
+while shard k+1 is in the first. A global stage is decided in one Ray task on a worker
+(`decide_global`), never on the driver, which only waits: its memory does not grow with the
+input. Either way a shard's output and stats appear atomically, and a rerun skips the shards
+whose stats exist.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
 
 from mmcurate.engine import atomic
-from mmcurate.engine.executor import RaySession
+from mmcurate.engine.executor import RaySession, ShardFailure
+from mmcurate.engine.plan import is_barrier, split
 from mmcurate.engine.rundir import RunDir
 from mmcurate.engine.shards import alive_rows, check_aligned, write_stage_shard
 from mmcurate.schemas import columns as C
+from mmcurate.schemas.errors import MmcurateError
 from mmcurate.stages.base import GlobalStage, ShardContext, Stage
 
 log = logging.getLogger(__name__)
@@ -43,13 +50,16 @@ class NoProgress:
     def end(self, stage: str) -> None: ...
 
 
-def process_shard(run_dir: RunDir, stage: Stage, shard: int, rows: pa.Table, start: float | None = None) -> dict:
-    """Run `stage` on the alive `rows` of `shard` and store what it made; return the shard's stats."""
-    start = time.perf_counter() if start is None else start
+def process_shard(run_dir: RunDir, stage: Stage, shard: int, rows: pa.Table,
+                  start: tuple[float, float] | None = None) -> dict:
+    """Run `stage` on the alive `rows` of `shard` and store what it made; return the shard's stats.
+    `start` is (time.time(), time.perf_counter()) when the shard was begun (before its rows were read)."""
+    start = start or (time.time(), time.perf_counter())
     stage.context = ShardContext(shard, run_dir.cache_file(stage.name, shard))
     out = stage.process(rows)
     check_aligned(stage.name, rows, out)
-    return write_stage_shard(run_dir, stage, shard, out, time.perf_counter() - start, stage.context.side_tables)
+    return write_stage_shard(run_dir, stage, shard, out, time.perf_counter() - start[1], stage.context.side_tables,
+                             started=start[0])
 
 
 @dataclass
@@ -68,7 +78,7 @@ class ShardTask:
         run_dir = RunDir(Path(self.root))
         if run_dir.is_done(self.stage.name, shard):  # a retried task after its output landed
             return run_dir.read_stats(self.stage.name, shard)
-        start = time.perf_counter()
+        start = (time.time(), time.perf_counter())
         rows = alive_rows(run_dir, shard, self.upstream, self.stage.input_columns)
         return process_shard(run_dir, self.stage, shard, rows, start)
 
@@ -83,7 +93,7 @@ def decide_global(root: str, stage: GlobalStage, upstream: list[Stage], pending:
     from mmcurate.engine import executor
 
     run_dir = RunDir(Path(root))
-    start = time.perf_counter()
+    started, start = time.time(), time.perf_counter()
     keep = [C.UID, C.ROW, *(stage.input_columns or ())]
     parts = []
     for shard in range(run_dir.shard_count()):
@@ -93,11 +103,12 @@ def decide_global(root: str, stage: GlobalStage, upstream: list[Stage], pending:
     stage.setup()
     out = stage.decide(rows, executor.map_tasks)
     check_aligned(stage.name, rows, out)
-    seconds = (time.perf_counter() - start) / max(len(parts), 1)
+    seconds = (time.perf_counter() - start) / max(len(parts), 1)  # the stage's time, divided evenly
     stats, offset, todo = [], 0, set(pending)
     for shard, part in enumerate(parts):
         if shard in todo:
-            stats.append(write_stage_shard(run_dir, stage, shard, out.slice(offset, part.num_rows), seconds))
+            stats.append(write_stage_shard(run_dir, stage, shard, out.slice(offset, part.num_rows), seconds,
+                                           started=started))
         offset += part.num_rows
     return stats
 
@@ -128,13 +139,30 @@ def run_shards(run_dir: RunDir, name: str, work: Work, fingerprint: str, shards:
     if pending:
         work(pending, lambda stats: progress.advance(name, stats))
     progress.end(name)
-    seconds = time.perf_counter() - start
+    return totals(run_dir, name, fingerprint, shards, pending, time.perf_counter() - start)
+
+
+def _span(stats: list[dict]) -> float | None:
+    """Seconds from the first shard's start to the last one's end (None without timestamps)."""
+    try:
+        return (max(datetime.fromisoformat(s["finished"]) for s in stats)
+                - min(datetime.fromisoformat(s["started"]) for s in stats)).total_seconds()
+    except (KeyError, ValueError):
+        return None
+
+
+def totals(run_dir: RunDir, name: str, fingerprint: str, shards: int, pending: list[int],
+           seconds: float | None = None) -> dict:
+    """A stage's manifest entry once every shard is done: counts, reasons, and this run's time
+    (`seconds`, or the span of the shards done this run when stages overlapped)."""
     all_stats = [run_dir.read_stats(name, s) for s in range(shards)]
-    totals = {"rows_in": 0, C.KEPT: 0, C.DROPPED: 0, C.FAILED: 0}
+    if seconds is None:
+        seconds = (_span([all_stats[s] for s in pending]) or 0.0) if pending else 0.0
+    counts = {"rows_in": 0, C.KEPT: 0, C.DROPPED: 0, C.FAILED: 0}
     reasons: dict[str, int] = {}
     for stats in all_stats:
-        for k in totals:
-            totals[k] += stats.get(k, 0)
+        for k in counts:
+            counts[k] += stats.get(k, 0)
         for r, n in stats.get("reasons", {}).items():
             reasons[r] = reasons.get(r, 0) + n
     rows_this_run = sum(all_stats[s]["rows_in"] for s in pending)
@@ -144,7 +172,7 @@ def run_shards(run_dir: RunDir, name: str, work: Work, fingerprint: str, shards:
         "shards_total": shards,
         "shards_done": shards,
         "shards_this_run": len(pending),
-        **totals,
+        **counts,
         "reasons": dict(sorted(reasons.items())),
         "seconds_this_run": round(seconds, 3),
         "rows_per_s_this_run": round(rows_this_run / seconds, 2) if pending and seconds > 0 else None,
@@ -152,15 +180,110 @@ def run_shards(run_dir: RunDir, name: str, work: Work, fingerprint: str, shards:
     }
 
 
-def run_stage(run_dir: RunDir, ray: RaySession, stage: Stage, upstream: Sequence[Stage], fingerprint: str,
-              shards: int, progress: Progress) -> dict:
-    """One stage over every shard of the run, resuming what is done; returns its manifest entry."""
+class _Watcher(threading.Thread):
+    """While a segment streams: reports each stage's shards as their stats files appear, and each
+    stage's manifest entry once all its shards are done (the files are the truth, on any node)."""
+
+    def __init__(self, run_dir: RunDir, segment: Sequence[Stage], fingerprints: Sequence[str], shards: int,
+                 pending: dict[str, list[int]], progress: Progress, on_stage_done: Callable[[str, dict], None],
+                 interval_s: float = 0.5):
+        super().__init__(daemon=True)
+        self.run_dir, self.segment, self.fingerprints, self.shards = run_dir, segment, fingerprints, shards
+        self.pending, self.progress, self.on_stage_done = pending, progress, on_stage_done
+        self.waiting = {name: set(todo) for name, todo in pending.items()}
+        self.interval_s, self.halt, self.error = interval_s, threading.Event(), None
+
+    def poll(self) -> None:
+        for stage, fingerprint in zip(self.segment, self.fingerprints):
+            waiting = self.waiting.get(stage.name)
+            if waiting is None:
+                continue  # reported
+            if waiting:
+                try:
+                    names = set(os.listdir(self.run_dir.stage_dir(stage.name)))
+                except FileNotFoundError:
+                    continue
+                for shard in sorted(waiting):
+                    if self.run_dir.stats_file(stage.name, shard).name in names:
+                        waiting.discard(shard)
+                        self.progress.advance(stage.name, self.run_dir.read_stats(stage.name, shard))
+            if not waiting:
+                del self.waiting[stage.name]
+                self.on_stage_done(stage.name, totals(self.run_dir, stage.name, fingerprint, self.shards,
+                                                      self.pending[stage.name]))
+
+    def run(self) -> None:
+        try:
+            while not self.halt.wait(self.interval_s):
+                self.poll()
+        except Exception as err:  # reported by `finish`, on the driver's thread
+            self.error = err
+
+    def finish(self) -> None:
+        self.halt.set()
+        self.join()
+        if self.error:
+            raise self.error
+        self.poll()
+
+
+def _raise_failures(steps: Sequence[Stage], failures: list[ShardFailure]) -> None:
+    """Raise what stopped the first failed shard, once every healthy shard is through
+    (`steps`: the stages of the stream, in the order its failures count them)."""
+    for f in failures:
+        log.warning("stage %s failed on shard %d: %s", steps[f.step].name, f.shard, f.error)
+        log.debug("%s", f.trace)
+    first = failures[0]
+    if isinstance(first.error, MmcurateError):
+        raise first.error
+    raise RuntimeError(
+        f"stage {steps[first.step].name!r} failed on shard {first.shard} ({type(first.error).__name__}: "
+        f"{first.error}); {len(failures)} shard(s) failed, every other shard is done: run again to retry them"
+    ) from first.error
+
+
+def run_segment(run_dir: RunDir, ray: RaySession, segment: Sequence[Stage], upstream: Sequence[Stage],
+                fingerprints: Sequence[str], shards: int, progress: Progress,
+                on_stage_done: Callable[[str, dict], None] = lambda name, entry: None,
+                gpu_actor_cpus: int = 4) -> None:
+    """The stages of one segment over every shard, resuming what is done; each stage's manifest
+    entry goes to `on_stage_done` as soon as that stage is done. A barrier is decided in one
+    worker task; per-shard stages stream, each with its share of the cluster (`plan.split`)."""
     root, upstream = str(run_dir.root), list(upstream)
-    if isinstance(stage, GlobalStage):
+    if is_barrier(segment[0]):
+        stage = segment[0]
+
         def work(pending: list[int], on_done: Callable[[dict], None]) -> None:
             for stats in ray.run_remote(decide_global, root, stage, upstream, pending):
                 on_done(stats)
+        on_stage_done(stage.name, run_shards(run_dir, stage.name, work, fingerprints[0], shards, progress))
+        return
+    pending = {}
+    for stage, fingerprint in zip(segment, fingerprints):
+        prepare_stage(run_dir, stage.name, fingerprint)
+        pending[stage.name] = [s for s in range(shards) if not run_dir.is_done(stage.name, s)]
+        progress.begin(stage.name, shards, shards - len(pending[stage.name]))
+    todo = sorted(set().union(*pending.values()))
+    watcher = _Watcher(run_dir, segment, fingerprints, shards, pending, progress, on_stage_done)
+    failures = []
+    if todo:
+        # only the stages with shards to do run (and load models); the rest are read from disk
+        running = [(i, stage) for i, stage in enumerate(segment) if pending[stage.name]]
+        cluster = ray.cluster()
+        shares = split([stage.resources(cluster) for _, stage in running], cluster, gpu_actor_cpus)
+        steps = [(ShardTask(root, stage, upstream + list(segment[:i])), share)
+                 for (i, stage), share in zip(running, shares)]
+        for (_, stage), share in zip(running, shares):
+            log.debug("stage %s runs with %s", stage.name, share)
+        watcher.poll()  # stages with nothing to do are done now
+        watcher.start()
+        try:
+            failures = ray.stream(steps, todo)
+        finally:
+            watcher.finish()
     else:
-        def work(pending: list[int], on_done: Callable[[dict], None]) -> None:
-            ray.map_shards(ShardTask(root, stage, upstream), pending, stage.resources(ray.cluster()), on_done)
-    return run_shards(run_dir, stage.name, work, fingerprint, shards, progress)
+        watcher.poll()
+    for stage in segment:
+        progress.end(stage.name)
+    if failures:
+        _raise_failures([stage for _, stage in running], failures)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -50,8 +52,13 @@ def check_aligned(stage: str, rows: pa.Table, out: pa.Table) -> None:
         )
 
 
-def shard_stats(stage: str, shard: int, out: pa.Table, seconds: float) -> dict:
-    """The statistics of one stage on one shard (also its resume marker): counts per status and reason."""
+def utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds")
+
+
+def shard_stats(stage: str, shard: int, out: pa.Table, seconds: float, started: float | None = None) -> dict:
+    """The statistics of one stage on one shard (also its resume marker): counts per status and
+    reason, and when it was begun and finished (UTC; a global stage's shards share its decision's)."""
     status = Counter(out[C.STATUS].to_pylist())
     reasons = Counter(r for r in out[C.REASON].to_pylist() if r is not None)
     return {
@@ -63,12 +70,14 @@ def shard_stats(stage: str, shard: int, out: pa.Table, seconds: float) -> dict:
         C.FAILED: status[C.FAILED],
         "reasons": dict(sorted(reasons.items())),
         "seconds": round(seconds, 4),
+        "started": utc(time.time() - seconds if started is None else started),
+        "finished": utc(time.time()),
         "worker": f"{socket.gethostname()}:{os.getpid()}",
     }
 
 
 def write_stage_shard(run_dir: RunDir, stage: Stage, shard: int, out: pa.Table, seconds: float,
-                      side_tables: dict[str, pa.Table] | None = None) -> dict:
+                      side_tables: dict[str, pa.Table] | None = None, started: float | None = None) -> dict:
     """Write a stage's side tables and output for one shard, then its stats (the resume marker)."""
     bad = set(out[C.STATUS].to_pylist()) - set(C.STATUSES)
     if bad:
@@ -76,6 +85,6 @@ def write_stage_shard(run_dir: RunDir, stage: Stage, shard: int, out: pa.Table, 
     for name, table in (side_tables or {}).items():
         atomic.write_parquet(run_dir.side_file(stage.name, name, shard), table)
     atomic.write_parquet(run_dir.shard_file(stage.name, shard), out.cast(stage.output_schema))
-    stats = shard_stats(stage.name, shard, out, seconds)
+    stats = shard_stats(stage.name, shard, out, seconds, started)
     atomic.write_json(run_dir.stats_file(stage.name, shard), stats)
     return stats

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import tarfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 
 from mmcurate.engine import atomic
 from mmcurate.engine.rundir import RunDir
+from mmcurate.engine.shards import utc
 from mmcurate.jobs.instructions import export_llava, require_instructions
 from mmcurate.jobs.ledger import ledger_shard
 from mmcurate.schemas import columns as C
@@ -161,8 +163,10 @@ class ExportTask:
         marker = run_dir.stats_file(f"export-{self.fmt}", shard)
         if marker.exists():
             return json.loads(marker.read_text())
+        started = time.time()
         count = export_shard(run_dir, shard, self.stages, self.fmt, run_dir.export_dir(self.fmt))
-        stats = {"stage": f"export-{self.fmt}", "shard": shard, "rows_in": count, C.KEPT: count}
+        stats = {"stage": f"export-{self.fmt}", "shard": shard, "rows_in": count, C.KEPT: count,
+                 "started": utc(started), "finished": utc(time.time())}
         atomic.write_json(marker, stats)
         return stats
 

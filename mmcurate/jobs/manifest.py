@@ -10,7 +10,7 @@ from importlib import metadata
 from mmcurate import __version__
 from mmcurate.engine import atomic
 from mmcurate.engine.rundir import RunDir
-from mmcurate.schemas.config import Config, config_from_dict
+from mmcurate.schemas.config import RUNTIME_SECTIONS, Config, config_from_dict
 from mmcurate.schemas.errors import ConfigError
 from mmcurate.stages import build_stages
 from mmcurate.stages.base import Stage
@@ -44,8 +44,9 @@ def _flatten(data: object, prefix: str = "") -> dict[str, object]:
 
 def changed_keys(old: dict, new: dict) -> list[str]:
     """Keys whose value differs. A key the old config lacks and the new one holds at its default was
-    added to mmcurate after the run dir was made: an upgrade, not a change of the run."""
-    a, b = _flatten(old), _flatten(new)
+    added to mmcurate after the run dir was made: an upgrade, not a change of the run. Engine
+    settings (how fast, not what) never count."""
+    a, b = ({k: v for k, v in _flatten(c).items() if k.split(".")[0] not in RUNTIME_SECTIONS} for c in (old, new))
     defaults = _flatten(Config.model_validate({"input": {"path": "-"}}).resolved())
     return sorted(k for k in a.keys() | b.keys()
                   if a.get(k) != b.get(k) and not (k not in a and k in defaults and b[k] == defaults[k]))

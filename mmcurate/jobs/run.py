@@ -13,8 +13,9 @@ from pathlib import Path
 from mmcurate import ingest
 from mmcurate.engine import atomic
 from mmcurate.engine.executor import RaySession
+from mmcurate.engine.plan import segments
 from mmcurate.engine.rundir import INGEST, RunDir, RunLock
-from mmcurate.engine.runner import NoProgress, Progress, prepare_stage, run_shards, run_stage
+from mmcurate.engine.runner import NoProgress, Progress, prepare_stage, run_segment, run_shards
 from mmcurate.jobs import manifest as M
 from mmcurate.jobs.export import FORMATS as EXPORT_FORMATS
 from mmcurate.jobs.export import ExportTask, export_hf
@@ -166,6 +167,21 @@ class Job:
                 exports[fmt] = self._export(fmt, chain, shards)
         return exports
 
+    def _stages(self, manifest: dict, fingerprints: list[str], shards: int) -> None:
+        """Every stage, segment by segment: per-shard stages stream, global ones are barriers."""
+        def done(name: str, entry: dict) -> None:
+            manifest["stages"][name] = entry
+            M.save(self.run_dir, manifest)
+
+        n = 0
+        for segment in segments(self.stages, self.config.engine.streaming):
+            for stage in segment:
+                manifest["stages"][stage.name] = {"status": "running"}
+            M.save(self.run_dir, manifest)
+            run_segment(self.run_dir, self.ray, segment, self.stages[:n], fingerprints[n:n + len(segment)], shards,
+                        self.progress, done, self.config.engine.gpu_actor_cpus)
+            n += len(segment)
+
     def run(self) -> RunResult:
         """Run (or resume) the pipeline; raises on anything that leaves the run incomplete."""
         self.run_dir.root.mkdir(parents=True, exist_ok=True)
@@ -192,11 +208,11 @@ class Job:
                 M.save(self.run_dir, manifest)
                 shards = done["shards"]
                 chain = done["input_fingerprint"][:16]
-                for n, stage in enumerate(self.stages):
+                fingerprints = []
+                for stage in self.stages:
                     chain = stage.fingerprint(chain)
-                    manifest["stages"][stage.name] = run_stage(self.run_dir, self.ray, stage, self.stages[:n], chain,
-                                                               shards, self.progress)
-                    M.save(self.run_dir, manifest)
+                    fingerprints.append(chain)
+                self._stages(manifest, fingerprints, shards)
                 for section in PLANNED_SECTIONS:
                     manifest["stages"].setdefault(section, {"status": "unavailable", "note": "stage not in this version"})
                 ledger = build_ledger(self.run_dir, self.stages)

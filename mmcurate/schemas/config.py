@@ -20,6 +20,7 @@ from mmcurate.schemas.sections import (
     ClipConfig,
     DedupConfig,
     DownloadConfig,
+    EngineConfig,
     ExportConfig,
     InputConfig,
     PrivacyConfig,
@@ -28,6 +29,9 @@ from mmcurate.schemas.sections import (
     SynthesisConfig,
     _Section,
 )
+
+# Sections that change how a run goes, not what it makes: a change to them is no change of the run.
+RUNTIME_SECTIONS = ("engine",)
 
 
 class Config(_Section):
@@ -40,6 +44,7 @@ class Config(_Section):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
 
     def resolved(self) -> dict[str, Any]:
         """The full config with defaults filled in, as plain JSON-able data (holds no secrets)."""
@@ -48,7 +53,7 @@ class Config(_Section):
     def section_hash(self, *sections: str) -> str:
         """A stable hash of the named top-level sections (all when none are named)."""
         data = self.resolved()
-        picked = {k: data[k] for k in (sections or sorted(data))}
+        picked = {k: data[k] for k in (sections or sorted(set(data) - set(RUNTIME_SECTIONS)))}
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -289,3 +289,11 @@ class ExportConfig(_Section):
     formats: list[Literal["webdataset", "parquet", "hf", "llava"]] = Field(
         default_factory=lambda: ["webdataset", "parquet"]
     )
+
+
+class EngineConfig(_Section):
+    """How the stages share the cluster. It changes speed, never output: outside every fingerprint
+    and the config hash, so a run may resume under other engine settings."""
+
+    streaming: bool = True  # per-shard stages between two global ones run as one pipeline; false: one at a time
+    gpu_actor_cpus: int = Field(4, ge=1)  # CPUs each GPU actor holds for decoding; CPU stages share the rest

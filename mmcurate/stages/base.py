@@ -29,11 +29,13 @@ from mmcurate.schemas.config import Config
 
 @dataclass(frozen=True)
 class Resources:
-    """What one worker of a stage needs; `actors` > 0 means an actor pool of that size."""
+    """What one worker of a stage needs; `actors` > 0 means an actor pool of up to that size
+    (of exactly that size unless `min_actors` says where it may start: the engine's split)."""
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     actors: int = 0
+    min_actors: int | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,11 @@ class GlobalStage(Stage):
 
     def judge(self, rows: pa.Table, parallel: Parallel) -> Verdicts | list[Verdicts]:
         raise NotImplementedError
+
+    def is_global(self) -> bool:
+        """Whether this configuration needs every row at once; if not, the engine runs the stage
+        shard by shard (`process`), streaming with its neighbours, with the same output."""
+        return True
 
     def decide(self, rows: pa.Table, parallel: Parallel) -> pa.Table:
         return assemble(self, rows, self.judge(rows, parallel))

@@ -1,7 +1,8 @@
 """The CLIP decision: drop pairs below `clip.min_score`, or below the run's `min_percentile`.
 
-A global stage, since a percentile is one of the whole run's scores; the scores themselves come
-from `clip_embed`, so a new threshold redoes only this.
+A global stage with `min_percentile`, since a percentile is one of the whole run's scores; with a
+fixed `min_score` each row's decision is its own, so it runs shard by shard and streams. The
+scores themselves come from `clip_embed`, so a new threshold redoes only this.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class ClipFilterStage(GlobalStage):
     @classmethod
     def enabled(cls, config: Config) -> bool:
         return config.clip.enabled
+
+    def is_global(self) -> bool:
+        return self.config.clip.min_percentile is not None
 
     def config_sections(self) -> dict:
         return {"min_score": self.config.clip.min_score, "min_percentile": self.config.clip.min_percentile}
