@@ -9,7 +9,7 @@ the driver's and the object store's peak memory.
    that exactly that stage runs again (on the same input, with everything else done).
 3. The same pipeline with `engine.streaming: false` (every stage a barrier, the engine before
    streaming), in another run dir: its time, and whether its ledger and exports are byte-identical.
-4. Driver peak RSS (the kernel's VmHWM) and the object store's peak (polled from Ray's raylet)
+4. Driver peak RSS (the kernel's VmHWM) and the object store's peak (the raylet's shared memory)
    at `--rss-rows` and 10x that: they should stay flat.
 
 Times are the span of the stages' shards (the first shard's `started` to the last one's
@@ -63,37 +63,34 @@ def descendants(pid: int) -> list[int]:
 
 
 class StoreWatch(threading.Thread):
-    """Polls the object store's bytes in use of the Ray cluster the process `pid` started."""
+    """The object store's peak for the Ray cluster the process `pid` started: the shared memory
+    its raylet (where the plasma store lives) has touched, from /proc (RssShmem). Pages once
+    touched stay counted, so this is the high-water mark of the store's use, not the current use."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
-        self.pid, self.peak, self.halt = pid, 0, threading.Event()
+        self.pid, self.peak, self.halt, self.polls = pid, 0, threading.Event(), 0
 
-    def gcs_address(self) -> str | None:
+    def raylet(self) -> int | None:
         for child in descendants(self.pid):
             try:
-                args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                if Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0].endswith(b"/raylet"):
+                    return child
             except OSError:
                 continue
-            if args and args[0].endswith(b"gcs_server"):
-                opts = dict(a.decode().lstrip("-").split("=", 1) for a in args[1:] if b"=" in a)
-                return f"{opts.get('node_ip_address', opts.get('node-ip-address', '127.0.0.1'))}:{opts['gcs_server_port']}"
         return None
 
     def run(self) -> None:
-        from ray._private.internal_api import get_memory_info_reply, get_state_from_address
-
-        state = None
-        while not self.halt.wait(0.25):
+        raylet = None
+        while not self.halt.wait(0.2):
             try:
-                if state is None:
-                    address = self.gcs_address()
-                    state = get_state_from_address(address) if address else None
-                if state is not None:
-                    used = get_memory_info_reply(state, timeout_seconds=5).store_stats.object_store_bytes_used
-                    self.peak = max(self.peak, used)
-            except Exception:  # the cluster is starting or going: try again
-                state = None
+                raylet = raylet or self.raylet()
+                if raylet:
+                    status = Path(f"/proc/{raylet}/status").read_text()
+                    self.peak = max(self.peak, int(status.split("RssShmem:")[1].split()[0]) * 1024)
+                    self.polls += 1
+            except (OSError, IndexError, ValueError):  # the cluster is going
+                raylet = None
 
 
 def run(config: Path, run_dir: Path, *extra: str) -> tuple[float, int, int]:
@@ -116,7 +113,7 @@ def run(config: Path, run_dir: Path, *extra: str) -> tuple[float, int, int]:
     err = proc.stderr.read()
     if proc.returncode:
         raise SystemExit(f"run failed: {err[-2000:]}")
-    return time.perf_counter() - start, peak, watch.peak
+    return time.perf_counter() - start, peak, watch.peak if watch.polls else -1
 
 
 def span(run_dir: Path, stages: list[str]) -> float:
@@ -149,7 +146,9 @@ def write_input(folder: Path, lines: list[dict]) -> Path:
 
 
 def mib(n: int) -> str:
-    return f"{n / 2**20:,.1f} MiB"
+    if n < 0:
+        return "not measured (no raylet found)"
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 2**10:,.1f} KiB"
 
 
 def main() -> None:

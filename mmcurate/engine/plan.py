@@ -13,9 +13,11 @@ Stages of one segment run at once, so what each asks for (`Stage.resources`) is 
    while CPUs are free (Ray Data's autoscaler).
 3. Tasks (download, quality, features, ...) take whatever CPUs are free, one per task.
 
-If one actor of each pool plus one task would not fit in the CPUs left, every actor and task of
-the segment holds proportionally less (Ray's CPUs are reservations; the cores are shared), so
-that every stage can always run: none waits for another to finish.
+If one actor of each pool plus one task would not fit in the CPUs left (a laptop running four
+models and downloads at once), the pools' first actors share half of those CPUs in proportion to
+what they asked, and each task reserves the same fraction of a CPU as they do, so the other half
+runs several tasks at once (Ray's CPUs are reservations; the cores are time-shared). Pools then
+grow only as far as leaves room for a task: every stage can always run, none waits for another.
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ def _fraction(value: float) -> float:
     return float(math.floor(value)) if value >= 1 else max(0.01, math.floor(value * 100) / 100)
 
 
+def _threads(cpus: float) -> int:
+    """A worker's compute threads: its whole CPUs, at least one. Stages that share cores and each
+    ran a thread per core would spin against each other (measured: slower than one at a time)."""
+    return max(1, math.floor(cpus))
+
+
 def split(wants: Sequence[Resources], cluster: Cluster, gpu_actor_cpus: int = 4) -> list[Resources]:
     """What each stage of one segment gets on `cluster`, from what each wants (see the module doc)."""
     if len(wants) == 1 and not wants[0].num_gpus:
@@ -61,17 +69,30 @@ def split(wants: Sequence[Resources], cluster: Cluster, gpu_actor_cpus: int = 4)
         if any(not r.num_gpus for r in wants):  # leave CPU stages at least one CPU
             per_gpu = max(min(per_gpu, (cluster.cpus - 1) / max(cluster.gpus, 1)), 0.01)
         for i in gpu_stages:
-            out[i] = replace(wants[i], num_cpus=_fraction(per_gpu / k), num_gpus=1 / k, min_actors=None)
+            out[i] = replace(wants[i], num_cpus=_fraction(per_gpu / k), num_gpus=1 / k, min_actors=None,
+                             threads=_threads(per_gpu / k))
             reserved += out[i].num_cpus * out[i].actors
     rest = max(cluster.cpus - reserved, 1)
     pools = [i for i, r in enumerate(wants) if r.actors and not r.num_gpus]
     tasks = [i for i, r in enumerate(wants) if not r.actors]
-    need = sum(wants[i].num_cpus for i in pools) + max((wants[i].num_cpus for i in tasks), default=0.0)
-    scale = min(1.0, rest / need) if need else 1.0
+    first = sum(wants[i].num_cpus for i in pools)  # one actor of each pool
+    task = max((wants[i].num_cpus for i in tasks), default=0.0)
+    scale = 1.0
+    if first + task > rest:  # too small for all at once: pools' first actors get half, tasks the rest
+        scale = (rest / 2 if tasks else rest) / first if first else rest / task
     for i in pools:
         r = wants[i]
-        out[i] = replace(r, num_cpus=_fraction(r.num_cpus * scale), actors=max(1, min(r.actors, int(rest // r.num_cpus))),
-                         min_actors=1)
+        share = _fraction(r.num_cpus * scale)
+        out[i] = replace(r, num_cpus=share, actors=max(1, min(r.actors, int(rest // r.num_cpus))), min_actors=1,
+                         threads=_threads(share))
     for i in tasks:
-        out[i] = replace(wants[i], num_cpus=_fraction(wants[i].num_cpus * scale))
+        share = _fraction(wants[i].num_cpus * scale)
+        out[i] = replace(wants[i], num_cpus=share, threads=_threads(share))
+    # grown to their largest, the pools still leave room for a task
+    room = rest - (_fraction(task * scale) if tasks else 0.0)
+    while sum(out[i].num_cpus * out[i].actors for i in pools) > room + 1e-9:
+        biggest = max((i for i in pools if out[i].actors > 1), key=lambda i: out[i].num_cpus * out[i].actors, default=None)
+        if biggest is None:
+            break
+        out[biggest] = replace(out[biggest], actors=out[biggest].actors - 1)
     return out
