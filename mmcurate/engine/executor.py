@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import pickle
-import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -111,14 +109,12 @@ class _Step:
     travel as JSON text (for the driver's progress), errors as pickled bytes.
     """
 
-    def __init__(self, task: ShardCallable, index: int, threads: int):
+    def __init__(self, task: ShardCallable, index: int):
         self.task, self.index, self.broken = task, index, None
-        _limit_threads(threads)
         try:
             task.setup()
         except Exception as err:  # a model that cannot load: every shard of this step fails with it
             self.broken = _pack(err)
-        _limit_threads(threads)  # libraries that setup imported
 
     def __call__(self, batch: dict) -> dict:
         stats, errors, steps = [], [], []
@@ -141,20 +137,8 @@ class _Step:
                 "stats": np.array(stats, dtype=object)}
 
 
-def _limit_threads(n: int) -> None:
-    """At most `n` compute threads in this worker, for every library that has a pool: stages that
-    share a node's cores must not each spin up one thread per core (OpenMP and onnxruntime spin
-    while they wait, so oversubscribed pools burn the CPU the other stages need)."""
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[name] = str(n)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(n)
-    if "cv2" in sys.modules:
-        sys.modules["cv2"].setNumThreads(n)
-
-
-def _run_step(batch: dict, task: ShardCallable, index: int, threads: int) -> dict:
-    return _Step(task, index, threads)(batch)
+def _run_step(batch: dict, task: ShardCallable, index: int) -> dict:
+    return _Step(task, index)(batch)
 
 
 def stream(steps: Sequence[tuple[ShardCallable, Resources]], shards: Iterable[int],
@@ -173,16 +157,14 @@ def stream(steps: Sequence[tuple[ShardCallable, Resources]], shards: Iterable[in
         return []
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     for index, (task, resources) in enumerate(steps):
-        # set in every worker, since Ray reuses a task's process for the next task
-        threads = resources.threads or max(1, math.floor(resources.num_cpus))
         common: dict[str, Any] = dict(batch_size=1, batch_format="numpy", num_cpus=resources.num_cpus)
         if resources.num_gpus:
             common["num_gpus"] = resources.num_gpus
         if resources.actors:
             size = resources.actors if resources.min_actors is None else (resources.min_actors, resources.actors)
-            ds = ds.map_batches(_Step, fn_constructor_args=(task, index, threads), concurrency=size, **common)
+            ds = ds.map_batches(_Step, fn_constructor_args=(task, index), concurrency=size, **common)
         else:
-            ds = ds.map_batches(_run_step, fn_args=(task, index, threads), **common)
+            ds = ds.map_batches(_run_step, fn_args=(task, index), **common)
     failures = []
     for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
         for shard, step, error, stats in zip(batch["shard"], batch["step"], batch["error"], batch["stats"]):

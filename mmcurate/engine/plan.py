@@ -50,12 +50,6 @@ def _fraction(value: float) -> float:
     return float(math.floor(value)) if value >= 1 else max(0.01, math.floor(value * 100) / 100)
 
 
-def _threads(cpus: float) -> int:
-    """A worker's compute threads: its whole CPUs, at least one. Stages that share cores and each
-    ran a thread per core would spin against each other (measured: slower than one at a time)."""
-    return max(1, math.floor(cpus))
-
-
 def split(wants: Sequence[Resources], cluster: Cluster, gpu_actor_cpus: int = 4) -> list[Resources]:
     """What each stage of one segment gets on `cluster`, from what each wants (see the module doc)."""
     if len(wants) == 1 and not wants[0].num_gpus:
@@ -69,8 +63,7 @@ def split(wants: Sequence[Resources], cluster: Cluster, gpu_actor_cpus: int = 4)
         if any(not r.num_gpus for r in wants):  # leave CPU stages at least one CPU
             per_gpu = max(min(per_gpu, (cluster.cpus - 1) / max(cluster.gpus, 1)), 0.01)
         for i in gpu_stages:
-            out[i] = replace(wants[i], num_cpus=_fraction(per_gpu / k), num_gpus=1 / k, min_actors=None,
-                             threads=_threads(per_gpu / k))
+            out[i] = replace(wants[i], num_cpus=_fraction(per_gpu / k), num_gpus=1 / k, min_actors=None)
             reserved += out[i].num_cpus * out[i].actors
     rest = max(cluster.cpus - reserved, 1)
     pools = [i for i, r in enumerate(wants) if r.actors and not r.num_gpus]
@@ -82,12 +75,10 @@ def split(wants: Sequence[Resources], cluster: Cluster, gpu_actor_cpus: int = 4)
         scale = (rest / 2 if tasks else rest) / first if first else rest / task
     for i in pools:
         r = wants[i]
-        share = _fraction(r.num_cpus * scale)
-        out[i] = replace(r, num_cpus=share, actors=max(1, min(r.actors, int(rest // r.num_cpus))), min_actors=1,
-                         threads=_threads(share))
+        out[i] = replace(r, num_cpus=_fraction(r.num_cpus * scale), actors=max(1, min(r.actors, int(rest // r.num_cpus))),
+                         min_actors=1)
     for i in tasks:
-        share = _fraction(wants[i].num_cpus * scale)
-        out[i] = replace(wants[i], num_cpus=share, threads=_threads(share))
+        out[i] = replace(wants[i], num_cpus=_fraction(wants[i].num_cpus * scale))
     # grown to their largest, the pools still leave room for a task
     room = rest - (_fraction(task * scale) if tasks else 0.0)
     while sum(out[i].num_cpus * out[i].actors for i in pools) > room + 1e-9:

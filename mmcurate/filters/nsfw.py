@@ -7,7 +7,6 @@ optional extra (`pip install 'mmcurate[nsfw]'`): its wheel carries an AGPL licen
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,10 +51,6 @@ class NsfwDetector:
 
         onnxruntime.set_default_logger_severity(3)
         options = onnxruntime.SessionOptions()
-        threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)  # the engine's share of the cores
-        if threads:
-            options.intra_op_num_threads = threads
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
             weights or default_weights(), options, providers=onnxruntime.get_available_providers()
         )

@@ -36,7 +36,6 @@ class Resources:
     num_gpus: float = 0.0
     actors: int = 0
     min_actors: int | None = None
-    threads: int = 0  # compute threads per worker (0: as many as its CPUs); set by the engine's split
 
 
 @dataclass(frozen=True)

@@ -26,17 +26,17 @@ def test_gpu_actors_keep_their_cpus_and_cpu_pools_grow_into_the_rest():
     node = Cluster(cpus=16, gpus=2, node_cpus=16)
     clip, safety, faces, task = split([Resources(4, 1, actors=2), Resources(4, actors=4), Resources(1, actors=16),
                                        Resources(1)], node, gpu_actor_cpus=3)
-    assert clip == Resources(num_cpus=3, num_gpus=1, actors=2, threads=3)  # a fixed pool, started first
+    assert clip == Resources(num_cpus=3, num_gpus=1, actors=2)  # a fixed pool, started first
     # 16 - 2 x 3 = 10 CPUs left: the pools start with one actor each and grow, leaving one for tasks
-    assert safety == Resources(num_cpus=4, actors=1, min_actors=1, threads=4)
-    assert faces == Resources(num_cpus=1, actors=5, min_actors=1, threads=1) and task == Resources(1, threads=1)
+    assert safety == Resources(num_cpus=4, actors=1, min_actors=1)
+    assert faces == Resources(num_cpus=1, actors=5, min_actors=1) and task == Resources(1)
 
 
 def test_gpu_stages_of_one_segment_share_each_gpu():
     node = Cluster(cpus=8, gpus=1, node_cpus=8)
     clip, toxicity, task = split([Resources(4, 1, actors=1), Resources(4, 1, actors=1), Resources(1)], node)
-    assert clip == toxicity == Resources(num_cpus=2, num_gpus=0.5, actors=1, threads=2)
-    assert task == Resources(1, threads=1)
+    assert clip == toxicity == Resources(num_cpus=2, num_gpus=0.5, actors=1)
+    assert task == Resources(1)
 
 
 def test_a_small_machine_fits_one_actor_of_every_pool_and_a_task():
@@ -46,7 +46,6 @@ def test_a_small_machine_fits_one_actor_of_every_pool_and_a_task():
     # the pools' first actors share one CPU in proportion, each task holds as much of one as they do
     assert (clip.num_cpus, safety.num_cpus, faces.num_cpus, task.num_cpus) == (0.4, 0.4, 0.2, 0.2)
     assert [r.min_actors for r in shares] == [1, None, 1, 1] and faces.actors == 2
-    assert {r.threads for r in shares} == {1}  # one compute thread each: no pool spins against another
     # grown to their largest, the pools still leave a task its CPU
     assert sum(r.num_cpus * r.actors for r in shares if r.actors) + task.num_cpus <= 2
 
