@@ -39,10 +39,6 @@ def start(address: str | None = None) -> bool:
     for name in ("ray.data", "ray._private.authentication"):
         logging.getLogger(name).setLevel(logging.ERROR)
     started = not ray.is_initialized()
-    if started and not logging.getLogger("mmcurate").isEnabledFor(logging.DEBUG):
-        # Ray's C++ core logs at error level things that are no error of the run (an actor pool's
-        # constructor arguments live in the object store); they show with -v, or this variable set
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if started:
         kwargs: dict[str, Any] = dict(
             include_dashboard=False,
