@@ -28,7 +28,6 @@ about the same time. Dedup is a barrier (it must see every shard), so here it is
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -44,22 +43,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+from tests.jobs.test_resume import descendants, digests  # noqa: E402  the same checks the tests make
 
 
 class StoreWatch(threading.Thread):
@@ -121,11 +105,6 @@ def span(run_dir: Path, stages: list[str]) -> float:
     stats = [json.loads(p.read_text()) for s in stages for p in (run_dir / "stages" / s).glob("*.stats.json")]
     return (max(datetime.fromisoformat(s["finished"]) for s in stats)
             - min(datetime.fromisoformat(s["started"]) for s in stats)).total_seconds()
-
-
-def digests(run_dir: Path) -> dict[str, str]:
-    files = [run_dir / "ledger.parquet"] + sorted((run_dir / "shards").rglob("*.*"))
-    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def serve(rows: int, delay_s: float = 0.0):
