@@ -36,7 +36,7 @@ def planted(n: int, k: int, frac: float, seed: int = 0) -> np.ndarray:
 DECIDE = """
 import sys, time
 import numpy as np, pyarrow as pa
-from mmcurate.stages.dedup import DedupStage
+from mmcurate.stages.dedup.stage import DedupStage
 from mmcurate.stages.base import serial
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import config_from_dict
@@ -104,7 +104,7 @@ def main() -> None:
 
     from mmcurate.algos import hamming
     from mmcurate.stages.base import serial
-    from mmcurate.stages.dedup import Signals, near_duplicates
+    from mmcurate.stages.dedup.signals import Signals, near_duplicates
 
     hashes = planted(args.n, args.k, 0.05)
     parallel = serial

@@ -34,11 +34,17 @@ def keepers(n: int, edges: np.ndarray, rank: np.ndarray, near: Near, fill: float
     lab = labels[idx]
     starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
     for members in np.split(idx, starts[1:]):
-        remaining = members
-        while len(remaining) > 1:
-            keeper, rest = remaining[0], remaining[1:]
-            close, how = near(keeper, rest)
-            keeper_of[rest[close]] = keeper
-            value[rest[close]] = how[close]
-            remaining = rest[~close]
+        greedy(members, near, keeper_of, value)
     return keeper_of, value
+
+
+def greedy(members: np.ndarray, near: Near, keeper_of: np.ndarray, value: np.ndarray) -> None:
+    """One group, `members` in rank order: keep the best, drop every row near it, repeat with the
+    best one left. Fills `keeper_of` and `value` for the dropped members."""
+    remaining = members
+    while len(remaining) > 1:
+        keeper, rest = remaining[0], remaining[1:]
+        close, how = near(keeper, rest)
+        keeper_of[rest[close]] = keeper
+        value[rest[close]] = how[close]
+        remaining = rest[~close]

@@ -64,12 +64,59 @@ def _band_values(hashes: np.ndarray, widths: Sequence[int]) -> list[np.ndarray]:
     return out
 
 
+def band_values(hashes: np.ndarray, bands: BandPlan, combo: tuple[int, ...]) -> np.ndarray:
+    """Each hash's key for one band choice: the chosen bands' bits, concatenated."""
+    values = _band_values(hashes, bands.widths)
+    key = np.zeros(len(hashes), np.uint64)
+    for b in combo:
+        key = (key << np.uint64(bands.widths[b])) | values[b]
+    return key
+
+
+def band_edges(combo: np.ndarray, key: np.ndarray, value: np.ndarray, rep: np.ndarray, k: int,
+               hot: int) -> np.ndarray:
+    """Edges between the `rep`s of hashes that share a (band choice, key) and are within `k`.
+
+    One part of a partitioned search: every hash with a given (combo, key) is in the same part, so
+    no pair is missed. A run of more than `hot` distinct hashes on one key (placeholders, near-blank
+    images) is joined as a star without comparing its pairs: an edge only ever groups rows for a
+    closer look (`algos/grouping`), so more edges cost time, never a wrong decision.
+    """
+    if len(key) < 2:
+        return np.empty((0, 2), np.int64)
+    if int(key.max()) < 1 << 48 and int(combo.max()) < 1 << 16:  # one uint64 sort key
+        both = (combo.astype(np.uint64) << np.uint64(48)) | key
+        order = np.argsort(both)  # deterministic for the same input; order within a run does not matter
+        sorted_ = both[order]
+        boundary = np.r_[True, sorted_[1:] != sorted_[:-1]]
+    else:
+        order = np.lexsort((key, combo))
+        c, kk = combo[order], key[order]
+        boundary = np.r_[True, (c[1:] != c[:-1]) | (kk[1:] != kk[:-1])]
+    run = np.cumsum(boundary) - 1
+    size = np.bincount(run)[run]
+    first = order[np.flatnonzero(boundary)][run]  # the first member of each row's run
+    star = (size > hot) & ~boundary
+    edges = [np.stack([rep[first[star]], rep[order[star]]], axis=1)]
+    small = (size <= hot) & (size >= 2)
+    i, j = pairs_in_runs(order[small], run[small])
+    if len(i):
+        near = popcount(value[i] ^ value[j]) <= k
+        edges.append(np.stack([rep[i[near]], rep[j[near]]], axis=1))
+    out = np.concatenate(edges)
+    if not len(out):
+        return out.reshape(0, 2)
+    out = np.sort(out, axis=1)
+    out = out[np.lexsort((out[:, 1], out[:, 0]))]
+    return out[np.r_[True, (out[1:, 0] != out[:-1, 0]) | (out[1:, 1] != out[:-1, 1])]]
+
+
 def popcount(x: np.ndarray) -> np.ndarray:
     """Bits set per element of a uint64 array."""
     return np.bitwise_count(x).astype(np.int64)
 
 
-def _pairs_in_runs(order: np.ndarray, keys_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pairs_in_runs(order: np.ndarray, keys_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """All (i, j) pairs of positions whose keys are equal, given a sort order."""
     n = len(order)
     if n < 2:
@@ -98,14 +145,11 @@ def _pairs_in_runs(order: np.ndarray, keys_sorted: np.ndarray) -> tuple[np.ndarr
 
 def pairs_for_combos(hashes: np.ndarray, k: int, bands: BandPlan, combos: Sequence[tuple[int, ...]]) -> np.ndarray:
     """Verified pairs (i < j, distance <= k) found by the given band choices, as (i, j, d) rows."""
-    values = _band_values(hashes, bands.widths)
     found = []
     for combo in combos:
-        key = np.zeros(len(hashes), np.uint64)
-        for b in combo:
-            key = (key << np.uint64(bands.widths[b])) | values[b]
+        key = band_values(hashes, bands, combo)
         order = np.argsort(key, kind="stable")
-        i, j = _pairs_in_runs(order, key[order])
+        i, j = pairs_in_runs(order, key[order])
         if len(i) == 0:
             continue
         d = popcount(hashes[i] ^ hashes[j])

@@ -217,6 +217,43 @@ def map_tasks(fn: Callable[[Any, Any], Any], items: list, shared: Any) -> list:
     return ray.get([remote.remote(fn, ref, item) for item in items])
 
 
+class RayTasks:
+    """`algos.parallel.Tasks` on Ray: each `submit` one task (retried if its node dies), each
+    reference an object in the cluster's store. Picklable, so tasks fetch the parts they are handed."""
+
+    _remote: dict = {}
+
+    def submit(self, fn: Callable[..., Any], *args: Any, returns: int = 1) -> Any:
+        import ray
+
+        key = (fn, returns)
+        if key not in self._remote:
+            self._remote[key] = ray.remote(num_cpus=1, max_retries=3, num_returns=returns)(fn)
+        return self._remote[key].remote(*args)
+
+    def get(self, ref: Any) -> Any:
+        import ray
+        from ray.exceptions import RayTaskError
+
+        from mmcurate.schemas.errors import MmcurateError
+
+        try:
+            return ray.get(ref)
+        except RayTaskError as err:
+            if isinstance(err.cause, MmcurateError):
+                raise err.cause from None
+            raise
+
+    def wait(self, refs: list) -> None:
+        import ray
+
+        if refs:
+            ray.wait(refs, num_returns=len(refs), fetch_local=False)
+
+    def parallel(self, fn: Callable[[Any, Any], Any], items: list, shared: Any) -> list:
+        return map_tasks(fn, items, shared)
+
+
 class RaySession:
     """Ray for one run: started (or attached to) on first use, so that a run with nothing left to do
     never starts it; stopped at the end only if this run started it."""
@@ -244,6 +281,10 @@ class RaySession:
                on_done: Callable[[dict], None] = lambda stats: None) -> list[ShardFailure]:
         self.ensure()
         return stream(steps, shards, on_done)
+
+    def tasks(self) -> RayTasks:
+        self.ensure()
+        return RayTasks()
 
     def run_remote(self, fn: Callable[..., Any], *args: Any) -> Any:
         self.ensure()

@@ -2,9 +2,9 @@
 
 The per-shard stages of a segment (`engine/plan.py`) become `ShardTask`s chained into one
 streaming pipeline over the pending shards by the Ray adapter: shard k is in the second stage
-while shard k+1 is in the first. A global stage is decided in one Ray task on a worker
-(`decide_global`), never on the driver, which only waits: its memory does not grow with the
-input. Either way a shard's output and stats appear atomically, and a rerun skips the shards
+while shard k+1 is in the first. A global stage decides as a dataflow of worker tasks
+(`GlobalStage.decide_shards`), never on the driver, which holds only references: its memory does
+not grow with the input. Either way a shard's output and stats appear atomically, and a rerun skips the shards
 whose stats exist.
 """
 
@@ -24,11 +24,12 @@ from typing import Protocol
 
 import pyarrow as pa
 
+from mmcurate.algos.parallel import Tasks
 from mmcurate.engine import atomic
 from mmcurate.engine.executor import RaySession, ShardFailure
 from mmcurate.engine.plan import is_barrier, split
 from mmcurate.engine.rundir import RunDir
-from mmcurate.engine.shards import alive_rows, check_aligned, write_stage_shard
+from mmcurate.engine.shards import GlobalShards, alive_count, alive_rows, check_aligned, write_stage_shard
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.errors import MmcurateError
 from mmcurate.stages.base import GlobalStage, ShardContext, Stage
@@ -83,34 +84,10 @@ class ShardTask:
         return process_shard(run_dir, self.stage, shard, rows, start)
 
 
-def decide_global(root: str, stage: GlobalStage, upstream: list[Stage], pending: list[int]) -> list[dict]:
-    """A global stage over every shard of the run at `root`; writes the `pending` shards' outputs.
-
-    Runs inside one worker task. Each shard's alive rows are read with only the columns the
-    stage names (not the captions and URLs every row carries), concatenated, decided, and the
-    result split back into shard files; each shard gets the stage's time divided evenly.
-    """
-    from mmcurate.engine import executor
-
-    run_dir = RunDir(Path(root))
-    started, start = time.time(), time.perf_counter()
-    keep = [C.UID, C.ROW, *(stage.input_columns or ())]
-    parts = []
-    for shard in range(run_dir.shard_count()):
-        part = alive_rows(run_dir, shard, upstream, stage.input_columns)
-        parts.append(part.select([c for c in part.column_names if c in keep]))
-    rows = pa.concat_tables(parts)
-    stage.setup()
-    out = stage.decide(rows, executor.map_tasks)
-    check_aligned(stage.name, rows, out)
-    seconds = (time.perf_counter() - start) / max(len(parts), 1)  # the stage's time, divided evenly
-    stats, offset, todo = [], 0, set(pending)
-    for shard, part in enumerate(parts):
-        if shard in todo:
-            stats.append(write_stage_shard(run_dir, stage, shard, out.slice(offset, part.num_rows), seconds,
-                                           started=started))
-        offset += part.num_rows
-    return stats
+def decide_on_worker(stage: GlobalStage, io: GlobalShards, tasks: Tasks) -> list[dict]:
+    """A global stage's dataflow, submitted from a worker task: that worker owns the small results
+    its tasks hand on (Ray keeps those with their owner), so the driver's memory stays flat."""
+    return [stats for ref in stage.decide_shards(io, tasks) for stats in tasks.get(ref)]
 
 
 def prepare_stage(run_dir: RunDir, name: str, fingerprint: str, outputs: Sequence[Path] = ()) -> None:
@@ -245,16 +222,19 @@ def _raise_failures(steps: Sequence[Stage], failures: list[ShardFailure]) -> Non
 def run_segment(run_dir: RunDir, ray: RaySession, segment: Sequence[Stage], upstream: Sequence[Stage],
                 fingerprints: Sequence[str], shards: int, progress: Progress,
                 on_stage_done: Callable[[str, dict], None] = lambda name, entry: None,
-                gpu_actor_cpus: int = 4) -> None:
+                gpu_actor_cpus: int = 4, rows_per_partition: int = 1_000_000) -> None:
     """The stages of one segment over every shard, resuming what is done; each stage's manifest
-    entry goes to `on_stage_done` as soon as that stage is done. A barrier is decided in one
-    worker task; per-shard stages stream, each with its share of the cluster (`plan.split`)."""
+    entry goes to `on_stage_done` as soon as that stage is done. A barrier decides as a dataflow
+    of worker tasks (`GlobalStage.decide_shards`; the driver holds references); per-shard stages
+    stream, each with its share of the cluster (`plan.split`)."""
     root, upstream = str(run_dir.root), list(upstream)
     if is_barrier(segment[0]):
         stage = segment[0]
 
         def work(pending: list[int], on_done: Callable[[dict], None]) -> None:
-            for stats in ray.run_remote(decide_global, root, stage, upstream, pending):
+            io = GlobalShards(root, stage, upstream, shards, pending, alive_count(run_dir, upstream, shards),
+                              rows_per_partition)
+            for stats in ray.run_remote(decide_on_worker, stage, io, ray.tasks()):
                 on_done(stats)
         on_stage_done(stage.name, run_shards(run_dir, stage.name, work, fingerprints[0], shards, progress))
         return

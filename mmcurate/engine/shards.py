@@ -6,12 +6,15 @@ file (the resume marker), each atomically.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -88,3 +91,33 @@ def write_stage_shard(run_dir: RunDir, stage: Stage, shard: int, out: pa.Table, 
     stats = shard_stats(stage.name, shard, out, seconds, started)
     atomic.write_json(run_dir.stats_file(stage.name, shard), stats)
     return stats
+
+
+@dataclass
+class GlobalShards:
+    """`stages.base.ShardIO` over the run dir at `root`: what a global stage's tasks read and write."""
+
+    root: str
+    stage: Stage
+    upstream: list[Stage]
+    shards: int
+    pending: list[int]
+    rows: int
+    rows_per_partition: int
+
+    def read(self, shard: int) -> pa.Table:
+        # only the columns the stage names, not the captions and URLs every row carries
+        part = alive_rows(RunDir(Path(self.root)), shard, self.upstream, self.stage.input_columns)
+        keep = {C.UID, C.ROW, *(self.stage.input_columns or ())}
+        return part.select([c for c in part.column_names if c in keep])
+
+    def write(self, shard: int, out: pa.Table, started: float) -> dict:
+        seconds = (time.time() - started) / max(self.shards, 1)  # the decision's time, divided evenly
+        return write_stage_shard(RunDir(Path(self.root)), self.stage, shard, out, seconds, started=started)
+
+
+def alive_count(run_dir: RunDir, upstream: Sequence[Stage], shards: int) -> int:
+    """Rows alive after the last of `upstream` (from its stats), or every ingested row."""
+    if upstream:
+        return sum(run_dir.read_stats(upstream[-1].name, s)[C.KEPT] for s in range(shards))
+    return int(json.loads(run_dir.ingest_done().read_text()).get("rows", 0))

@@ -179,7 +179,8 @@ class Job:
                 manifest["stages"][stage.name] = {"status": "running"}
             M.save(self.run_dir, manifest)
             run_segment(self.run_dir, self.ray, segment, self.stages[:n], fingerprints[n:n + len(segment)], shards,
-                        self.progress, done, self.config.engine.gpu_actor_cpus)
+                        self.progress, done, self.config.engine.gpu_actor_cpus,
+                        self.config.engine.rows_per_partition)
             n += len(segment)
 
     def run(self) -> RunResult:

@@ -297,3 +297,5 @@ class EngineConfig(_Section):
 
     streaming: bool = True  # per-shard stages between two global ones run as one pipeline; false: one at a time
     gpu_actor_cpus: int = Field(4, ge=1)  # CPUs each GPU actor holds for decoding; CPU stages share the rest
+    # rows one task of a global decision holds (dedup, percentiles): more rows, more partitions
+    rows_per_partition: int = Field(1_000_000, ge=1)

@@ -13,7 +13,7 @@ from mmcurate.stages.base import Stage
 from mmcurate.stages.clip import ClipFilterStage
 from mmcurate.stages.clip_embed import ClipEmbedStage
 from mmcurate.stages.clip_heads import ClipHeadsStage
-from mmcurate.stages.dedup import DedupStage
+from mmcurate.stages.dedup.stage import DedupStage
 from mmcurate.stages.download import DownloadStage
 from mmcurate.stages.features import FeaturesStage
 from mmcurate.stages.image_based import ImageBasedStage

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmcurate.algos.parallel import Parallel, serial
+from mmcurate.algos.parallel import Parallel, Tasks, serial
 from mmcurate.filters import filters_for
 from mmcurate.filters.base import Filter, Histogram, Verdicts
 from mmcurate.schemas import columns as C
@@ -116,13 +117,36 @@ class Stage:
         return [self.output_schema.field(name) for name in self.score_columns]
 
 
-class GlobalStage(Stage):
-    """A stage that must see every alive row of the run at once (deduplication, percentiles).
+class ShardIO(Protocol):
+    """A global stage's access to the run, from any worker (the engine's, picklable)."""
 
-    `decide` gets the alive rows of all shards concatenated and returns one output row per
-    input row, in order; the engine splits the result back into shard files. `parallel(fn,
-    items, shared)` runs `fn(shared, item)` for each item, on Ray workers when a run provides it.
+    shards: int  # shards in the run
+    pending: list[int]  # the shards whose output this run writes
+    rows: int  # alive rows the stage sees (from the stats before it): what partitions are sized by
+    rows_per_partition: int  # how many rows one task of a partitioned decision holds (engine.rows_per_partition)
+
+    def read(self, shard: int) -> pa.Table:
+        """The shard's alive rows: uid, row and the stage's `input_columns`."""
+        ...
+
+    def write(self, shard: int, out: pa.Table, started: float) -> dict:
+        """Store the stage's output for a shard (begun at epoch `started`); its stats."""
+        ...
+
+
+class GlobalStage(Stage):
+    """A stage whose decisions depend on other rows of the run (deduplication, percentiles).
+
+    `decide_shards(io, tasks)` makes its output for the pending shards as a dataflow of tasks
+    (`algos.parallel.Tasks`) and returns references to lists of their stats. By default one task
+    reads every shard's alive rows, `decide`s on them concatenated (one output row per input row,
+    in order) and splits the result back into shard files; a stage that must scale past one
+    worker's memory partitions the work itself. `parallel(fn, items, shared)` runs
+    `fn(shared, item)` for each item, on Ray workers when a run provides it.
     """
+
+    def decide_shards(self, io: ShardIO, tasks: Tasks) -> list:
+        return [tasks.submit(decide_in_one_task, self, io, tasks)]
 
     def judge(self, rows: pa.Table, parallel: Parallel) -> Verdicts | list[Verdicts]:
         raise NotImplementedError
@@ -137,6 +161,23 @@ class GlobalStage(Stage):
 
     def process(self, rows: pa.Table) -> pa.Table:
         return self.decide(rows, serial)
+
+
+def decide_in_one_task(stage: GlobalStage, io: ShardIO, tasks: Tasks) -> list[dict]:
+    """Every shard's alive rows in one table, `decide`d at once; the pending shards written."""
+    started = time.time()
+    stage.setup()
+    parts = [io.read(shard) for shard in range(io.shards)]
+    rows = pa.concat_tables(parts)
+    out = stage.decide(rows, tasks.parallel)
+    if out.num_rows != rows.num_rows or not out[C.ROW].equals(rows[C.ROW]):
+        raise RuntimeError(f"stage {stage.name!r} returned {out.num_rows} rows for {rows.num_rows} input rows")
+    stats, offset, todo = [], 0, set(io.pending)
+    for shard, part in enumerate(parts):
+        if shard in todo:
+            stats.append(io.write(shard, out.slice(offset, part.num_rows), started))
+        offset += part.num_rows
+    return stats
 
 
 class FilterStage(Stage):

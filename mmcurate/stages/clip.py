@@ -1,20 +1,46 @@
 """The CLIP decision: drop pairs below `clip.min_score`, or below the run's `min_percentile`.
 
-A global stage with `min_percentile`, since a percentile is one of the whole run's scores; with a
-fixed `min_score` each row's decision is its own, so it runs shard by shard and streams. The
-scores themselves come from `clip_embed`, so a new threshold redoes only this.
+A global stage with `min_percentile`, since a percentile is one of the whole run's scores: it is
+found exactly by histogram passes over the shards (`algos/quantile`), then each shard is decided
+in a task of its own. With a fixed `min_score` each row's decision is its own, so it runs shard
+by shard and streams. The scores come from `clip_embed`, so a new threshold redoes only this.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 
-from mmcurate.algos.parallel import Parallel
+from mmcurate.algos import quantile
+from mmcurate.algos.parallel import Parallel, Tasks
 from mmcurate.filters.base import Histogram, Verdicts
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import Config
-from mmcurate.stages.base import GlobalStage
+from mmcurate.stages.base import GlobalStage, ShardIO, assemble
+
+
+def _scores(rows: pa.Table) -> np.ndarray:
+    return rows[C.CLIP_SCORE].to_numpy(zero_copy_only=False).astype(np.float32)
+
+
+@dataclass
+class _ShardScores:
+    """A shard's scores as the percentile sees them (float32 scores compared as float64)."""
+
+    io: ShardIO
+
+    def __call__(self, shard: int) -> np.ndarray:
+        v = _scores(self.io.read(shard)).astype(np.float64)
+        return v[~np.isnan(v)]
+
+
+def _decide_shard(stage: ClipFilterStage, io: ShardIO, shard: int, threshold: float | None, how: str,
+                  started: float) -> list[dict]:
+    rows = io.read(shard)
+    return [io.write(shard, assemble(stage, rows, stage.verdicts(_scores(rows), threshold, how)), started)]
 
 
 class ClipFilterStage(GlobalStage):
@@ -51,15 +77,28 @@ class ClipFilterStage(GlobalStage):
             if not len(scores):
                 return None, ""
             value = float(np.percentile(scores.astype(np.float64), c.min_percentile))
-            return value, f" (the {c.min_percentile:g}th percentile of {len(scores)} scored rows)"
+            return value, self._how(len(scores))
         return c.min_score, ""
 
-    def judge(self, rows: pa.Table, parallel: Parallel) -> Verdicts:
-        scores = rows[C.CLIP_SCORE].to_numpy(zero_copy_only=False).astype(np.float32)
-        threshold, how = self.threshold(scores)
-        low = scores < threshold if threshold is not None else np.zeros(rows.num_rows, bool)
+    def _how(self, n: int) -> str:
+        return f" (the {self.config.clip.min_percentile:g}th percentile of {n} scored rows)"
+
+    def decide_shards(self, io: ShardIO, tasks: Tasks) -> list:
+        """The run's percentile by histogram passes over the shards, then a task per pending shard."""
+        started = time.time()
+        threshold, n = quantile.percentile(_ShardScores(io), list(range(io.shards)), self.config.clip.min_percentile,
+                                           tasks)
+        how = self._how(n) if threshold is not None else ""
+        return [tasks.submit(_decide_shard, self, io, shard, threshold, how, started) for shard in io.pending]
+
+    def verdicts(self, scores: np.ndarray, threshold: float | None, how: str) -> Verdicts:
+        low = scores < threshold if threshold is not None else np.zeros(len(scores), bool)
         return Verdicts(
-            scores={C.CLIP_THRESHOLD: [threshold] * rows.num_rows},
+            scores={C.CLIP_THRESHOLD: [threshold] * len(scores)},
             reasons=["low_clip_score" if d else None for d in low],
             details=[f"clip score {s:.4f} < {threshold:.4f}{how}" if d else None for s, d in zip(scores.tolist(), low)],
         )
+
+    def judge(self, rows: pa.Table, parallel: Parallel) -> Verdicts:
+        scores = _scores(rows)
+        return self.verdicts(scores, *self.threshold(scores))

@@ -12,7 +12,7 @@ from mmcurate.demo import _photo_dir
 from mmcurate.filters.image_hash import signals
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import config_from_dict
-from mmcurate.stages.dedup import DedupStage
+from mmcurate.stages.dedup.stage import DedupStage
 
 
 def jpeg(img: Image.Image, quality: int = 90) -> bytes:

@@ -1,11 +1,11 @@
-"""Deduplication over the whole run: decontamination, exact duplicates, pHash near-duplicates.
+"""What dedup decides on, and its decisions for rows that fit in one task.
 
-Order: rows near a reference (evaluation) image go first (`near_reference`), so they never keep
-anything; then identical bytes (`exact_duplicate`); then near-duplicates (`near_duplicate`).
-Near-duplicate pairs come from the exact banded search in `algos/hamming`, run as parallel passes
-that each see every hash; `algos/grouping` turns them into keepers (the best row by the keep
-policy), so that each dropped row is within `max_distance` of the keeper its detail names (and
-confirmed by the second signal), never merely chained to it.
+`Signals` are the per-row arrays (pHash, dHash, detail, colour layout) and `Signals.near` says
+when two rows are near-duplicates. The one-task path: near-duplicate pairs come from the exact
+banded search in `algos/hamming`, run as parallel passes that each see every hash;
+`algos/grouping` turns them into keepers (the best row by the keep policy), so that each dropped
+row is within `max_distance` of the keeper its detail names (and confirmed by the second signal),
+never merely chained to it. `flow.py` makes the same decisions with no task holding every row.
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ import pyarrow.compute as pc
 
 from mmcurate.algos import grouping, hamming
 from mmcurate.algos.parallel import Parallel
-from mmcurate.filters.base import Histogram, Verdicts
+from mmcurate.filters.base import Verdicts
 from mmcurate.filters.image_hash import COLOUR_GRID, colour_distance, hex_to_uint64
 from mmcurate.schemas import columns as C
-from mmcurate.schemas.config import Config
-from mmcurate.stages.base import GlobalStage
 
 # Second signals. Low-detail images (blank pages, solid colours, faint gradients) have pHashes
 # with few distinct DCT signs, so unrelated ones collide; their matches must also agree in colour.
@@ -155,109 +153,67 @@ def load_reference(path: str, exact: bool) -> tuple[list[str], Signals | None, n
     return ids, sig, sig.phash
 
 
-class DedupStage(GlobalStage):
-    """Drops rows near reference images, exact byte duplicates and pHash near-duplicates."""
 
-    name = "dedup"
-    version = "1"
-    output_schema = C.DEDUP_SCHEMA
-    score_columns = (C.DUP_OF, C.DUP_DISTANCE)
-    input_columns = (C.SHA256, C.PHASH, C.DHASH, C.LUMA_STD, C.COLOUR, C.ORIGINAL_WIDTH, C.ORIGINAL_HEIGHT)
-    settings = ("dedup.exact", "dedup.phash.max_distance", "dedup.phash.dhash_distance", "dedup.phash.keep",
-                "dedup.reference_path")
-    histograms = (Histogram(C.DUP_DISTANCE, "dedup.phash.max_distance", "max"),)
 
-    @classmethod
-    def enabled(cls, config: Config) -> bool:
-        return config.dedup.active
+def rank_key(rows: pa.Table, keep: str) -> np.ndarray:
+    """The keep policy's first sort key (ties by uid): the row number for `first`, minus the
+    original area for `largest`. Rows are kept in (key, uid) order."""
+    if keep == "first":
+        return rows[C.ROW].to_numpy(zero_copy_only=False).astype(np.int64)
+    w = rows[C.ORIGINAL_WIDTH].to_numpy(zero_copy_only=False).astype(np.int64)
+    h = rows[C.ORIGINAL_HEIGHT].to_numpy(zero_copy_only=False).astype(np.int64)
+    return -(w * h)
 
-    def config_sections(self) -> dict:
-        d = self.config.dedup
-        return {"exact": d.exact, "phash": d.phash.model_dump(), "reference_path": d.reference_path}
 
-    def rank(self, rows: pa.Table) -> np.ndarray:
-        """Position of each row in keep-policy order (0 = keep first)."""
-        if self.config.dedup.phash.keep == "first":
-            order = np.argsort(rows[C.ROW].to_numpy(), kind="stable")
-        else:  # largest first, ties by uid: Arrow's stable sort, no Python string per row
-            w = rows[C.ORIGINAL_WIDTH].to_numpy(zero_copy_only=False).astype(np.int64)
-            h = rows[C.ORIGINAL_HEIGHT].to_numpy(zero_copy_only=False).astype(np.int64)
-            keys = pa.table({"area": -(w * h), "uid": rows[C.UID]})
-            order = pc.sort_indices(keys, sort_keys=[("area", "ascending"), ("uid", "ascending")]).to_numpy()
-        rank = np.empty(len(order), np.int64)
-        rank[order] = np.arange(len(order))
-        return rank
+def rank(rows: pa.Table, keep: str) -> np.ndarray:
+    """Position of each row in keep-policy order (0 = keep first)."""
+    key = rank_key(rows, keep)
+    if keep == "first":
+        order = np.argsort(key, kind="stable")
+    else:  # Arrow's stable sort by (key, uid), no Python string per row
+        keys = pa.table({"key": key, "uid": rows[C.UID]})
+        order = pc.sort_indices(keys, sort_keys=[("key", "ascending"), ("uid", "ascending")]).to_numpy()
+    out = np.empty(len(order), np.int64)
+    out[order] = np.arange(len(order))
+    return out
 
-    def judge(self, rows: pa.Table, parallel: Parallel) -> Verdicts:
-        """Kept or dropped for every row, as arrays: per-row Python objects only for dropped rows."""
-        cfg = self.config.dedup
-        n = rows.num_rows
-        k = cfg.phash.max_distance
-        sig = Signals.from_table(rows)
-        rank = self.rank(rows)
-        why = np.zeros(n, np.int8)  # index into REASONS; 0: kept
-        dup = np.full(n, -1, np.int64)  # the kept row (or reference image) each dropped row matches
-        dist = np.zeros(n, np.int64)
-        ref_ids: list[str] = []
 
-        if cfg.reference_path:
-            ref_ids, ref_sig, ref_hash = load_reference(cfg.reference_path, cfg.phash.exact)
-            both = np.concatenate([sig.phash, ref_hash])
-            pairs = hamming.search_pairs(both, k, parallel)
-            cross = pairs[(pairs[:, 0] < n) & (pairs[:, 1] >= n)]
-            if ref_sig is not None and len(cross):
-                merged = Signals(both, np.concatenate([sig.dhash, ref_sig.dhash]),
-                                 np.concatenate([sig.luma_std, ref_sig.luma_std]),
-                                 np.concatenate([sig.colour, ref_sig.colour]))
-                cross = cross[merged.near(cross[:, 0], cross[:, 1], k, None)[0]]
-            cross = cross[np.lexsort((cross[:, 1], cross[:, 2], cross[:, 0]))]  # per row: nearest, then first
-            first = np.r_[True, cross[1:, 0] != cross[:-1, 0]] if len(cross) else np.zeros(0, bool)
-            i, j, d = cross[first, 0], cross[first, 1], cross[first, 2]
-            why[i], dup[i], dist[i] = NEAR_REFERENCE, j - n, d
+def reference_matches(sig: Signals, ref_sig: Signals | None, ref_hash: np.ndarray, k: int,
+                      parallel: Parallel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows within k of a reference image: (row, reference, distance), each row's nearest (then first)."""
+    n = len(sig.phash)
+    both = np.concatenate([sig.phash, ref_hash])
+    pairs = hamming.search_pairs(both, k, parallel)
+    cross = pairs[(pairs[:, 0] < n) & (pairs[:, 1] >= n)]
+    if ref_sig is not None and len(cross):
+        merged = Signals(both, np.concatenate([sig.dhash, ref_sig.dhash]),
+                         np.concatenate([sig.luma_std, ref_sig.luma_std]),
+                         np.concatenate([sig.colour, ref_sig.colour]))
+        cross = cross[merged.near(cross[:, 0], cross[:, 1], k, None)[0]]
+    cross = cross[np.lexsort((cross[:, 1], cross[:, 2], cross[:, 0]))]  # per row: nearest, then first
+    first = np.r_[True, cross[1:, 0] != cross[:-1, 0]] if len(cross) else np.zeros(0, bool)
+    return cross[first, 0], cross[first, 1] - n, cross[first, 2]
 
-        if cfg.exact and n:
-            idx = np.flatnonzero(why == 0)
-            keys = pa.table({"sha": rows[C.SHA256].take(pa.array(idx)), "rank": rank[idx]})
-            order = pc.sort_indices(keys, sort_keys=[("sha", "ascending"), ("rank", "ascending")]).to_numpy()
-            sha = keys["sha"].take(pa.array(order)).combine_chunks()
-            same = np.r_[False, pc.equal(sha[1:], sha[:-1]).to_numpy(zero_copy_only=False)] if len(idx) else np.zeros(0, bool)
-            run_start = np.maximum.accumulate(np.where(same, 0, np.arange(len(idx))))
-            rows_sorted = idx[order]
-            dropped = rows_sorted[same]
-            why[dropped], dup[dropped] = EXACT_DUPLICATE, rows_sorted[run_start[same]]
 
-        if cfg.phash.enabled:
-            keeper_of, distance = near_duplicates(sig, rank, why == 0, k, cfg.phash.dhash_distance, parallel)
-            near = keeper_of >= 0
-            why[near], dup[near], dist[near] = NEAR_DUPLICATE, keeper_of[near], distance[near]
-
-        return self._verdicts(rows, why, dup, dist, ref_ids, k)
-
-    def _verdicts(self, rows: pa.Table, why: np.ndarray, dup: np.ndarray, dist: np.ndarray,
-                  ref_ids: list[str], k: int) -> Verdicts:
-        n = rows.num_rows
-        dropped = np.flatnonzero(why > 0)
-        uid = rows[C.UID].combine_chunks() if n else pa.array([], pa.string())
-        rows_dup = dup[dropped]
-        from_rows = why[dropped] != NEAR_REFERENCE
-        names = uid.take(pa.array(np.where(from_rows, rows_dup, 0))).to_pylist() if len(dropped) else []
-        dup_of: list[str | None] = [None] * n
-        detail: list[str | None] = [None] * n
-        for i, w, j, name, d in zip(dropped.tolist(), why[dropped].tolist(), rows_dup.tolist(), names,
-                                    dist[dropped].tolist()):
-            if w == NEAR_REFERENCE:
-                dup_of[i] = ref_ids[j]
-                detail[i] = f"within pHash distance {d} of reference image {ref_ids[j]} (max {k})"
-            elif w == EXACT_DUPLICATE:
-                dup_of[i] = name
-                detail[i] = f"identical image bytes to {name}"
-            else:
-                dup_of[i] = name
-                detail[i] = f"near-duplicate of {name} (pHash distance {d}, max {k})"
-        is_dropped = why > 0
-        reason = pa.DictionaryArray.from_arrays(pa.array(why, mask=~is_dropped), list(REASONS))
-        return Verdicts(
-            scores={C.DUP_OF: pa.array(dup_of, pa.string()),
-                    C.DUP_DISTANCE: pa.array(dist, pa.int16(), mask=~is_dropped)},
-            reasons=reason.cast(pa.string()), details=detail,
-        )
+def verdicts(why: np.ndarray, names: list[str | None], dist: np.ndarray, k: int) -> Verdicts:
+    """Dedup's verdicts: `why` indexes REASONS (0: kept); `names[i]` is the kept row's uid (or the
+    reference image's id) that dropped row i matches; `dist` the pHash distance."""
+    n = len(why)
+    dup_of: list[str | None] = [None] * n
+    detail: list[str | None] = [None] * n
+    for i in np.flatnonzero(why > 0).tolist():
+        w, name, d = int(why[i]), names[i], int(dist[i])
+        dup_of[i] = name
+        if w == NEAR_REFERENCE:
+            detail[i] = f"within pHash distance {d} of reference image {name} (max {k})"
+        elif w == EXACT_DUPLICATE:
+            detail[i] = f"identical image bytes to {name}"
+        else:
+            detail[i] = f"near-duplicate of {name} (pHash distance {d}, max {k})"
+    is_dropped = why > 0
+    reason = pa.DictionaryArray.from_arrays(pa.array(why, mask=~is_dropped), list(REASONS))
+    return Verdicts(
+        scores={C.DUP_OF: pa.array(dup_of, pa.string()),
+                C.DUP_DISTANCE: pa.array(dist, pa.int16(), mask=~is_dropped)},
+        reasons=reason.cast(pa.string()), details=detail,
+    )
