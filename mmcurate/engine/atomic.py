@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +33,8 @@ def atomic_path(target: str | Path, fsync: bool = True) -> Iterator[Path]:
         if fsync:
             with open(tmp_path, "rb+") as f:
                 os.fsync(f.fileno())
+        if target.is_dir() and not target.is_symlink():  # a ledger in parts becoming one file again
+            shutil.rmtree(target)
         os.replace(tmp_path, target)
         if fsync:
             _fsync_folder(target.parent)
@@ -67,9 +70,42 @@ def write_with(target: str | Path, writer: Callable[[Path], None]) -> None:
 
 
 def remove_stale_temps(folder: str | Path) -> int:
-    """Delete temp files a killed run left behind; return how many."""
+    """Delete temp files (and temp folders: a ledger's parts being written) a killed run left
+    behind; return how many."""
     count = 0
-    for path in Path(folder).rglob(f".*{TMP_SUFFIX}"):
-        path.unlink(missing_ok=True)
+    for path in sorted(Path(folder).rglob(f".*{TMP_SUFFIX}"), key=lambda p: len(p.parts)):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink(missing_ok=True)
+        else:
+            continue  # inside a temp folder removed above
         count += 1
     return count
+
+
+@contextmanager
+def atomic_folder(target: str | Path) -> Iterator[Path]:
+    """Yield a temp folder beside `target`; on success whatever `target` was (a file or a folder)
+    is replaced by it. Between removing the old and renaming the new there is a moment with neither:
+    a crash there leaves the run unfinished, and the next run writes it again."""
+    target = Path(target)
+    tmp = target.parent / f".{target.name}{TMP_SUFFIX}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        remove(target)
+        os.replace(tmp, target)
+        _fsync_folder(target.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove(path: str | Path) -> None:
+    """Remove a file or a folder, if there is one."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

@@ -41,7 +41,29 @@ class RunDir:
 
     @property
     def ledger(self) -> Path:
+        """One parquet file, or at scale a directory of parts (DESIGN A.3)."""
         return self.root / "ledger.parquet"
+
+    def ledger_part(self, part: int, root: Path | None = None) -> Path:
+        return (root or self.ledger) / f"part-{part:06d}.parquet"
+
+    def ledger_files(self) -> list[Path]:
+        """The ledger's files in row order: the file itself, or its parts; [] before it exists."""
+        if self.ledger.is_dir():
+            return sorted(self.ledger.glob("part-*.parquet"))
+        return [self.ledger] if self.ledger.exists() else []
+
+    @property
+    def ledger_index(self) -> Path:
+        """Beside a ledger in parts: each part's (uid, row) sorted by uid, and the parts' aggregates."""
+        return self.root / "ledger_index"
+
+    def ledger_index_part(self, part: int, root: Path | None = None) -> Path:
+        return (root or self.ledger_index) / f"part-{part:06d}.parquet"
+
+    @property
+    def ledger_parts(self) -> Path:
+        return self.ledger_index / "parts.json"
 
     @property
     def report(self) -> Path:

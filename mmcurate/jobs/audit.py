@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmcurate.engine.rundir import RunDir
+from mmcurate.jobs.ledger import sample_key
 from mmcurate.jobs.manifest import stages_of
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import lookup
@@ -22,25 +25,101 @@ def query_ledger(
     status: str | None = None,
     limit: int | None = 20,
 ) -> pl.DataFrame:
-    """Ledger rows matching every given filter, in input order, scores flattened to columns."""
-    if not run_dir.ledger.exists():
-        raise ConfigError(f"{run_dir.root}: no ledger.parquet yet (has the run finished?)")
-    frame = pl.scan_parquet(run_dir.ledger)
+    """Ledger rows matching every given filter, in input order, scores flattened to columns.
+
+    The ledger's files are in row order, so the first `limit` matches are read and no more; a uid
+    is looked up in the uid index (a ledger in parts) and read from the row groups that hold it."""
+    files = _files(run_dir)
+    if uid is not None:
+        frame = pl.from_arrow(ledger_rows(run_dir, uid_rows(run_dir, uid))).lazy()
+    else:
+        frame = pl.scan_parquet(files)
     for column, value in ((C.STAGE, stage), (C.REASON, reason), (C.UID, uid), (C.STATUS, status)):
         if value is not None:
             frame = frame.filter(pl.col(column) == value)
-    frame = frame.sort(C.ROW)
     if limit is not None:
         frame = frame.head(limit)
-    return frame.collect().unnest(C.SCORES)
+    return frame.collect().sort(C.ROW).unnest(C.SCORES)
 
 
 def sample_ledger(run_dir: RunDir, n: int, seed: int, **filters) -> pl.DataFrame:
-    """A reproducible random sample of `n` ledger rows matching `filters` (same run, seed: same rows)."""
-    frame = query_ledger(run_dir, limit=None, **filters)
-    if frame.height <= n:
-        return frame
-    return frame.sample(n, seed=seed).sort(C.ROW)
+    """A reproducible random sample of `n` ledger rows matching `filters` (same run, seed: same rows).
+
+    The rows with the `n` smallest seeded keys (`ledger.sample_key`), found batch by batch, so
+    memory holds n rows whatever the ledger's size."""
+    wanted = {k: v for k, v in filters.items() if v is not None}
+    if C.UID in wanted:  # a few rows, found through the index
+        frame = query_ledger(run_dir, limit=None, **filters)
+        return frame[np.sort(np.argsort(sample_key(frame[C.ROW].to_numpy(), seed), kind="stable")[:n])]
+    best = np.empty(0, np.uint64), np.empty(0, np.int64)
+    columns = [C.ROW] + [k for k in wanted]
+    for path in _files(run_dir):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=columns):
+            mask = None
+            for k, v in wanted.items():
+                hit = pc.equal(batch.column(k), v)
+                mask = hit if mask is None else pc.and_(mask, hit)
+            rows = batch.column(0).to_numpy(zero_copy_only=False)
+            if mask is not None:
+                rows = rows[pc.fill_null(mask, False).to_numpy(zero_copy_only=False)]
+            keys = np.concatenate([best[0], sample_key(rows, seed)])
+            rows = np.concatenate([best[1], rows])
+            order = np.argsort(keys, kind="stable")[:n]
+            best = keys[order], rows[order]
+    return pl.from_arrow(ledger_rows(run_dir, best[1].tolist())).sort(C.ROW).unnest(C.SCORES)
+
+
+def _files(run_dir: RunDir) -> list:
+    files = run_dir.ledger_files()
+    if not files:
+        raise ConfigError(f"{run_dir.root}: no ledger.parquet yet (has the run finished?)")
+    return files
+
+
+def _leaf(pf: pq.ParquetFile, name: str) -> int:
+    meta = pf.metadata.schema
+    return next(i for i in range(len(meta)) if meta.column(i).path == name)
+
+
+def _groups(pf: pq.ParquetFile, name: str, lo, hi):
+    """The row groups of `pf` whose statistics for column `name` may hold values in [lo, hi]."""
+    leaf = _leaf(pf, name)
+    for g in range(pf.metadata.num_row_groups):
+        st = pf.metadata.row_group(g).column(leaf).statistics
+        if st is None or not st.has_min_max or (st.min <= hi and lo <= st.max):
+            yield g
+
+
+def ledger_rows(run_dir: RunDir, rows: list[int]) -> pa.Table:
+    """The ledger rows with these row numbers, reading only the row groups whose `row` statistics
+    can hold them (one shard's rows each)."""
+    wanted = pa.array(sorted(set(rows)), pa.int64())
+    out, schema = [], None
+    for path in _files(run_dir):
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+        if not len(wanted):
+            break
+        for g in _groups(pf, C.ROW, pc.min(wanted).as_py(), pc.max(wanted).as_py()):
+            table = pf.read_row_group(g)
+            table = table.filter(pc.is_in(table[C.ROW], wanted))
+            if table.num_rows:
+                out.append(table)
+    return pa.concat_tables(out) if out else schema.empty_table()
+
+
+def uid_rows(run_dir: RunDir, uid: str) -> list[int]:
+    """The rows with `uid`: from the uid index's row groups that can hold it (a ledger in parts),
+    or a scan of the uid column (one file, at most `engine.ledger_part_rows` rows)."""
+    index = sorted(run_dir.ledger_index.glob("part-*.parquet")) if run_dir.ledger.is_dir() else []
+    found: list[int] = []
+    for path in index or _files(run_dir):
+        pf = pq.ParquetFile(path)
+        groups = _groups(pf, C.UID, uid, uid) if index else range(pf.metadata.num_row_groups)
+        for g in groups:
+            t = pf.read_row_group(g, columns=[C.UID, C.ROW])
+            found += t.filter(pc.equal(t[C.UID], uid))[C.ROW].to_pylist()
+    return found
 
 
 def explain(run_dir: RunDir, uid: str) -> list[dict]:

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from mmcurate.engine import atomic
 from mmcurate.engine.rundir import RunDir
 from mmcurate.filters.base import Histogram
+from mmcurate.jobs.ledger import sample_key
 from mmcurate.jobs.manifest import stages_of
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import lookup
@@ -25,7 +26,7 @@ def build_report(run_dir: RunDir, run_stages: list[Stage] | None = None) -> dict
     """The report's numbers, computed from the ledger (the source of truth) and the manifest."""
     manifest = run_dir.read_manifest()
     run_stages = stages_of(manifest) if run_stages is None else run_stages
-    ledger = pl.scan_parquet(run_dir.ledger)
+    ledger = pl.scan_parquet(run_dir.ledger_files())
     counts = ledger.group_by(C.STATUS).len().collect()
     by_status = {row[C.STATUS]: row["len"] for row in counts.iter_rows(named=True)}
     total = sum(by_status.values())
@@ -51,7 +52,7 @@ def build_report(run_dir: RunDir, run_stages: list[Stage] | None = None) -> dict
     config = manifest.get("config") or {}
     return {
         "histograms": _histograms(ledger, config, [h for s in run_stages for h in s.histograms]),
-        "samples": _drop_samples(run_dir.ledger),
+        "samples": _drop_samples(run_dir.ledger_files()),
         "run_dir": str(run_dir.root),
         "status": manifest.get("status"),
         "rows": total,
@@ -120,25 +121,19 @@ def _histograms(ledger: pl.LazyFrame, config: dict, wanted: list[Histogram]) -> 
     return out
 
 
-def _sample_key(rows: np.ndarray) -> np.ndarray:
-    """A fixed pseudo-random order of row numbers (splitmix64 of row + seed)."""
-    x = rows.astype(np.uint64) + np.uint64(SAMPLE_SEED) + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def _drop_samples(path: Path) -> dict[str, list[dict]]:
+def _drop_samples(files: list[Path]) -> dict[str, list[dict]]:
     """A reproducible pseudo-random sample of dropped rows per reason (rows, so repeated uids
     stay distinct), read batch by batch keeping only the best SAMPLES_PER_REASON of each reason."""
     best: dict[str, list[tuple[int, int, str]]] = {}
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=[C.ROW, C.UID, C.STATUS, C.REASON]):
+    batches = (b for path in files for b in pq.ParquetFile(path).iter_batches(
+        batch_size=65_536, columns=[C.ROW, C.UID, C.STATUS, C.REASON]))
+    for batch in batches:
         t = pa.Table.from_batches([batch])
         t = t.filter(pc.equal(t[C.STATUS], C.DROPPED))
         if not t.num_rows:
             continue
         rows = t[C.ROW].to_numpy()
-        keys = _sample_key(rows)
+        keys = sample_key(rows, SAMPLE_SEED)
         enc = t[C.REASON].combine_chunks().dictionary_encode()
         codes = enc.indices.to_numpy(zero_copy_only=False)
         for code, reason in enumerate(enc.dictionary.to_pylist()):

@@ -84,7 +84,8 @@ class Job:
             log.warning("input changed: redoing the whole run")
             for path in (self.run_dir.stages, self.run_dir.shards, self.run_dir.report, self.run_dir.instructions):
                 shutil.rmtree(path, ignore_errors=True)
-            self.run_dir.ledger.unlink(missing_ok=True)
+            atomic.remove(self.run_dir.ledger)
+            atomic.remove(self.run_dir.ledger_index)
             manifest["stages"] = {}
         start = time.perf_counter()
         self.progress.begin(INGEST, 0, 0)
@@ -216,7 +217,7 @@ class Job:
                 self._stages(manifest, fingerprints, shards)
                 for section in PLANNED_SECTIONS:
                     manifest["stages"].setdefault(section, {"status": "unavailable", "note": "stage not in this version"})
-                ledger = build_ledger(self.run_dir, self.stages)
+                ledger = build_ledger(self.run_dir, self.stages, self.config.engine.ledger_part_rows, self.ray.tasks)
                 manifest["ledger"] = ledger
                 if self.config.synthesis.enabled:
                     manifest["instructions"] = self._instructions()

@@ -299,3 +299,6 @@ class EngineConfig(_Section):
     gpu_actor_cpus: int = Field(4, ge=1)  # CPUs each GPU actor holds for decoding; CPU stages share the rest
     # rows one task of a global decision holds (dedup, percentiles): more rows, more partitions
     rows_per_partition: int = Field(1_000_000, ge=1)
+    # the most rows one ledger file holds: a run up to this size keeps one ledger.parquet; a larger
+    # one writes ledger.parquet/ as parts of whole shards, by worker tasks, with a uid index
+    ledger_part_rows: int = Field(2_000_000, ge=1)
