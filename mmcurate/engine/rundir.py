@@ -133,6 +133,11 @@ class RunDir:
     def stage_meta(self, stage: str) -> Path:
         return self.stage_dir(stage) / "_stage.json"
 
+    @property
+    def ingest_pieces(self) -> Path:
+        """Where ingest's tasks leave the units' chunks until they are cut into shards."""
+        return self.stage_dir(INGEST) / "pieces"
+
     def ingest_done(self) -> Path:
         return self.stage_dir(INGEST) / "_SUCCESS.json"
 

@@ -3,7 +3,18 @@
 Rows are numbered across all files in sorted order (`row`); `uid` is a hash of (url, caption).
 """
 
-from mmcurate.ingest.readers import fingerprint, format_of, read_rows, resolve_inputs
+from mmcurate.ingest.readers import (
+    Unit,
+    combined_fingerprint,
+    file_record,
+    fingerprint,
+    format_of,
+    read_rows,
+    resolve_inputs,
+    stat_of,
+    units,
+)
 from mmcurate.ingest.rows import RawRow, ShardBuffer, check_row, uid_of
 
-__all__ = ["RawRow", "ShardBuffer", "check_row", "fingerprint", "format_of", "read_rows", "resolve_inputs", "uid_of"]
+__all__ = ["RawRow", "ShardBuffer", "Unit", "check_row", "combined_fingerprint", "file_record", "fingerprint", "format_of",
+           "read_rows", "resolve_inputs", "stat_of", "uid_of", "units"]

@@ -14,9 +14,11 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -63,7 +65,8 @@ def format_of(path: Path) -> str:
 
 
 def fingerprint(files: list[Path]) -> str:
-    """A content hash of the input files, names included."""
+    """A content hash of the input files, names included: the fingerprint of run dirs made before
+    per-file records (`combined_fingerprint`), which a resume of such a run dir still checks."""
     h = hashlib.sha256()
     for path in files:
         h.update(str(path.name).encode() + b"\0")
@@ -76,6 +79,69 @@ def fingerprint(files: list[Path]) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class Unit:
+    """A piece of the input one task reads: a text file, or consecutive row groups of a parquet file."""
+
+    path: str  # as input.path gave it (the ledger's `source`)
+    row_groups: tuple[int, ...] | None = None
+    first_line: int = 0  # rows of the file before these row groups
+
+
+def units(files: list[Path], rows_per_unit: int) -> list[Unit]:
+    """The input cut into units, in row order: parquet files by row groups (about `rows_per_unit`
+    rows each, counted from their footers), other files whole (a CSV or gzip stream has no
+    boundaries to start at)."""
+    out = []
+    for path in files:
+        if format_of(path) != "parquet":
+            out.append(Unit(str(path)))
+            continue
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except (pa.ArrowInvalid, OSError) as err:
+            raise InputError(f"input.path: {path}: not a readable parquet file ({err})") from None
+        groups, start, line, rows = [], 0, 0, 0
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            if groups and rows + n > rows_per_unit:
+                out.append(Unit(str(path), tuple(groups), start))
+                groups, start, rows = [], line, 0
+            groups.append(g)
+            rows += n
+            line += n
+        out.append(Unit(str(path), tuple(groups), start) if groups else Unit(str(path), (), 0))
+    return out
+
+
+def stat_of(path: Path) -> dict:
+    """What says a file is unchanged without reading it: size, mtime, ctime and inode (any write,
+    or a copy made to look like the file, changes one of them)."""
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
+
+
+def file_record(path: Path) -> dict:
+    """One input file's name, stat and content hash (read once, when a run dir is made)."""
+    stat = stat_of(path)
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as err:
+        raise InputError(f"input.path: {path}: cannot read ({err.strerror or err})") from None
+    return {"path": str(path), "name": path.name, **stat, "sha256": h.hexdigest()}
+
+
+def combined_fingerprint(records: list[dict]) -> str:
+    """The input's fingerprint from its files' records: names and content hashes, in order."""
+    h = hashlib.sha256(b"mmcurate-input-v2\0")
+    for r in records:
+        h.update(f"{r['name']}\0{r['sha256']}\n".encode())
+    return h.hexdigest()
+
+
 def _open_binary(path: Path) -> io.BufferedIOBase:
     try:
         return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
@@ -83,12 +149,13 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
         raise InputError(f"input.path: {path}: cannot read ({err.strerror or err})") from None
 
 
-def read_rows(path: Path, cfg: InputConfig) -> Iterator[RawRow]:
-    """Yield every row of one input file, malformed ones included (with a problem)."""
+def read_rows(path: Path, cfg: InputConfig, row_groups: list[int] | None = None, first_line: int = 0) -> Iterator[RawRow]:
+    """Yield every row of one input file, malformed ones included (with a problem); of a parquet
+    file, optionally only some row groups (`first_line`: the rows before them)."""
     kind = format_of(path)
     try:
         if kind == "parquet":
-            yield from _read_parquet(path, cfg)
+            yield from _read_parquet(path, cfg, row_groups, first_line)
         elif kind == "jsonl":
             yield from _read_jsonl(path, cfg)
         else:
@@ -97,15 +164,14 @@ def read_rows(path: Path, cfg: InputConfig) -> Iterator[RawRow]:
         raise InputError(f"input.path: {path}: cannot read ({err})") from None
 
 
-def _read_parquet(path: Path, cfg: InputConfig) -> Iterator[RawRow]:
+def _read_parquet(path: Path, cfg: InputConfig, row_groups: list[int] | None, line: int) -> Iterator[RawRow]:
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise InputError(f"input.path: {path}: not a readable parquet file ({err})") from None
     names = pf.schema_arrow.names
     _require_columns(path, names, cfg)
-    line = 0
-    for batch in pf.iter_batches(batch_size=65536, columns=[cfg.url_col, cfg.caption_col]):
+    for batch in pf.iter_batches(batch_size=65536, columns=[cfg.url_col, cfg.caption_col], row_groups=row_groups):
         for url, caption in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
             line += 1
             yield RawRow(str(path), line, _decoded(url), _decoded(caption))

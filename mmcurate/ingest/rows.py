@@ -115,6 +115,7 @@ class ShardBuffer:
     shard: int = 0
     rows: int = 0
     failed: int = 0
+    source: str | None = None  # the ledger's source for every row, when it differs from the path read
 
     def __post_init__(self) -> None:
         self._cols: dict[str, list] = {f.name: [] for f in C.INGEST_SCHEMA}
@@ -129,7 +130,7 @@ class ShardBuffer:
         values = {
             C.UID: uid,
             C.ROW: self.rows,
-            C.SOURCE: raw.source,
+            C.SOURCE: raw.source if self.source is None else self.source,
             C.SOURCE_LINE: raw.line,
             C.URL: _text(raw.url),
             C.CAPTION: _text(raw.caption),

@@ -19,6 +19,7 @@ from mmcurate.engine.runner import NoProgress, Progress, prepare_stage, run_segm
 from mmcurate.jobs import manifest as M
 from mmcurate.jobs.export import FORMATS as EXPORT_FORMATS
 from mmcurate.jobs.export import ExportTask, export_hf
+from mmcurate.jobs.ingest import FINGERPRINT_VERSION, fingerprint_input, ingest_input
 from mmcurate.jobs.instructions import export_llava, finish
 from mmcurate.jobs.ledger import build_ledger
 from mmcurate.jobs.report import write_report
@@ -67,12 +68,14 @@ class Job:
     # ------------------------------------------------------------------ steps
     def _ingest(self, manifest: dict) -> dict:
         files = ingest.resolve_inputs(self.config.input.path)
-        fp = ingest.fingerprint(files)
-        key = {"input_fingerprint": fp, "input": self.config.input.model_dump(exclude={"path"})}
         done_file = self.run_dir.ingest_done()
-        if done_file.exists():
-            done = json.loads(done_file.read_text())
+        done = json.loads(done_file.read_text()) if done_file.exists() else None
+        fp, records = fingerprint_input(files, done, self.ray.tasks)
+        key = {"input_fingerprint": fp, "input": self.config.input.model_dump(exclude={"path"})}
+        if done is not None:
             if {k: done.get(k) for k in key} == key:
+                if records is not None and records != done.get("input_files"):  # touched, same bytes
+                    atomic.write_json(done_file, {**done, "input_files": records})
                 self.progress.begin(INGEST, done["shards"], done["shards"])
                 self.progress.end(INGEST)
                 return done
@@ -87,28 +90,19 @@ class Job:
             atomic.remove(self.run_dir.ledger)
             atomic.remove(self.run_dir.ledger_index)
             manifest["stages"] = {}
+            if records is None:  # an old run dir redone: records from now on
+                fp, records = fingerprint_input(files, None, self.ray.tasks)
+                key["input_fingerprint"] = fp
         start = time.perf_counter()
         self.progress.begin(INGEST, 0, 0)
-
-        def write(shard: int, table) -> None:
-            atomic.write_parquet(self.run_dir.shard_file(INGEST, shard), table)
-            stats = {"stage": INGEST, "shard": shard, "rows_in": table.num_rows}
-            stats[C.FAILED] = table[C.STATUS].to_pylist().count(C.FAILED)
-            stats[C.KEPT] = table.num_rows - stats[C.FAILED]
-            self.progress.advance(INGEST, stats)
-
-        i = self.config.input
-        buffer = ingest.ShardBuffer(i.shard_size, write, i.max_caption_chars, i.max_url_chars)
-        for path in files:
-            for raw in ingest.read_rows(path, self.config.input):
-                buffer.add(raw)
-        buffer.flush()
+        counts = ingest_input(self.run_dir, self.config.input, files, self.config.engine.rows_per_partition,
+                              self.ray.tasks, lambda stats: self.progress.advance(INGEST, stats))
         done = {
             **key,
+            "fingerprint_version": FINGERPRINT_VERSION,
+            "input_files": records,
             "files": [str(p) for p in files],
-            "shards": buffer.shard,
-            "rows": buffer.rows,
-            C.FAILED: buffer.failed,
+            **counts,
             "seconds": round(time.perf_counter() - start, 3),
         }
         atomic.write_json(done_file, done)

@@ -1,0 +1,138 @@
+"""Ingest as tasks: the input's units (files, parquet row groups) read and checked in parallel into
+chunks numbered from 0, then cut into the run's shards, numbered across the files in sorted order
+from the units' row counts, exactly as one reader going through the files would number them.
+
+The input's fingerprint comes from per-file records (name, stat, content hash), hashed once when
+the run dir is made and, on resume, re-read only for a file whose stat changed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mmcurate import ingest
+from mmcurate.algos.parallel import SerialTasks, Tasks
+from mmcurate.engine import atomic
+from mmcurate.engine.rundir import INGEST, RunDir
+from mmcurate.schemas import columns as C
+from mmcurate.schemas.config import InputConfig
+
+FINGERPRINT_VERSION = 2
+
+
+def _runner(tasks: Callable[[], Tasks] | None, items: int) -> Tasks:
+    """Ray tasks when there is more than one thing to do (a one-file input never starts Ray here)."""
+    return tasks() if tasks is not None and items > 1 else SerialTasks()
+
+
+def _hash(cwd: str, path: str) -> dict:
+    record = ingest.file_record(Path(cwd, path))
+    return {**record, "path": path}
+
+
+def fingerprint_input(files: list[Path], done: dict | None, tasks: Callable[[], Tasks] | None = None
+                      ) -> tuple[str, list[dict] | None]:
+    """The input's fingerprint and its per-file records.
+
+    A run dir made by this version recorded each file's stat and hash: a file whose stat is the
+    same is not read again; one whose stat changed is hashed again (its content decides). A run
+    dir made before the records gets the old whole-input hash (and keeps it, so that its stages'
+    fingerprints stay what they were)."""
+    if done is not None and done.get("fingerprint_version") != FINGERPRINT_VERSION:
+        return ingest.fingerprint(files), None
+    known = {r["path"]: r for r in (done or {}).get("input_files", [])}
+    stale = [str(p) for p in files if not _unchanged(known.get(str(p)), p)]
+    cwd = os.getcwd()
+    hashed = dict(zip(stale, _runner(tasks, len(stale)).parallel(_hash, stale, cwd)))
+    records = [hashed.get(str(p)) or known[str(p)] for p in files]
+    return ingest.combined_fingerprint(records), records
+
+
+def _unchanged(record: dict | None, path: Path) -> bool:
+    if record is None:
+        return False
+    try:
+        stat = ingest.stat_of(path)
+    except OSError:
+        return False
+    return all(record.get(k) == v for k, v in stat.items())
+
+
+def _read_unit(shared: tuple, item: tuple[int, ingest.Unit]) -> dict:
+    """A task: one unit read and checked into chunks of `shard_size` rows numbered from 0."""
+    run_dir, cfg, cwd = shared
+    k, unit = item
+    pieces = run_dir.ingest_pieces
+
+    def write(chunk: int, table: pa.Table) -> None:
+        atomic.write_parquet(pieces / f"{k:06d}-{chunk:06d}.parquet", table)
+
+    buffer = ingest.ShardBuffer(cfg.shard_size, write, cfg.max_caption_chars, cfg.max_url_chars, source=unit.path)
+    groups = list(unit.row_groups) if unit.row_groups is not None else None
+    for raw in ingest.read_rows(Path(cwd, unit.path), cfg, groups, unit.first_line):
+        buffer.add(raw)
+    buffer.flush()
+    return {"unit": k, "rows": buffer.rows, C.FAILED: buffer.failed}
+
+
+def _write_shards(shared: tuple, item: list[tuple[int, list[tuple[int, int, int, int, int]]]]) -> list[dict]:
+    """A task: shards put together from their pieces (unit, chunk, first, last, row offset)."""
+    (run_dir,) = shared
+    out, cached = [], (None, None)
+    for shard, pieces in item:
+        parts = []
+        for unit, chunk, lo, hi, offset in pieces:
+            path = run_dir.ingest_pieces / f"{unit:06d}-{chunk:06d}.parquet"
+            if cached[0] != path:
+                cached = (path, pq.read_table(path))
+            piece = cached[1].slice(lo, hi - lo)
+            rows = pc.add(piece[C.ROW], pa.scalar(offset, pa.int64()))
+            parts.append(piece.set_column(piece.schema.get_field_index(C.ROW), C.ROW, rows))
+        table = pa.concat_tables(parts).combine_chunks().cast(C.INGEST_SCHEMA)
+        atomic.write_parquet(run_dir.shard_file(INGEST, shard), table)
+        failed = pc.sum(pc.equal(table[C.STATUS], C.FAILED)).as_py() or 0
+        out.append({"stage": INGEST, "shard": shard, "rows_in": table.num_rows, C.FAILED: failed,
+                    C.KEPT: table.num_rows - failed})
+    return out
+
+
+def ingest_input(run_dir: RunDir, cfg: InputConfig, files: list[Path], rows_per_unit: int,
+                 tasks: Callable[[], Tasks] | None = None, on_shard: Callable[[dict], None] = lambda s: None) -> dict:
+    """Read `files` into the run's ingest shards; returns shards, rows and failed rows."""
+    shutil.rmtree(run_dir.ingest_pieces, ignore_errors=True)
+    units = ingest.units(files, rows_per_unit)
+    runner = _runner(tasks, len(units))
+    counts = sorted(runner.parallel(_read_unit, list(enumerate(units)), (run_dir, cfg, os.getcwd())),
+                    key=lambda c: c["unit"])
+    starts = [0]
+    for c in counts:
+        starts.append(starts[-1] + c["rows"])
+    total, size = starts[-1], cfg.shard_size
+    plan = []
+    for shard in range((total + size - 1) // size):
+        lo, hi = shard * size, min(total, (shard + 1) * size)
+        pieces, row = [], lo
+        unit = bisect.bisect_right(starts, row) - 1
+        while row < hi:
+            while starts[unit + 1] <= row:  # units without rows
+                unit += 1
+            local = row - starts[unit]
+            chunk = local // size
+            end = min(hi, starts[unit + 1], starts[unit] + (chunk + 1) * size)
+            pieces.append((unit, chunk, local - chunk * size, end - starts[unit] - chunk * size, starts[unit]))
+            row = end
+        plan.append((shard, pieces))
+    per_task = max(1, rows_per_unit // size)
+    batches = [plan[i:i + per_task] for i in range(0, len(plan), per_task)]
+    for stats in (s for batch in _runner(tasks, len(batches)).parallel(_write_shards, batches, (run_dir,)) for s in batch):
+        on_shard(stats)
+    shutil.rmtree(run_dir.ingest_pieces, ignore_errors=True)
+    return {"shards": len(plan), "rows": total, C.FAILED: sum(c[C.FAILED] for c in counts)}
