@@ -70,13 +70,17 @@ def fingerprint(files: list[Path]) -> str:
     h = hashlib.sha256()
     for path in files:
         h.update(str(path.name).encode() + b"\0")
-        try:
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-        except OSError as err:
-            raise InputError(f"input.path: {path}: cannot read ({err.strerror or err})") from None
+        _hash_into(h, path)
     return h.hexdigest()
+
+
+def _hash_into(h, path: Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as err:
+        raise InputError(f"input.path: {path}: cannot read ({err.strerror or err})") from None
 
 
 @dataclass(frozen=True)
@@ -125,12 +129,7 @@ def file_record(path: Path) -> dict:
     """One input file's name, stat and content hash (read once, when a run dir is made)."""
     stat = stat_of(path)
     h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except OSError as err:
-        raise InputError(f"input.path: {path}: cannot read ({err.strerror or err})") from None
+    _hash_into(h, path)
     return {"path": str(path), "name": path.name, **stat, "sha256": h.hexdigest()}
 
 
