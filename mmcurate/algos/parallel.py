@@ -31,6 +31,12 @@ class Tasks(Protocol):
     def parallel(self, fn: Callable[[Any, Any], Any], items: list, shared: Any) -> list: ...
 
 
+def runner(tasks: Callable[[], Tasks] | None, items: int) -> Tasks:
+    """`tasks()` (the cluster's) when there is more than one item, else in this process: a run
+    with one thing to do never starts Ray for it."""
+    return tasks() if tasks is not None and items > 1 else SerialTasks()
+
+
 class SerialTasks:
     """`Tasks` in this process: a reference is its value."""
 

@@ -33,8 +33,8 @@ def atomic_path(target: str | Path, fsync: bool = True) -> Iterator[Path]:
         if fsync:
             with open(tmp_path, "rb+") as f:
                 os.fsync(f.fileno())
-        if target.is_dir() and not target.is_symlink():  # a ledger in parts becoming one file again
-            shutil.rmtree(target)
+        if target.is_dir():  # a ledger in parts becoming one file again
+            remove(target)
         os.replace(tmp_path, target)
         if fsync:
             _fsync_folder(target.parent)

@@ -61,9 +61,8 @@ class RunDir:
     def ledger_index_part(self, part: int, root: Path | None = None) -> Path:
         return (root or self.ledger_index) / f"part-{part:06d}.parquet"
 
-    @property
-    def ledger_parts(self) -> Path:
-        return self.ledger_index / "parts.json"
+    def ledger_parts(self, root: Path | None = None) -> Path:
+        return (root or self.ledger_index) / "parts.json"
 
     @property
     def report(self) -> Path:
@@ -137,6 +136,9 @@ class RunDir:
     def ingest_pieces(self) -> Path:
         """Where ingest's tasks leave the units' chunks until they are cut into shards."""
         return self.stage_dir(INGEST) / "pieces"
+
+    def ingest_piece(self, unit: int, chunk: int) -> Path:
+        return self.ingest_pieces / f"{unit:06d}-{chunk:06d}.parquet"
 
     def ingest_done(self) -> Path:
         return self.stage_dir(INGEST) / "_SUCCESS.json"

@@ -114,7 +114,7 @@ def units(files: list[Path], rows_per_unit: int) -> list[Unit]:
             groups.append(g)
             rows += n
             line += n
-        out.append(Unit(str(path), tuple(groups), start) if groups else Unit(str(path), (), 0))
+        out.append(Unit(str(path), tuple(groups), start))  # an empty file: no row groups, still checked
     return out
 
 

@@ -52,7 +52,7 @@ def sample_ledger(run_dir: RunDir, n: int, seed: int, **filters) -> pl.DataFrame
         frame = query_ledger(run_dir, limit=None, **filters)
         return frame[np.sort(np.argsort(sample_key(frame[C.ROW].to_numpy(), seed), kind="stable")[:n])]
     best = np.empty(0, np.uint64), np.empty(0, np.int64)
-    columns = [C.ROW] + [k for k in wanted]
+    columns = [C.ROW, *wanted]
     for path in _files(run_dir):
         for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=columns):
             mask = None

@@ -19,18 +19,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmcurate import ingest
-from mmcurate.algos.parallel import SerialTasks, Tasks
+from mmcurate.algos.parallel import Tasks, runner
 from mmcurate.engine import atomic
 from mmcurate.engine.rundir import INGEST, RunDir
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import InputConfig
 
 FINGERPRINT_VERSION = 2
-
-
-def _runner(tasks: Callable[[], Tasks] | None, items: int) -> Tasks:
-    """Ray tasks when there is more than one thing to do (a one-file input never starts Ray here)."""
-    return tasks() if tasks is not None and items > 1 else SerialTasks()
 
 
 def _hash(cwd: str, path: str) -> dict:
@@ -51,7 +46,7 @@ def fingerprint_input(files: list[Path], done: dict | None, tasks: Callable[[], 
     known = {r["path"]: r for r in (done or {}).get("input_files", [])}
     stale = [str(p) for p in files if not _unchanged(known.get(str(p)), p)]
     cwd = os.getcwd()
-    hashed = dict(zip(stale, _runner(tasks, len(stale)).parallel(_hash, stale, cwd)))
+    hashed = dict(zip(stale, runner(tasks, len(stale)).parallel(_hash, stale, cwd)))
     records = [hashed.get(str(p)) or known[str(p)] for p in files]
     return ingest.combined_fingerprint(records), records
 
@@ -70,10 +65,9 @@ def _read_unit(shared: tuple, item: tuple[int, ingest.Unit]) -> dict:
     """A task: one unit read and checked into chunks of `shard_size` rows numbered from 0."""
     run_dir, cfg, cwd = shared
     k, unit = item
-    pieces = run_dir.ingest_pieces
 
     def write(chunk: int, table: pa.Table) -> None:
-        atomic.write_parquet(pieces / f"{k:06d}-{chunk:06d}.parquet", table)
+        atomic.write_parquet(run_dir.ingest_piece(k, chunk), table)
 
     buffer = ingest.ShardBuffer(cfg.shard_size, write, cfg.max_caption_chars, cfg.max_url_chars, source=unit.path)
     groups = list(unit.row_groups) if unit.row_groups is not None else None
@@ -90,7 +84,7 @@ def _write_shards(shared: tuple, item: list[tuple[int, list[tuple[int, int, int,
     for shard, pieces in item:
         parts = []
         for unit, chunk, lo, hi, offset in pieces:
-            path = run_dir.ingest_pieces / f"{unit:06d}-{chunk:06d}.parquet"
+            path = run_dir.ingest_piece(unit, chunk)
             if cached[0] != path:
                 cached = (path, pq.read_table(path))
             piece = cached[1].slice(lo, hi - lo)
@@ -109,8 +103,7 @@ def ingest_input(run_dir: RunDir, cfg: InputConfig, files: list[Path], rows_per_
     """Read `files` into the run's ingest shards; returns shards, rows and failed rows."""
     shutil.rmtree(run_dir.ingest_pieces, ignore_errors=True)
     units = ingest.units(files, rows_per_unit)
-    runner = _runner(tasks, len(units))
-    counts = sorted(runner.parallel(_read_unit, list(enumerate(units)), (run_dir, cfg, os.getcwd())),
+    counts = sorted(runner(tasks, len(units)).parallel(_read_unit, list(enumerate(units)), (run_dir, cfg, os.getcwd())),
                     key=lambda c: c["unit"])
     starts = [0]
     for c in counts:
@@ -132,7 +125,7 @@ def ingest_input(run_dir: RunDir, cfg: InputConfig, files: list[Path], rows_per_
         plan.append((shard, pieces))
     per_task = max(1, rows_per_unit // size)
     batches = [plan[i:i + per_task] for i in range(0, len(plan), per_task)]
-    for stats in (s for batch in _runner(tasks, len(batches)).parallel(_write_shards, batches, (run_dir,)) for s in batch):
+    for stats in (s for batch in runner(tasks, len(batches)).parallel(_write_shards, batches, (run_dir,)) for s in batch):
         on_shard(stats)
     shutil.rmtree(run_dir.ingest_pieces, ignore_errors=True)
     return {"shards": len(plan), "rows": total, C.FAILED: sum(c[C.FAILED] for c in counts)}

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mmcurate.algos.parallel import SerialTasks, Tasks
+from mmcurate.algos.parallel import Tasks, runner
 from mmcurate.engine import atomic
 from mmcurate.engine.rundir import INGEST, RunDir
 from mmcurate.schemas import columns as C
@@ -154,11 +154,10 @@ def build_ledger(run_dir: RunDir, stages: Sequence[Stage], part_rows: int = 2_00
         agg = write_ledger_file(run_dir, stages, range(shards), run_dir.ledger)
         atomic.remove(run_dir.ledger_index)
         return check_aggregates([agg], expected)
-    runner = tasks() if tasks is not None else SerialTasks()
     with atomic.atomic_folder(run_dir.ledger_index) as index_root, atomic.atomic_folder(run_dir.ledger) as ledger_root:
-        aggs = runner.parallel(_write_one, list(enumerate(parts)), (run_dir, list(stages), ledger_root, index_root))
+        aggs = runner(tasks, len(parts)).parallel(_write_one, list(enumerate(parts)), (run_dir, list(stages), ledger_root, index_root))
         counts = check_aggregates(aggs, expected)
-        atomic.write_json(index_root / "parts.json", {"rows": expected, "parts": aggs})
+        atomic.write_json(run_dir.ledger_parts(index_root), {"rows": expected, "parts": aggs})
     return counts
 
 
