@@ -148,7 +148,7 @@ def _measured(fn, *args):
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         MEASURED.mkdir(exist_ok=True)
-        name = (args[0] if fn.__name__ == "_only" else fn).__name__
+        name = (args[0] if fn.__name__ == "_first" else fn).__name__
         (MEASURED / f"{uuid.uuid4().hex}.json").write_text(json.dumps({"task": name, "peak": peak}))
 
 

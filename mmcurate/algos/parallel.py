@@ -31,6 +31,15 @@ class Tasks(Protocol):
     def parallel(self, fn: Callable[[Any, Any], Any], items: list, shared: Any) -> list: ...
 
 
+def submit_parts(tasks: Tasks, n: int, fn: Callable[..., list], *args: Any) -> list:
+    """fn(*args) -> a list of n parts (a hash partitioning), submitted as one task: n references."""
+    return [tasks.submit(_first, fn, *args)] if n == 1 else tasks.submit(fn, *args, returns=n)
+
+
+def _first(fn: Callable[..., list], *args: Any) -> Any:
+    return fn(*args)[0]
+
+
 def runner(tasks: Callable[[], Tasks] | None, items: int) -> Tasks:
     """`tasks()` (the cluster's) when there is more than one item, else in this process: a run
     with one thing to do never starts Ray for it."""

@@ -1,5 +1,5 @@
 """Hash partitioning for decisions over a whole run, as plain numpy: which part a key goes to,
-splitting columns into parts, and connected components over the edges a run's parts found.
+splitting columns into parts, naming rows across tasks.
 
 A row is named across tasks by its *gid*: its shard in the high 32 bits, its position among the
 shard's alive rows in the low 32. A part keyed by gid goes back to the shards of one *group*
@@ -67,19 +67,3 @@ def concat(parts: list[dict[str, np.ndarray]], names: tuple[str, ...]) -> dict[s
 def of_shard(columns: dict[str, np.ndarray], shard: int, key: str = "gid") -> dict[str, np.ndarray]:
     mine = shard_of(columns[key]) == shard
     return {name: values[mine] for name, values in columns.items()}
-
-
-def components(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The nodes the (m, 2) int64 edges touch and each one's component, named by its smallest node
-    (so the labels depend on the graph only, not on how its edges were found). Memory: O(edges)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    nodes, inverse = np.unique(edges.reshape(-1), return_inverse=True)
-    inverse = inverse.reshape(-1, 2)
-    n = len(nodes)
-    graph = coo_matrix((np.ones(len(inverse), np.int8), (inverse[:, 0], inverse[:, 1])), shape=(n, n))
-    labels = connected_components(graph, directed=False)[1]
-    smallest = np.full(labels.max() + 1 if n else 0, np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(smallest, labels, nodes)  # nodes are sorted, so this is each component's first node
-    return nodes, smallest[labels]

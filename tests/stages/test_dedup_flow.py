@@ -13,6 +13,7 @@ from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import config_from_dict
 from mmcurate.stages.dedup import flow
 from mmcurate.stages.dedup.stage import DedupStage
+from tests.algos.test_components import scipy_labels
 from tests.scale_rows import flip, rows
 
 
@@ -73,6 +74,5 @@ def test_band_search_misses_no_pair_against_brute_force(hot, monkeypatch):
     if hot > len(values):  # every candidate verified: exactly the pairs within 8
         assert set(map(tuple, edges.tolist())) == set(map(tuple, brute.tolist()))
     else:  # hot keys joined as stars: every pair within 8 still in one group
-        nodes, labels = partition.components(edges)
-        label = dict(zip(nodes.tolist(), labels.tolist()))
+        label = scipy_labels(edges)
         assert all(label.get(i, -1) == label.get(j, -2) for i, j in brute.tolist())

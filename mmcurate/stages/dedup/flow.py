@@ -13,8 +13,8 @@ of about `engine.rows_per_partition` rows each. A row is named by its gid (`algo
    distinct value's key per choice, to the part the (choice, key) hashes to; per part, the pairs
    that share a key and are within the radius (`hamming.band_edges`; hot keys joined as stars).
    A wave's keys are freed before the wave after next starts, so the store holds two waves.
-5. **components**, one task over the edges (memory in proportion to edges, not rows): each
-   row's group, named by its smallest gid.
+5. **components** over the edges, in partitions by node (`algos/components`: large-star and
+   small-star phases until two change nothing): each row's group, named by its smallest gid.
 6. **members**, per shard: the signals of the rows in a group, to the part the group hashes to.
    **greedy**, per part: each group in rank order, as `algos/grouping` decides it.
 7. **write**, per shard: its rows' decisions from the tasks above, assembled and stored.
@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from mmcurate.algos import hamming, partition
+from mmcurate.algos.components import components
 from mmcurate.algos.grouping import greedy
-from mmcurate.algos.parallel import Tasks
+from mmcurate.algos.parallel import Tasks, submit_parts
 from mmcurate.schemas import columns as C
 from mmcurate.stages.base import GlobalStage, ShardIO, assemble
 from mmcurate.stages.dedup.signals import (
@@ -53,15 +53,6 @@ log = logging.getLogger(__name__)
 HOT = 1000  # a band key shared by more distinct hashes than this joins them as a star
 PASSES_PER_WAVE = 4  # band choices whose keys are in the object store at once (two waves in flight)
 Part = dict[str, np.ndarray]
-
-
-def _split(tasks: Tasks, n: int, fn, *args) -> list:
-    """fn(*args) -> n parts, as n references."""
-    return [tasks.submit(_only, fn, *args)] if n == 1 else tasks.submit(fn, *args, returns=n)
-
-
-def _only(fn, *args) -> Any:
-    return fn(*args)[0]
 
 
 def _merge(parts: tuple[Part, ...] | list[Part]) -> Part:
@@ -176,7 +167,7 @@ def band_search(tasks: Tasks, uniq: list, radius: int, n: int, parts: int) -> li
     edges: list = []
     in_flight: list[list] = []
     for w, wave in enumerate(waves):
-        keyed = [_split(tasks, parts, _band_keys, u, bands, wave, w * PASSES_PER_WAVE, parts) for u in uniq]
+        keyed = [submit_parts(tasks, parts, _band_keys, u, bands, wave, w * PASSES_PER_WAVE, parts) for u in uniq]
         found = [tasks.submit(_band_pairs, radius, HOT, *(kp[p] for kp in keyed)) for p in range(parts)]
         del keyed
         edges += found
@@ -184,13 +175,6 @@ def band_search(tasks: Tasks, uniq: list, radius: int, n: int, parts: int) -> li
         if len(in_flight) > 2:  # keys of at most two waves in the store
             tasks.wait(in_flight.pop(0))
     return edges
-
-
-def _components(tasks: Tasks, edge_refs: list, parts: int) -> list[Part]:
-    edges = [tasks.get(ref) for ref in edge_refs]  # one at a time: this task holds the edges, no rows
-    edges = np.concatenate([e for e in edges if len(e)] or [np.empty((0, 2), np.int64)])
-    nodes, labels = partition.components(edges)
-    return partition.by_group({"gid": nodes, "label": labels}, parts)
 
 
 # 6-7: groups decided, shards written
@@ -256,9 +240,9 @@ def decide(stage: GlobalStage, io: ShardIO, tasks: Tasks, parts: int) -> list:
     log.debug("dedup: %d rows in %d partitions of %d shards", io.rows, parts, io.shards)
     shards = range(io.shards)
     ref = tasks.submit(load_reference, cfg.reference_path, cfg.phash.exact) if cfg.reference_path else None
-    scans = [_split(tasks, parts + 1, _scan, stage, io, s, parts, ref) for s in shards]
+    scans = [submit_parts(tasks, parts + 1, _scan, stage, io, s, parts, ref) for s in shards]
     near_ref = [scan[0] for scan in scans]
-    exact = [_split(tasks, parts, _exact, parts, *(scan[1 + p] for scan in scans)) for p in range(parts)]
+    exact = [submit_parts(tasks, parts, _exact, parts, *(scan[1 + p] for scan in scans)) for p in range(parts)]
     del scans
     exact_of = [[exact[p][s % parts] for p in range(parts)] for s in shards]
     near_of: list[list] = [[] for _ in shards]
@@ -272,7 +256,7 @@ def decide(stage: GlobalStage, io: ShardIO, tasks: Tasks, parts: int) -> list:
 def _near_groups(stage: GlobalStage, io: ShardIO, tasks: Tasks, parts: int, near_ref: list, exact_of: list) -> list:
     cfg = stage.config.dedup
     radii = [cfg.phash.max_distance] + ([cfg.phash.dhash_distance] if cfg.phash.dhash_distance is not None else [])
-    values = [_split(tasks, parts * len(radii), _values, stage, io, s, parts, near_ref[s], *exact_of[s])
+    values = [submit_parts(tasks, parts * len(radii), _values, stage, io, s, parts, near_ref[s], *exact_of[s])
               for s in range(io.shards)]
     edge_refs = []
     for h, radius in enumerate(radii):
@@ -283,7 +267,8 @@ def _near_groups(stage: GlobalStage, io: ShardIO, tasks: Tasks, parts: int, near
             uniq.append(distinct)
         edge_refs += band_search(tasks, uniq, radius, io.rows, parts)
     del values
-    labels = _split(tasks, parts, _components, tasks, edge_refs, parts)
-    members = [_split(tasks, parts, _members, stage, io, s, parts, labels[s % parts]) for s in range(io.shards)]
+    labels = components(tasks, edge_refs, parts)
+    members = [submit_parts(tasks, parts, _members, stage, io, s, parts, *(lab[s % parts] for lab in labels))
+               for s in range(io.shards)]
     k, kd = cfg.phash.max_distance, cfg.phash.dhash_distance
-    return [_split(tasks, parts, _greedy, k, kd, parts, *(m[p] for m in members)) for p in range(parts)]
+    return [submit_parts(tasks, parts, _greedy, k, kd, parts, *(m[p] for m in members)) for p in range(parts)]
