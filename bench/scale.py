@@ -50,10 +50,13 @@ from mmcurate.schemas.config import config_from_dict  # noqa: E402
 from mmcurate.stages.base import Stage  # noqa: E402
 from mmcurate.stages.clip import ClipFilterStage  # noqa: E402
 from mmcurate.stages.dedup.stage import DedupStage  # noqa: E402
+from mmcurate.stages.semantic_dedup import SemanticDedupStage  # noqa: E402
 from tests.jobs.test_resume import descendants  # noqa: E402
 from tests.scale_rows import pool, rows  # noqa: E402
 
-DATA = (C.SHA256, C.PHASH, C.DHASH, C.LUMA_STD, C.COLOUR, C.ORIGINAL_WIDTH, C.ORIGINAL_HEIGHT, C.CLIP_SCORE)
+DATA = (C.SHA256, C.PHASH, C.DHASH, C.LUMA_STD, C.COLOUR, C.ORIGINAL_WIDTH, C.ORIGINAL_HEIGHT, C.CLIP_SCORE,
+        C.CLIP_EMBEDDING)
+DIM = 64  # embedding width: memory per row of the semantic tasks grows with it (512-d: 8x the embeddings)
 
 
 class Features(Stage):
@@ -64,13 +67,27 @@ class Features(Stage):
     output_schema = pa.schema(C.IDENTITY_FIELDS + C.DECISION_FIELDS + [
         pa.field(C.SHA256, pa.string()), pa.field(C.PHASH, pa.string()), pa.field(C.DHASH, pa.string()),
         pa.field(C.LUMA_STD, pa.float32()), pa.field(C.COLOUR, pa.binary()), pa.field(C.ORIGINAL_WIDTH, pa.int32()),
-        pa.field(C.ORIGINAL_HEIGHT, pa.int32()), pa.field(C.CLIP_SCORE, pa.float32())])
+        pa.field(C.ORIGINAL_HEIGHT, pa.int32()), pa.field(C.CLIP_SCORE, pa.float32()),
+        pa.field(C.CLIP_EMBEDDING, pa.list_(pa.float16()))])
+
+
+def embeddings(n: int, seed: int, originals: np.ndarray, near: float = 0.2) -> pa.Array:
+    """n unit vectors, `near` of them within cosine ~0.99 of one of `originals` (copies that land in
+    any shard), as the list<float16> column clip_embed stores."""
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(n, DIM)).astype(np.float32)
+    dst = rng.random(n) < near
+    emb[dst] = originals[rng.integers(0, len(originals), int(dst.sum()))] + rng.normal(scale=0.02, size=(int(dst.sum()), DIM))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * DIM), pa.array(emb.astype(np.float16).reshape(-1)))
 
 
 def write_run(root: Path, n: int, shard_rows: int, radius: int) -> RunDir:
     run_dir = RunDir(root)
     stage = Features(config_from_dict({"input": {"path": "x"}}))
     originals = pool(max(n // 20, 1000))
+    emb_originals = np.random.default_rng(54321).normal(size=(max(n // 20, 1000), DIM))
+    emb_originals /= np.linalg.norm(emb_originals, axis=1, keepdims=True)
     shards = math.ceil(n / shard_rows)
     for s in range(shards):
         size = min(shard_rows, n - s * shard_rows)
@@ -79,7 +96,7 @@ def write_run(root: Path, n: int, shard_rows: int, radius: int) -> RunDir:
         ingest = pa.table({C.UID: t[C.UID], C.ROW: t[C.ROW], C.URL: pa.nulls(size, pa.string()),
                            C.CAPTION: pa.nulls(size, pa.string()), C.STATUS: pa.array([C.KEPT] * size)})
         atomic.write_parquet(run_dir.shard_file(INGEST, s), ingest)
-        out = t.append_column(C.CLIP_SCORE, pa.array(scores))
+        out = t.append_column(C.CLIP_SCORE, pa.array(scores)).append_column(C.CLIP_EMBEDDING, embeddings(size, 20_000 + s, emb_originals))
         out = out.append_column(C.STATUS, pa.array([C.KEPT] * size)).append_column(C.REASON, pa.nulls(size, pa.string()))
         out = out.append_column(C.DETAIL, pa.nulls(size, pa.string()))
         atomic.write_parquet(run_dir.shard_file(stage.name, s), out.select(stage.output_schema.names).cast(stage.output_schema))
@@ -201,6 +218,33 @@ def one_task(stage, run_dir: RunDir) -> pa.Table:
     return stage.decide(rows_, serial)
 
 
+def semantic_against_brute_force(root: Path, stage, tasks, n: int) -> dict:
+    """Semantic dedup partitioned (10,000 rows per partition, the default clusters of ~5,000) on
+    an n-row run against every pair compared: which drops it finds, and that each is real."""
+    from mmcurate.algos import embeddings as E
+
+    run_dir = write_run(root, n, max(n // 10, 1), 2)
+    got = run_stage(stage, run_dir, n, 10_000, tasks)
+    mine = pa.concat_tables([run_dir.read_shard(stage.name, s) for s in range(run_dir.shard_count())])
+    limit, E.EXACT_LIMIT = E.EXACT_LIMIT, 10**12
+    try:
+        truth = one_task(stage, run_dir)
+    finally:
+        E.EXACT_LIMIT = limit
+    want = set(truth.filter(pc.is_valid(truth[C.REASON]))[C.ROW].to_pylist())
+    found = mine.filter(pc.is_valid(mine[C.REASON]))
+    rows_ = pa.concat_tables([GlobalShards(str(run_dir.root), stage, [Features(stage.config)], run_dir.shard_count(), [], 0, 1).read(s)
+                              for s in range(run_dir.shard_count())])
+    emb = E.embeddings_of(rows_[C.CLIP_EMBEDDING])
+    at = {u: i for i, u in enumerate(rows_[C.UID].to_pylist())}
+    sims = [float(emb[at[u]] @ emb[at[k]]) for u, k in zip(found[C.UID].to_pylist(), found[C.SEMANTIC_DUP_OF].to_pylist())]
+    shutil.rmtree(root)
+    mine_rows = set(found[C.ROW].to_pylist())
+    return {"rows": n, "wall_s": got["wall_s"], "brute_force_drops": len(want), "partitioned_drops": len(mine_rows),
+            "recall": round(len(mine_rows & want) / max(len(want), 1), 4),
+            "drops_at_or_above_threshold": round(sum(x >= 0.95 - 1e-3 for x in sims) / max(len(sims), 1), 4)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000000,4000000,16000000")
@@ -209,6 +253,7 @@ def main() -> None:
     ap.add_argument("--radius", type=int, default=2, help="dedup.phash.max_distance (dHash off)")
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--check", action="store_true", help="compare with the one-task path at the smallest size")
+    ap.add_argument("--brute-rows", type=int, default=50_000, help="rows of the semantic dedup run compared with brute force")
     ap.add_argument("--out", default=None, help="write the figures here as JSON")
     args = ap.parse_args()
 
@@ -222,7 +267,8 @@ def main() -> None:
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
     tasks = measured_tasks()
-    config = config_from_dict({"input": {"path": "x"}, "dedup": {"phash": {"max_distance": args.radius, "dhash_distance": None}},
+    config = config_from_dict({"input": {"path": "x"}, "dedup": {"phash": {"max_distance": args.radius, "dhash_distance": None},
+                                                                 "semantic": {"enabled": True, "threshold": 0.95}},
                                "clip": {"min_score": None, "min_percentile": 30}})
     results = []
     tmp = Path(tempfile.mkdtemp(prefix="mmcurate-scale-"))
@@ -233,9 +279,9 @@ def main() -> None:
             run_dir = write_run(root, n, args.shard_rows, args.radius)
             row = {"rows": n, "shards": run_dir.shard_count(), "partitions": math.ceil(n / args.rows_per_partition),
                    "write_s": round(time.perf_counter() - t0, 1)}
-            for stage in (DedupStage(config), ClipFilterStage(config)):
+            for stage in (DedupStage(config), ClipFilterStage(config), SemanticDedupStage(config)):
                 row[stage.name] = run_stage(stage, run_dir, n, args.rows_per_partition, tasks)
-                if args.check and i == 0:
+                if args.check and i == 0 and stage.name != "semantic_dedup":
                     want = one_task(stage, run_dir)
                     got = pa.concat_tables([run_dir.read_shard(stage.name, s).select(want.column_names)
                                             for s in range(run_dir.shard_count())])
@@ -245,6 +291,10 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             results.append(row)
             shutil.rmtree(root)
+        if args.check:
+            semantic = semantic_against_brute_force(tmp / "brute", SemanticDedupStage(config), tasks, args.brute_rows)
+            print(json.dumps({"semantic_against_brute_force": semantic}), flush=True)
+            results.append({"semantic_against_brute_force": semantic})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         ray.shutdown()
@@ -253,7 +303,9 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(results, indent=2))
     base = results[0]
     for r in results[1:]:
-        for name in ("dedup", "clip"):
+        for name in ("dedup", "clip", "semantic_dedup"):
+            if name not in r:
+                continue
             print(f"{name}: {r['rows']:,} vs {base['rows']:,} rows: largest task {r[name]['largest_task_mb']} MB vs "
                   f"{base[name]['largest_task_mb']} MB ({r[name]['largest_task_mb'] / max(base[name]['largest_task_mb'], 1):.2f}x), "
                   f"driver +{r[name]['driver_growth_mb']} MB, wall {r[name]['wall_s']} s")

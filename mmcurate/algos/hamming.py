@@ -56,6 +56,15 @@ def plan(n: int, k: int) -> BandPlan:
     return best[1]
 
 
+BAND_KEY_BYTES = 32  # what the band search moves per distinct value per pass: choice, key, value, rep
+
+
+def shuffle_bytes(n: int, k: int) -> int:
+    """The band keys a partitioned search for pairs within `k` among `n` hashes moves, at most
+    (every hash distinct): passes x n x 32 B."""
+    return len(plan(max(n, 2), k).combos) * n * BAND_KEY_BYTES
+
+
 def _band_values(hashes: np.ndarray, widths: Sequence[int]) -> list[np.ndarray]:
     out, shift = [], 64
     for w in widths:

@@ -59,8 +59,10 @@ def by_group(columns: dict[str, np.ndarray], parts: int, key: str = "gid") -> li
     return split(columns, shard_of(columns[key]) % parts, parts)
 
 
-def concat(parts: list[dict[str, np.ndarray]], names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Parts of the same columns joined (an empty part list gives empty columns of `names`' dtypes unknown)."""
+def merge(parts) -> dict[str, np.ndarray]:
+    """Parts of the same columns joined, empty parts ({}) skipped; {} if all are."""
+    parts = [p for p in parts if p]
+    names = parts[0].keys() if parts else ()
     return {name: np.concatenate([p[name] for p in parts]) for name in names}
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmcurate.algos.embeddings import kmeans, nearest_centre
+from mmcurate.algos.embeddings import KMEANS_SAMPLE, kmeans, nearest_centre
 
 POOL_ROWS_PER_CLUSTER = 128  # DataComp: 100k centres for 12.8M samples
 
@@ -23,11 +23,14 @@ def centres_of(emb: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
-def select(pool: np.ndarray, reference: np.ndarray, clusters: int | None, seed: int = 0):
+def centres_wanted(rows: int, clusters: int | None) -> int:
+    return min(clusters or max(2, rows // POOL_ROWS_PER_CLUSTER), rows)
+
+
+def select(pool: np.ndarray, reference: np.ndarray, clusters: int | None, seed: int = 0, sample: int = KMEANS_SAMPLE):
     """(pool cluster labels, keep mask, number of target centres, k)."""
-    k = clusters or max(2, len(pool) // POOL_ROWS_PER_CLUSTER)
-    k = min(k, len(pool))
-    labels = kmeans(pool, k, seed)
+    k = centres_wanted(len(pool), clusters)
+    labels = kmeans(pool, k, seed, sample)
     centres = centres_of(pool, labels, k)
     targets = np.unique(nearest_centre(reference, centres))
     return labels, np.isin(labels, targets), len(targets), k

@@ -189,6 +189,8 @@ class Job:
             M.save(self.run_dir, manifest)
             try:
                 done = self._ingest(manifest)  # checks the input (cheap) before models are fetched
+                for stage in self.stages:  # what this many rows would cost, before anything runs
+                    stage.check_scale(done["rows"])
                 for stage in self.stages:  # find models and check them before any image moves
                     model = stage.prepare()
                     if model:

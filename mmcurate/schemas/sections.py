@@ -67,6 +67,9 @@ class PhashConfig(_Section):
 class SemanticDedupConfig(_Section):
     enabled: bool = False
     threshold: float = Field(0.95, gt=0, le=1)
+    # rows k-means is fitted on (a seeded sample by row number) when the run is too large to
+    # compare every pair; pairs are then searched within clusters of about 5,000 rows
+    kmeans_sample: int = Field(200_000, ge=100)
 
 
 class DedupConfig(_Section):
@@ -207,6 +210,7 @@ class ImageBasedConfig(_Section):
     enabled: bool = False
     reference_path: str | None = None  # parquet of embeddings (clip_image_embedding) or a folder of images
     clusters: int | None = Field(None, ge=2)  # k-means centres fitted on the pool; null: pool rows / 128
+    kmeans_sample: int = Field(200_000, ge=100)  # pool rows the centres are fitted on (a seeded sample)
 
 
 class HeadConfig(_Section):
@@ -302,3 +306,7 @@ class EngineConfig(_Section):
     # the most rows one ledger file holds: a run up to this size keeps one ledger.parquet; a larger
     # one writes ledger.parquet/ as parts of whole shards, by worker tasks, with a uid index
     ledger_part_rows: int = Field(2_000_000, ge=1)
+    # the most band keys (terabytes) pHash/dHash near-duplicate search may move between tasks, as
+    # estimated from the input's row count before anything runs; above it the run is refused and
+    # the message names the radius that fits (null: no limit)
+    max_shuffle_tb: float | None = Field(8.0, gt=0)

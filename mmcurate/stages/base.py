@@ -88,6 +88,10 @@ class Stage:
         """
         return {}
 
+    def check_scale(self, rows: int) -> None:
+        """Raises ConfigError, naming the key to change, when a run of `rows` input rows (more than
+        any stage sees) would cost more than the engine allows; before anything runs."""
+
     def config_sections(self) -> dict:
         """The configuration this stage's output depends on (its part of the fingerprint)."""
         return {}

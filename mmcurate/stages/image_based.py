@@ -3,17 +3,21 @@ clusters that a reference set's images fall into (`filters/image_based.py`), dro
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyarrow as pa
 
 from mmcurate.algos.embeddings import embeddings_of
-from mmcurate.algos.parallel import Parallel
+from mmcurate.algos.parallel import Parallel, Tasks
 from mmcurate.filters import image_based
 from mmcurate.filters.base import Verdicts
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import Config
 from mmcurate.schemas.errors import ConfigError
-from mmcurate.stages.base import GlobalStage
+from mmcurate.stages import embedding_flow
+from mmcurate.stages.base import GlobalStage, ShardIO
+from mmcurate.stages.embedding_flow import without_default_sample
 
 
 class ImageBasedStage(GlobalStage):
@@ -32,7 +36,7 @@ class ImageBasedStage(GlobalStage):
         return config.clip.enabled and config.quality.image_based.enabled
 
     def config_sections(self) -> dict:
-        return self.config.quality.image_based.model_dump()
+        return without_default_sample(self.config.quality.image_based.model_dump())
 
     def _embed_images(self, images: list[bytes]) -> np.ndarray:
         from mmcurate.filters.clip_score import ClipScorer, resolve_weights
@@ -42,22 +46,38 @@ class ImageBasedStage(GlobalStage):
         _, emb, _ = scorer.score(images, [""] * len(images))
         return np.asarray([e for e in emb if e is not None], np.float32)
 
-    def judge(self, rows: pa.Table, parallel: Parallel) -> Verdicts:
+    def reference(self, dim: int | None) -> np.ndarray:
+        """The reference set's unit embeddings; ConfigError when it cannot be read or is not `dim`-d."""
         cfg = self.config.quality.image_based
         try:
             reference = image_based.load_reference(cfg.reference_path, self._embed_images)
         except ValueError as err:
             raise ConfigError(f"quality.image_based.reference_path: {err}") from None
-        if rows.num_rows == 0:
-            return Verdicts()
-        pool = embeddings_of(rows[C.CLIP_EMBEDDING])
-        if pool.shape[1] != reference.shape[1]:
+        if dim is not None and dim != reference.shape[1]:
             raise ConfigError(f"quality.image_based.reference_path: reference embeddings are {reference.shape[1]}-d, "
-                              f"the run's CLIP gives {pool.shape[1]}-d (embed the reference with the same model)")
-        labels, keep, targets, k = image_based.select(pool, reference, cfg.clusters)
+                              f"the run's CLIP gives {dim}-d (embed the reference with the same model)")
+        return reference
+
+    def verdicts(self, labels: np.ndarray, keep: np.ndarray, targets: int, k: int, references: int) -> Verdicts:
         return Verdicts(
             scores={C.IMAGE_CLUSTER: labels},
             reasons=[None if x else "off_target_cluster" for x in keep],
             details=[None if x else f"nearest centre {label} is not among the {targets} of {k} centres "
-                     f"that the {len(reference)} reference images fall into" for x, label in zip(keep, labels.tolist())],
+                     f"that the {references} reference images fall into" for x, label in zip(keep, labels.tolist())],
         )
+
+    def decide_shards(self, io: ShardIO, tasks: Tasks) -> list:
+        parts = math.ceil(io.rows / io.rows_per_partition)
+        if parts <= 1:
+            return super().decide_shards(io, tasks)
+        return embedding_flow.image_based(self, io, tasks)
+
+    def judge(self, rows: pa.Table, parallel: Parallel) -> Verdicts:
+        cfg = self.config.quality.image_based
+        if rows.num_rows == 0:
+            self.reference(None)
+            return Verdicts()
+        pool = embeddings_of(rows[C.CLIP_EMBEDDING])
+        reference = self.reference(pool.shape[1])
+        labels, keep, targets, k = image_based.select(pool, reference, cfg.clusters, sample=cfg.kmeans_sample)
+        return self.verdicts(labels, keep, targets, k, len(reference))

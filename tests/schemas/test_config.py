@@ -111,3 +111,27 @@ def test_task_names_are_words_not_paths(tmp_path):
         load_config(write(tmp_path, GOOD), ["synthesis.tasks=[detail, ../../etc/passwd]"])
     assert load_config(write(tmp_path, GOOD), ["synthesis.tasks=[detail, my-task_2]"]).synthesis.tasks == [
         "detail", "my-task_2"]
+
+
+def test_an_unaffordable_radius_is_refused_before_anything_runs(tmp_path, capsys):
+    from mmcurate.schemas.config import config_from_dict
+    from mmcurate.stages.dedup.stage import DedupStage
+
+    def check(rows: int, **phash) -> None:
+        DedupStage(config_from_dict({"input": {"path": "x"}, "dedup": {"phash": phash}})).check_scale(rows)
+
+    check(16_000_000)  # the defaults up to DataComp small (about 1.3 TB of band keys)
+    with pytest.raises(ConfigError, match=r"^dedup.phash.max_distance: 8 \(with dhash_distance 8\) would move about "
+                                          r"105.4 TB .* 1,280,000,000 input rows.*engine.max_shuffle_tb \(8\); "
+                                          r"set max_distance \(and dhash_distance\) to 4 or less"):
+        check(1_280_000_000)  # DataComp large
+    check(1_280_000_000, max_distance=4, dhash_distance=4)
+    # through the command line: exit 2 after the input is read, before any download or model
+    urls = tmp_path / "urls.csv"
+    urls.write_text("url,caption\n" + "".join(f"http://127.0.0.1:9/{i}.jpg,a photo\n" for i in range(3)))
+    run_dir = tmp_path / "r"
+    args = ["run", str(write(tmp_path, GOOD.replace("urls.parquet", str(urls)))), "--run-dir", str(run_dir)]
+    assert main([*args, "--set", "engine.max_shuffle_tb=1e-12"]) == 2
+    err = capsys.readouterr().err
+    assert "dedup.phash.max_distance: 8" in err and "over 3 input rows" in err and "no radius fits" in err, err
+    assert not (run_dir / "stages" / "download").exists()

@@ -55,12 +55,6 @@ PASSES_PER_WAVE = 4  # band choices whose keys are in the object store at once (
 Part = dict[str, np.ndarray]
 
 
-def _merge(parts: tuple[Part, ...] | list[Part]) -> Part:
-    parts = [p for p in parts if p]
-    names = parts[0].keys() if parts else ()
-    return {name: np.concatenate([p[name] for p in parts]) for name in names}
-
-
 def _ascii(column: pa.ChunkedArray) -> np.ndarray:
     return column.to_numpy(zero_copy_only=False).astype("S")
 
@@ -98,7 +92,7 @@ def _fold(sha: np.ndarray) -> np.ndarray:
 
 
 def _exact(parts: int, *pieces: Part) -> list[Part]:
-    got = _merge(pieces)
+    got = partition.merge(pieces)
     if not got or not len(got["gid"]):
         return [{} for _ in range(parts)]
     order = np.lexsort((got["uid"], got["key"], got["sha"]))
@@ -117,7 +111,7 @@ def _values(stage: GlobalStage, io: ShardIO, shard: int, parts: int, near_ref, *
     n = rows.num_rows
     alive = np.ones(n, bool)
     alive[near_ref[0]] = False
-    dropped = _merge(exact)
+    dropped = partition.merge(exact)
     if dropped:
         alive[partition.local(partition.of_shard(dropped, shard)["gid"])] = False
     sig = Signals.from_table(rows)
@@ -130,7 +124,7 @@ def _values(stage: GlobalStage, io: ShardIO, shard: int, parts: int, near_ref, *
 
 
 def _unique(*pieces: Part) -> tuple[np.ndarray, Part]:
-    got = _merge(pieces)
+    got = partition.merge(pieces)
     if not got:
         return np.empty((0, 2), np.int64), {"value": np.empty(0, np.uint64), "rep": np.empty(0, np.int64)}
     order = np.lexsort((got["gid"], got["value"]))
@@ -152,7 +146,7 @@ def _band_keys(uniq: Part, bands: hamming.BandPlan, combos: list[tuple[int, ...]
 
 
 def _band_pairs(radius: int, hot: int, *pieces: Part) -> np.ndarray:
-    got = _merge(pieces)
+    got = partition.merge(pieces)
     if not got:
         return np.empty((0, 2), np.int64)
     return hamming.band_edges(got["combo"], got["key"], got["value"], got["rep"], radius, hot)
@@ -181,7 +175,7 @@ def band_search(tasks: Tasks, uniq: list, radius: int, n: int, parts: int) -> li
 
 
 def _members(stage: GlobalStage, io: ShardIO, shard: int, parts: int, *labels: Part) -> list[Part]:
-    mine = partition.of_shard(_merge(labels), shard) if any(labels) else {}
+    mine = partition.of_shard(partition.merge(labels), shard) if any(labels) else {}
     if not mine or not len(mine["gid"]):
         return [{} for _ in range(parts)]
     rows = io.read(shard)
@@ -194,7 +188,7 @@ def _members(stage: GlobalStage, io: ShardIO, shard: int, parts: int, *labels: P
 
 
 def _greedy(k: int, kd: int | None, parts: int, *pieces: Part) -> list[Part]:
-    got = _merge(pieces)
+    got = partition.merge(pieces)
     if not got:
         return [{} for _ in range(parts)]
     order = np.lexsort((got["uid"], got["key"], got["label"]))
@@ -219,7 +213,7 @@ def _write(stage: GlobalStage, io: ShardIO, shard: int, started: float, parts: i
     why[i], dist[i] = NEAR_REFERENCE, d
     for row, ref_index in zip(i.tolist(), j.tolist()):
         names[row] = ref[0][ref_index]
-    for reason, found in ((EXACT_DUPLICATE, _merge(groups[:parts])), (NEAR_DUPLICATE, _merge(groups[parts:]))):
+    for reason, found in ((EXACT_DUPLICATE, partition.merge(groups[:parts])), (NEAR_DUPLICATE, partition.merge(groups[parts:]))):
         if not found:
             continue
         found = partition.of_shard(found, shard)

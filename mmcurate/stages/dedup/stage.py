@@ -15,10 +15,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mmcurate.algos import hamming
 from mmcurate.algos.parallel import Parallel, Tasks
 from mmcurate.filters.base import Histogram, Verdicts
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import Config
+from mmcurate.schemas.errors import ConfigError
 from mmcurate.stages.base import GlobalStage, ShardIO
 from mmcurate.stages.dedup import flow
 from mmcurate.stages.dedup.signals import (
@@ -53,6 +55,25 @@ class DedupStage(GlobalStage):
     def config_sections(self) -> dict:
         d = self.config.dedup
         return {"exact": d.exact, "phash": d.phash.model_dump(), "reference_path": d.reference_path}
+
+    def check_scale(self, rows: int) -> None:
+        """Refuses a pHash/dHash radius whose band search would move more than engine.max_shuffle_tb
+        at this many rows (`hamming.shuffle_bytes`; README "Dedup at scale"), naming the radius that fits."""
+        p, budget = self.config.dedup.phash, self.config.engine.max_shuffle_tb
+        if not p.enabled or budget is None:
+            return
+        radii = [p.max_distance] + ([p.dhash_distance] if p.dhash_distance is not None else [])
+        tb = sum(hamming.shuffle_bytes(rows, k) for k in radii) / 1e12
+        if tb <= budget:
+            return
+        fits = [k for k in range(max(radii) + 1) if len(radii) * hamming.shuffle_bytes(rows, k) / 1e12 <= budget]
+        dhash = f" (with dhash_distance {p.dhash_distance})" if p.dhash_distance is not None else ""
+        both = " (and dhash_distance)" if p.dhash_distance is not None else ""
+        raise ConfigError(
+            f"dedup.phash.max_distance: {p.max_distance}{dhash} would move about {tb:,.1f} TB of band keys "
+            f"between tasks over {rows:,} input rows, more than engine.max_shuffle_tb ({budget:g}); "
+            + (f"set max_distance{both} to {fits[-1]} or less" if fits else "no radius fits: set dedup.phash.enabled to false")
+            + ", or raise engine.max_shuffle_tb")
 
     def rank(self, rows: pa.Table) -> np.ndarray:
         """Position of each row in keep-policy order (0 = keep first)."""
