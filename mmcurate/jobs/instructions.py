@@ -3,7 +3,8 @@
 The stage validates each answer on its own and against the same image's other questions; only
 here, over the whole run in row order, can a question be compared with every earlier one: a
 teacher-written question whose normalised text was already asked about another image is
-rejected as `duplicate_question_across_run` (deterministic: the earlier row keeps it).
+rejected as `duplicate_question_across_run` (deterministic: the earlier row keeps it), by
+`algos/claims.py` in partitions of question hashes, so no task holds every question.
 Everything is rebuilt from the stage's records on every run, so it is resumable and cheap.
 """
 
@@ -14,9 +15,13 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmcurate.algos import partition
+from mmcurate.algos.claims import first_claims
+from mmcurate.algos.parallel import Tasks
 from mmcurate.engine import atomic
 from mmcurate.engine.rundir import RunDir
 from mmcurate.filters import instructions as V
@@ -24,7 +29,7 @@ from mmcurate.schemas import columns as C
 from mmcurate.schemas.errors import ConfigError
 from mmcurate.stages import last_writer
 from mmcurate.stages.base import Stage
-from mmcurate.stages.synthesis.records import repeated_questions
+from mmcurate.stages.synthesis.records import question_hashes, reject_repeated
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "llava.schema.json"
 LENGTH_BINS = (0, 50, 100, 200, 400, 800, 1600, 3200, 6400)
@@ -39,25 +44,51 @@ def records(run_dir: RunDir, shard: int) -> pa.Table | None:
     return pq.read_table(path) if path.exists() else None
 
 
-def finish(run_dir: RunDir, stages: Sequence[Stage]) -> dict:
-    """Write instructions/NNNNNN.parquet (all records, final statuses) and summary.json; return it."""
+def _questions(run_dir: RunDir, fixed: set[str], shard: int) -> dict:
+    """A shard's records as items of `algos.claims` (gid of the record's index), one key per question."""
+    table = records(run_dir, shard)
+    items, keys = [], []
+    for i, r in enumerate(table.to_pylist() if table is not None else []):
+        for h in dict.fromkeys(question_hashes(r, fixed)):
+            items.append((shard << partition.SHIFT) | i)
+            keys.append(h)
+    return {"item": np.array(items, np.int64), "key": np.array(keys, "S12")}
+
+
+def _write_shard(run_dir: RunDir, shard: int, *refused: dict) -> dict:
+    """The shard's records with their final statuses, as instructions/NNNNNN.parquet; its counts."""
+    summary = _empty_summary()
+    table = records(run_dir, shard)
+    if table is None:
+        return summary
+    rows = table.to_pylist()
+    mine = partition.merge(refused)
+    for i in partition.local(partition.of_shard(mine, shard)["gid"]).tolist() if mine else []:
+        reject_repeated(rows[i])
+    for r in rows:
+        _count(summary, r)
+    atomic.write_parquet(run_dir.instruction_file(shard), pa.Table.from_pylist(rows, schema=C.INSTRUCTION_SCHEMA))
+    return summary
+
+
+def finish(run_dir: RunDir, stages: Sequence[Stage], tasks: Tasks, rows: int, rows_per_partition: int) -> dict:
+    """Write instructions/NNNNNN.parquet (all records, final statuses) and summary.json; return it.
+
+    The across-run check is `algos.claims` over question hashes in partitions of about
+    `rows_per_partition` input rows: no task holds every question, and the decisions are those
+    of one pass in row order."""
     run_dir.instructions.mkdir(parents=True, exist_ok=True)
-    seen: set[bytes] = set()
     stage = synthesis_stage(stages)
     # tasks whose human turn is the template's fixed instruction, not a teacher-written question
     fixed = {t for t, x in ((stage.templates or {}) if stage else {}).items() if x.shape == "text"}
-    summary = {"records": 0, "by_status": Counter(), "by_task": {}, "rejected": Counter(), "failed": Counter(),
-               "requests": 0, "retries": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0,
-               "answer_chars": {}}
-    for shard in range(run_dir.shard_count()):
-        table = records(run_dir, shard)
-        if table is None:
-            continue
-        rows = table.to_pylist()
-        repeated_questions(rows, seen, fixed)
-        for r in rows:
-            _count(summary, r)
-        atomic.write_parquet(run_dir.instruction_file(shard), pa.Table.from_pylist(rows, schema=C.INSTRUCTION_SCHEMA))
+    shards = run_dir.shard_count()
+    parts = max(1, -(-rows // rows_per_partition))
+    keyed = [tasks.submit(_questions, run_dir, fixed, s) for s in range(shards)]
+    refused = first_claims(tasks, keyed, parts)
+    written = [tasks.submit(_write_shard, run_dir, s, *(r[s % parts] for r in refused)) for s in range(shards)]
+    summary = _empty_summary()
+    for ref in written:  # in shard order: tasks and reasons are listed as one pass meets them
+        _add(summary, tasks.get(ref))
     answered = summary["by_status"]["ok"] + summary["by_status"]["rejected"]
     result = {
         "records": summary["records"],
@@ -78,6 +109,27 @@ def finish(run_dir: RunDir, stages: Sequence[Stage]) -> dict:
     return result
 
 
+def _empty_summary() -> dict:
+    return {"records": 0, "by_status": Counter(), "by_task": {}, "rejected": Counter(), "failed": Counter(),
+            "requests": 0, "retries": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0,
+            "answer_chars": {}}
+
+
+def _add(total: dict, part: dict) -> None:
+    for name, value in part.items():
+        if isinstance(value, int):
+            total[name] += value
+        elif isinstance(value, Counter):
+            total[name].update(value)
+        elif name == "by_task":
+            for task, counts in value.items():
+                mine = total[name].setdefault(task, {"ok": 0, "rejected": 0, "failed": 0})
+                for status, n in counts.items():
+                    mine[status] += n
+        else:  # answer_chars: per task, counts per length bin
+            for task, bins in value.items():
+                mine = total[name].setdefault(task, [0] * len(LENGTH_BINS))
+                total[name][task] = [a + b for a, b in zip(mine, bins)]
 def _count(summary: dict, r: dict) -> None:
     summary["records"] += 1
     summary["by_status"][r[C.STATUS]] += 1

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmcurate import ingest
+from mmcurate.algos.parallel import runner
 from mmcurate.engine import atomic
 from mmcurate.engine.executor import RaySession
 from mmcurate.engine.plan import segments
@@ -137,11 +138,13 @@ class Job:
         info = run_shards(self.run_dir, f"export-{fmt}", work, f"{chain}:{fmt}", shards, self.progress, [out])
         return {"status": "done", "rows": info[C.KEPT], "path": str(out)}
 
-    def _instructions(self) -> dict:
+    def _instructions(self, rows: int) -> dict:
         """Run-level checks of the teacher's records, instructions/*.parquet, llava.json, summary."""
         self.progress.begin("instructions", 1, 0)
         # the across-run duplicate check sees every record: a worker's job, not the driver's
-        summary = self.ray.run_remote(finish, self.run_dir, self.stages)
+        tasks = runner(self.ray.tasks, self.run_dir.shard_count())
+        summary = self.ray.run_remote(finish, self.run_dir, self.stages, tasks, rows,
+                                      self.config.engine.rows_per_partition)
         summary["llava_records"] = export_llava(self.run_dir, self.stages, self.run_dir.instructions)
         self.progress.advance("instructions", {"stage": "instructions", "shard": 0, "rows_in": summary["records"],
                                                C.KEPT: summary["llava_records"]})
@@ -216,7 +219,7 @@ class Job:
                 ledger = build_ledger(self.run_dir, self.stages, self.config.engine.ledger_part_rows, self.ray.tasks)
                 manifest["ledger"] = ledger
                 if self.config.synthesis.enabled:
-                    manifest["instructions"] = self._instructions()
+                    manifest["instructions"] = self._instructions(done["rows"])
                 manifest["exports"] = self._exports(manifest, chain, shards)
                 manifest["status"] = "finished"
                 manifest["runs"][-1]["finished"] = M.now()

@@ -4,11 +4,12 @@ clusters that a reference set's images fall into (`filters/image_based.py`), dro
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pyarrow as pa
 
-from mmcurate.algos.embeddings import embeddings_of
+from mmcurate.algos.embeddings import embeddings_of, nearest_centre, stored, unit
 from mmcurate.algos.parallel import Parallel, Tasks
 from mmcurate.filters import image_based
 from mmcurate.filters.base import Verdicts
@@ -16,7 +17,7 @@ from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import Config
 from mmcurate.schemas.errors import ConfigError
 from mmcurate.stages import embedding_flow
-from mmcurate.stages.base import GlobalStage, ShardIO
+from mmcurate.stages.base import GlobalStage, ShardIO, assemble
 from mmcurate.stages.embedding_flow import without_default_sample
 
 
@@ -70,7 +71,7 @@ class ImageBasedStage(GlobalStage):
         parts = math.ceil(io.rows / io.rows_per_partition)
         if parts <= 1:
             return super().decide_shards(io, tasks)
-        return embedding_flow.image_based(self, io, tasks)
+        return decide_in_partitions(self, io, tasks)
 
     def judge(self, rows: pa.Table, parallel: Parallel) -> Verdicts:
         cfg = self.config.quality.image_based
@@ -81,3 +82,25 @@ class ImageBasedStage(GlobalStage):
         reference = self.reference(pool.shape[1])
         labels, keep, targets, k = image_based.select(pool, reference, cfg.clusters, sample=cfg.kmeans_sample)
         return self.verdicts(labels, keep, targets, k, len(reference))
+
+
+def _targets(stage: GlobalStage, centres_: np.ndarray) -> tuple[np.ndarray, int]:
+    reference = stage.reference(centres_.shape[1])
+    return np.unique(nearest_centre(reference, centres_)), len(reference)
+
+
+def _select(stage: GlobalStage, io: ShardIO, shard: int, started: float, centres_: np.ndarray,
+            targets: tuple[np.ndarray, int]) -> list[dict]:
+    rows = io.read(shard)
+    labels = nearest_centre(unit(stored(rows[C.CLIP_EMBEDDING])), centres_) if rows.num_rows else np.zeros(0, np.int64)
+    verdicts = stage.verdicts(labels, np.isin(labels, targets[0]), len(targets[0]), len(centres_), targets[1])
+    return [io.write(shard, assemble(stage, rows, verdicts), started)]
+
+
+def decide_in_partitions(stage: GlobalStage, io: ShardIO, tasks: Tasks) -> list:
+    """References to each pending shard's [stats]."""
+    cfg = stage.config.quality.image_based
+    started = time.time()
+    fitted = embedding_flow.centres(tasks, io, image_based.centres_wanted(io.rows, cfg.clusters), cfg.kmeans_sample)
+    targets = tasks.submit(_targets, stage, fitted)
+    return [tasks.submit(_select, stage, io, s, started, fitted, targets) for s in io.pending]

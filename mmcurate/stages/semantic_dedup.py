@@ -4,24 +4,33 @@ Pairs with cosine similarity >= `dedup.semantic.threshold` come from `algos/embe
 (exact up to its limit, within k-means clusters above it); `algos/grouping` keeps, in each group,
 the row with the highest CLIP score (ties: the first input row) and drops what is within the
 threshold of it, so every dropped row is itself similar to the keeper its detail names. A run
-larger than one partition decides as a dataflow of tasks (`embedding_flow.semantic`).
+larger than one partition decides as a dataflow of tasks, none holding every embedding:
+k-means centres on a sample (`embedding_flow.centres`); per shard, each row (embedding, score,
+row, uid) to the partition its nearest centre hashes to; per partition, each cluster in rank
+order (best CLIP score, then input order) searched for pairs at or above the threshold in blocks
+(a cluster over 2 x 5,000 rows split by k-means first, `embeddings.cluster_pairs`) and its
+keepers chosen as above; a task per shard writes its rows' decisions. A pair whose rows fall in
+different clusters is not found (as in SemDeDup, and as in one task above
+`embeddings.EXACT_LIMIT`): `tests/stages/test_embedding_flow.py` and `bench/scale.py` measure
+how many against brute force.
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pyarrow as pa
 
-from mmcurate.algos import grouping
-from mmcurate.algos.embeddings import embeddings_of, similar_pairs
-from mmcurate.algos.parallel import Parallel, Tasks
+from mmcurate.algos import embeddings, grouping, partition
+from mmcurate.algos.embeddings import cluster_pairs, embeddings_of, nearest_centre, similar_pairs, stored, unit
+from mmcurate.algos.parallel import Parallel, Tasks, submit_parts
 from mmcurate.filters.base import Histogram, Verdicts
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import Config
 from mmcurate.stages import embedding_flow
-from mmcurate.stages.base import GlobalStage, ShardIO
+from mmcurate.stages.base import GlobalStage, ShardIO, assemble
 from mmcurate.stages.embedding_flow import without_default_sample
 
 
@@ -57,7 +66,7 @@ class SemanticDedupStage(GlobalStage):
         parts = math.ceil(io.rows / io.rows_per_partition)
         if parts <= 1:
             return super().decide_shards(io, tasks)
-        return embedding_flow.semantic(self, io, tasks, parts)
+        return decide_in_partitions(self, io, tasks, parts)
 
     def judge(self, rows: pa.Table, parallel: Parallel) -> Verdicts:
         cfg = self.config.dedup.semantic
@@ -83,3 +92,64 @@ def semantic_verdicts(dup_of: list[str | None], similarity: np.ndarray, threshol
         details=[f"semantic duplicate of {dup} (CLIP image cosine {sim:.4f} >= {threshold})" if dup is not None else None
                  for dup, sim in zip(dup_of, similarity.tolist())],
     )
+
+
+def _route(io: ShardIO, shard: int, parts: int, centres_: np.ndarray) -> list[dict]:
+    rows = io.read(shard)
+    n = rows.num_rows
+    if not n:
+        return [{} for _ in range(parts)]
+    emb = stored(rows[C.CLIP_EMBEDDING])
+    cluster = nearest_centre(unit(emb), centres_).astype(np.int64)
+    cols = {"cluster": cluster, "gid": partition.gid(shard, n), "emb": emb,
+            "score": rows[C.CLIP_SCORE].to_numpy(zero_copy_only=False).astype(np.float64),
+            "row": rows[C.ROW].to_numpy(), "uid": rows[C.UID].to_numpy(zero_copy_only=False).astype("S")}
+    return partition.split(cols, partition.bucket(cluster.astype(np.uint64), parts), parts)
+
+
+def _search(threshold: float, parts: int, *pieces: dict) -> list[dict]:
+    got = partition.merge(pieces)
+    if not got:
+        return [{} for _ in range(parts)]
+    order = np.lexsort((got["row"], -got["score"], got["cluster"]))  # each cluster best-aligned first
+    got = {name: values[order] for name, values in got.items()}
+    n = len(order)
+    keeper_of, similarity = np.full(n, -1, np.int64), np.full(n, np.nan, np.float32)
+    starts = np.flatnonzero(np.r_[True, got["cluster"][1:] != got["cluster"][:-1]])
+    for members in np.split(np.arange(n), starts[1:]):
+        if len(members) < 2:
+            continue
+        emb = unit(got["emb"][members])
+        pairs = cluster_pairs(emb, threshold, seed=int(got["cluster"][members[0]]))
+        k, sim = keepers(emb, np.arange(len(members)), pairs, threshold)
+        dup = k >= 0
+        keeper_of[members[dup]], similarity[members[dup]] = members[k[dup]], sim[dup]
+    d = keeper_of >= 0
+    return partition.by_group({"gid": got["gid"][d], "name": got["uid"][keeper_of[d]], "sim": similarity[d]}, parts)
+
+
+def _write(stage: GlobalStage, io: ShardIO, shard: int, started: float, *found: dict) -> list[dict]:
+    rows = io.read(shard)
+    n = rows.num_rows
+    dup_of: list[str | None] = [None] * n
+    similarity = np.full(n, np.nan, np.float32)
+    mine = partition.of_shard(partition.merge(found), shard) if any(found) else {}
+    if mine:
+        loc = partition.local(mine["gid"])
+        similarity[loc] = mine["sim"]
+        for row, name in zip(loc.tolist(), mine["name"].tolist()):
+            dup_of[row] = name.decode()
+    verdicts = semantic_verdicts(dup_of, similarity, stage.config.dedup.semantic.threshold)
+    return [io.write(shard, assemble(stage, rows, verdicts), started)]
+
+
+def decide_in_partitions(stage: GlobalStage, io: ShardIO, tasks: Tasks, parts: int) -> list:
+    """References to each pending shard's [stats]."""
+    cfg = stage.config.dedup.semantic
+    started = time.time()
+    k = max(2, min(-(-io.rows // embeddings.CLUSTER_SIZE), cfg.kmeans_sample // 10))  # at least 10 sample rows a centre
+    fitted = embedding_flow.centres(tasks, io, k, cfg.kmeans_sample)
+    routed = [submit_parts(tasks, parts, _route, io, s, parts, fitted) for s in range(io.shards)]
+    found = [submit_parts(tasks, parts, _search, cfg.threshold, parts, *(r[p] for r in routed)) for p in range(parts)]
+    del routed
+    return [tasks.submit(_write, stage, io, s, started, *(f[s % parts] for f in found)) for s in io.pending]

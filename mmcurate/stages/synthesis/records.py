@@ -2,7 +2,7 @@
 
 A record is ok, rejected (with its problems, `filters/instructions.py`) or failed (with the
 reason the request failed); its provenance (teacher, endpoint, template, sampling, request hash,
-tokens, latency) goes with it. `repeated_questions` is the run-level check that only the whole
+tokens, latency) goes with it. `question_hashes` feeds the run-level check that only the whole
 run, in row order, can make.
 """
 
@@ -69,17 +69,17 @@ def build(s: SynthesisConfig, template: Template, sampling: dict, row: int, uid:
     return record
 
 
-def repeated_questions(records: list[dict], seen: set[bytes], fixed_tasks: set[str]) -> None:
-    """Reject, in place and in order, ok records with a teacher-written question already asked about
-    another image (`duplicate_question_across_run`): the earlier row keeps it. `seen` holds the
-    question hashes of every earlier record of the run; `fixed_tasks` ask the template's own words."""
-    for r in records:
-        if r[C.STATUS] != "ok" or not r["conversations"] or r["task"] in fixed_tasks:
-            continue
-        hashes = [hashlib.blake2b(V.normalise(t["value"].replace(V.IMAGE_TOKEN, "")).encode(), digest_size=12).digest()
-                  for t in r["conversations"] if t["from"] == "human"]
-        if any(h in seen for h in hashes):
-            r.update({C.STATUS: "rejected", C.REASON: "duplicate_question_across_run",
-                      "problems": ["duplicate_question_across_run"]})
-        else:
-            seen.update(hashes)
+def question_hashes(record: dict, fixed_tasks: set[str]) -> list[bytes]:
+    """The hashes of an ok record's teacher-written questions, for the run-level check that rejects
+    one already asked about another image (`duplicate_question_across_run`: the earlier row keeps
+    it; `jobs/instructions.py`); none for a record that is not ok or whose task asks the template's
+    own words (`fixed_tasks`)."""
+    if record[C.STATUS] != "ok" or not record["conversations"] or record["task"] in fixed_tasks:
+        return []
+    return [hashlib.blake2b(V.normalise(t["value"].replace(V.IMAGE_TOKEN, "")).encode(), digest_size=12).digest()
+            for t in record["conversations"] if t["from"] == "human"]
+
+
+def reject_repeated(record: dict) -> None:
+    record.update({C.STATUS: "rejected", C.REASON: "duplicate_question_across_run",
+                   "problems": ["duplicate_question_across_run"]})
