@@ -21,11 +21,14 @@ the coordinator holds references and one count per partition per phase.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from mmcurate.algos import partition
 from mmcurate.algos.parallel import Tasks, submit_parts
 
+log = logging.getLogger(__name__)
 LARGE, SMALL = "large", "small"
 MAX_PHASES = 200  # O(log^2 n): about 30 at 10^9 nodes on a path, the worst case; never reached
 
@@ -87,14 +90,14 @@ def components(tasks: Tasks, edge_refs: list, parts: int) -> list[list]:
     Returns, for each of `parts` partitions, `parts` references: the {"gid", "label"} of the
     partition's nodes in shard group g (`partition.by_group`), so a shard reads one from each."""
     cut = [submit_parts(tasks, parts, _scatter, e, parts) for e in edge_refs]
-    quiet = 0
-    for phase in range(MAX_PHASES):
-        if quiet == 2:
-            break
+    quiet, phase = 0, 0
+    while quiet < 2:
+        if phase == MAX_PHASES:
+            raise RuntimeError(f"connected components did not converge in {MAX_PHASES} phases")
         name = LARGE if phase % 2 == 0 else SMALL
         outs = [tasks.submit(_star, name, parts, *(c[p] for c in cut), returns=parts + 1) for p in range(parts)]
         cut = [o[1:] for o in outs]
         quiet = quiet + 1 if sum(tasks.get(o[0]) for o in outs) == 0 else 0
-    else:
-        raise RuntimeError(f"connected components did not converge in {MAX_PHASES} phases")
+        phase += 1
+    log.debug("components: %d phases over %d partitions", phase, parts)
     return [submit_parts(tasks, parts, _labels, parts, *(c[p] for c in cut)) for p in range(parts)]

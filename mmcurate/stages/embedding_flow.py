@@ -36,7 +36,10 @@ def _sample(io: ShardIO, shard: int, fraction: float) -> np.ndarray:
 
 
 def _fit(k: int, *samples: np.ndarray) -> np.ndarray:
-    sample = unit(np.concatenate([s for s in samples if len(s)]))
+    got = [s for s in samples if len(s)]
+    if not got:
+        raise RuntimeError("k-means: no row of the run was sampled (the run's row count overstated its shards)")
+    sample = unit(np.concatenate(got))
     return fit_centres(sample, k, np.random.default_rng(SEED))
 
 

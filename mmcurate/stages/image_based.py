@@ -101,6 +101,7 @@ def decide_in_partitions(stage: GlobalStage, io: ShardIO, tasks: Tasks) -> list:
     """References to each pending shard's [stats]."""
     cfg = stage.config.quality.image_based
     started = time.time()
-    fitted = embedding_flow.centres(tasks, io, image_based.centres_wanted(io.rows, cfg.clusters), cfg.kmeans_sample)
+    k = min(image_based.centres_wanted(io.rows, cfg.clusters), cfg.kmeans_sample // 10)  # 10 sample rows a centre
+    fitted = embedding_flow.centres(tasks, io, k, cfg.kmeans_sample)
     targets = tasks.submit(_targets, stage, fitted)
     return [tasks.submit(_select, stage, io, s, started, fitted, targets) for s in io.pending]

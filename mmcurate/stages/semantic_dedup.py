@@ -64,7 +64,7 @@ class SemanticDedupStage(GlobalStage):
 
     def decide_shards(self, io: ShardIO, tasks: Tasks) -> list:
         parts = math.ceil(io.rows / io.rows_per_partition)
-        if parts <= 1:
+        if parts <= 1 or io.rows <= embeddings.EXACT_LIMIT:  # small enough to compare every pair
             return super().decide_shards(io, tasks)
         return decide_in_partitions(self, io, tasks, parts)
 

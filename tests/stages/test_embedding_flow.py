@@ -33,6 +33,7 @@ def test_semantic_dedup_in_partitions_against_brute_force(monkeypatch):
         "enabled": True, "threshold": 0.9, "kmeans_sample": 3_000}}}))
     monkeypatch.setattr(E, "EXACT_LIMIT", 10**6)  # the one-task path compares every pair: the truth
     truth = stage.decide(table, serial)
+    monkeypatch.setattr(E, "EXACT_LIMIT", 20_000)  # above it, the run takes the partitioned path
     monkeypatch.setattr(E, "CLUSTER_SIZE", 800)  # 30 centres; clusters over 1,600 rows split again
     got = decided(stage, table, shard_rows=2_000, rows_per_partition=6_000)
     assert got.schema.equals(truth.schema) and got[C.ROW].equals(truth[C.ROW])

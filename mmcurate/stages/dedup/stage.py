@@ -66,7 +66,11 @@ class DedupStage(GlobalStage):
         tb = sum(hamming.shuffle_bytes(rows, k) for k in radii) / 1e12
         if tb <= budget:
             return
-        fits = [k for k in range(max(radii) + 1) if len(radii) * hamming.shuffle_bytes(rows, k) / 1e12 <= budget]
+        fits = []  # every radius up to the one named must fit (the cost is not monotone in the radius)
+        for k in range(max(radii) + 1):
+            if len(radii) * hamming.shuffle_bytes(rows, k) / 1e12 > budget:
+                break
+            fits.append(k)
         dhash = f" (with dhash_distance {p.dhash_distance})" if p.dhash_distance is not None else ""
         both = " (and dhash_distance)" if p.dhash_distance is not None else ""
         raise ConfigError(
