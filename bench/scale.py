@@ -2,11 +2,14 @@
 driver's, wall time, and the decisions against the one-task path.
 
 Synthetic feature rows (no images; `tests/scale_rows.py`: hashes with planted near copies across
-shards, exact copies, a cluster of blank images; CLIP scores) are written straight into a run
-dir's ingest and features shards, as `mmcurate run` leaves them. Then `dedup` (exact + pHash,
-the dataflow of `stages/dedup/flow.py`) and `clip` with `min_percentile` (histogram passes,
-`algos/quantile.py`) run through the engine's own `GlobalShards`, on a local
-`ray.cluster_utils.Cluster` of `--nodes` nodes, with a fixed `--rows-per-partition`.
+shards, exact copies, a cluster of blank images; CLIP scores; 64-d embeddings, 20 % of them
+near copies of others anywhere in the run) are written straight into a run dir's ingest and
+features shards, as `mmcurate run` leaves them. Then `dedup` (exact + pHash, the dataflow of
+`stages/dedup/flow.py`), `clip` with `min_percentile` (histogram passes, `algos/quantile.py`)
+and `semantic_dedup` (k-means on a sample, rows routed by cluster) run through the engine's own
+`GlobalShards`, on a local `ray.cluster_utils.Cluster` of `--nodes` nodes, with a fixed
+`--rows-per-partition`. With `--check`, a `--brute-rows` run's semantic dedup in partitions of
+10,000 is compared with every pair compared.
 
 Memory: every task records the peak of what it allocated (tracemalloc: Python objects and numpy
 arrays, which hold all of the dataflow's per-row state; not Arrow's buffers of the shard it
@@ -16,7 +19,8 @@ included; workers are reused, so it is not one task's). The driver's figure is i
 over the stage minus before it.
 
 Goals (issue 17): at a fixed rows per partition the largest task's peak stays within +-25 % while
-n grows 16x; no task above 2 GB at 16M; the driver flat; decisions identical at 1M (`--check`).
+n grows 16x; no task above 2 GB at 16M; the driver flat; decisions identical at 1M (`--check`;
+semantic dedup: its recall against brute force).
 
     python bench/scale.py [--sizes 1000000,4000000,16000000] [--radius 2] [--check]
 """
