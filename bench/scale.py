@@ -97,8 +97,10 @@ def write_run(root: Path, n: int, shard_rows: int, radius: int) -> RunDir:
         size = min(shard_rows, n - s * shard_rows)
         t = rows(size, seed=s, start=s * shard_rows, originals=originals, max_flips=radius + 1)
         scores = np.random.default_rng(10_000 + s).normal(0.3, 0.05, size).astype(np.float32)
-        ingest = pa.table({C.UID: t[C.UID], C.ROW: t[C.ROW], C.URL: pa.nulls(size, pa.string()),
-                           C.CAPTION: pa.nulls(size, pa.string()), C.STATUS: pa.array([C.KEPT] * size)})
+        ingest = pa.table({C.UID: t[C.UID], C.ROW: t[C.ROW], C.SOURCE: pa.nulls(size, pa.string()),
+                           C.SOURCE_LINE: t[C.ROW], C.URL: pa.nulls(size, pa.string()), C.CAPTION: pa.nulls(size, pa.string()),
+                           C.STATUS: pa.array([C.KEPT] * size), C.REASON: pa.nulls(size, pa.string()),
+                           C.DETAIL: pa.nulls(size, pa.string())}).cast(C.INGEST_SCHEMA)
         atomic.write_parquet(run_dir.shard_file(INGEST, s), ingest)
         out = t.append_column(C.CLIP_SCORE, pa.array(scores)).append_column(C.CLIP_EMBEDDING, embeddings(size, 20_000 + s, emb_originals))
         out = out.append_column(C.STATUS, pa.array([C.KEPT] * size)).append_column(C.REASON, pa.nulls(size, pa.string()))
