@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmcurate.algos.embeddings import KMEANS_SAMPLE, kmeans, nearest_centre
+from mmcurate.algos.embeddings import KMEANS_SAMPLE, kmeans, nearest_centre, unit
 
 POOL_ROWS_PER_CLUSTER = 128  # DataComp: 100k centres for 12.8M samples
 
@@ -20,7 +20,7 @@ POOL_ROWS_PER_CLUSTER = 128  # DataComp: 100k centres for 12.8M samples
 def centres_of(emb: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     out = np.zeros((k, emb.shape[1]), np.float32)
     np.add.at(out, labels, emb)
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return unit(out)
 
 
 def centres_wanted(rows: int, clusters: int | None) -> int:
@@ -54,4 +54,4 @@ def load_reference(path: str, embed_images) -> np.ndarray:
         raise ValueError(f"{ref}: no such file or folder")
     if not len(emb):
         raise ValueError(f"{ref}: no reference images or embeddings in it")
-    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return unit(emb)

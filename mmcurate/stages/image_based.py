@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from mmcurate.algos.embeddings import embeddings_of, nearest_centre, stored, unit
+from mmcurate.algos.embeddings import embeddings_of, nearest_centre
 from mmcurate.algos.parallel import Parallel, Tasks
 from mmcurate.filters import image_based
 from mmcurate.filters.base import Verdicts
@@ -92,7 +92,7 @@ def _targets(stage: GlobalStage, centres_: np.ndarray) -> tuple[np.ndarray, int]
 def _select(stage: GlobalStage, io: ShardIO, shard: int, started: float, centres_: np.ndarray,
             targets: tuple[np.ndarray, int]) -> list[dict]:
     rows = io.read(shard)
-    labels = nearest_centre(unit(stored(rows[C.CLIP_EMBEDDING])), centres_) if rows.num_rows else np.zeros(0, np.int64)
+    labels = nearest_centre(embeddings_of(rows[C.CLIP_EMBEDDING]), centres_) if rows.num_rows else np.zeros(0, np.int64)
     verdicts = stage.verdicts(labels, np.isin(labels, targets[0]), len(targets[0]), len(centres_), targets[1])
     return [io.write(shard, assemble(stage, rows, verdicts), started)]
 
