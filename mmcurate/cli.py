@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -209,6 +210,9 @@ def cmd_export(args) -> int:
     from mmcurate.jobs.export import export_all
     from mmcurate.jobs.manifest import stages_of
 
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", args.out):  # checked before anything is read
+        raise ConfigError(f"--out {args.out}: export writes to a local folder; copy it to the bucket afterwards "
+                          "(a run's own exports, under an s3:// --run-dir, are written there)")
     run_dir = RunDir.at(args.run_dir)
     manifest = run_dir.read_manifest()
     if manifest.get("status") != "finished":

@@ -11,14 +11,15 @@ import mmcurate
 ROOT = Path(mmcurate.__file__).parent
 # top to bottom; a module may import its own package and anything below it
 LAYERS = {
-    "__main__": 8,
-    "cli": 7,
-    "demo": 6,
-    "jobs": 5,
-    "engine": 4,
-    "stages": 3,
-    "filters": 2,
-    "algos": 1, "clients": 1, "ingest": 1,
+    "__main__": 9,
+    "cli": 8,
+    "demo": 7,
+    "jobs": 6,
+    "engine": 5,
+    "stages": 4,
+    "filters": 3,
+    "algos": 2, "clients": 2, "ingest": 2,
+    "storage": 1,
     "schemas": 0,
     "__init__": -1,  # the package itself: its version, and nothing of ours
 }

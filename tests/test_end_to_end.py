@@ -173,15 +173,15 @@ def test_ledger_check_finds_a_missing_repeated_or_misplaced_row(tmp_path, rows):
     assert check_invariant(run_dir, 3) == {"rows": 3, "kept": 1, "dropped": 1, "failed": 1}
 
 
-def test_object_store_run_dir_is_refused_not_made_a_local_folder(tmp_path):
+def test_an_unsupported_store_is_refused_not_made_a_local_folder(tmp_path):
     (tmp_path / "in.jsonl").write_text('{"url": "http://127.0.0.1:9/a.jpg", "caption": "a"}\n')
     # every stage that could reach a model hub or a server is off, even if the check failed
     config = {"input": {"path": str(tmp_path / "in.jsonl")}, "download": {"allow_networks": ["127.0.0.1/32"]},
               "clip": {"enabled": False}, **SAFETY_OFF}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    proc = run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", "s3://bucket/runs/x", cwd=tmp_path)
-    assert proc.returncode == 2 and "--run-dir s3://bucket/runs/x: object-store URIs are not supported" in proc.stderr
-    assert not (tmp_path / "s3:").exists()
+    proc = run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", "gs://bucket/runs/x", cwd=tmp_path)
+    assert proc.returncode == 2 and "--run-dir: gs://bucket/runs/x: the gs:// scheme is not supported" in proc.stderr
+    assert not (tmp_path / "gs:").exists()  # (s3:// run dirs: tests/storage)
 
 
 def test_force_redoes_only_the_stages_a_change_affects(finished_run, server, tmp_path):

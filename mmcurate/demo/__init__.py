@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mmcurate.demo.photos import PHOTOS, _photo_dir, load_photos, random_crop  # noqa: F401 - the demo's API
 from mmcurate.demo.server import ImageServer, Route
+from mmcurate.schemas.errors import ConfigError
 
 NEAR_DUPLICATES = 8  # the first photos also appear as re-encoded, slightly resized copies
 SHAPES = 36  # shape pictures in the sample; every third has a wrong caption
@@ -179,7 +180,10 @@ def run_demo(run_dir: str | Path, progress=None, force: bool = True):
     from mmcurate.jobs.run import run
     from mmcurate.schemas.config import config_from_dict
 
-    run_dir = RunDir.at(run_dir).root  # a URI is refused here, before anything is written
+    where = RunDir.at(run_dir)
+    if where.remote:  # refused before anything is written: the demo keeps its sample beside the run
+        raise ConfigError(f"--run-dir {where.root}: the demo runs on a local folder; `mmcurate run` takes s3:// run dirs")
+    run_dir = where.root
     clip_dir, card = shapes.ensure_model()
     # the teacher is a loopback STAND-IN (mmcurate.demo.teacher): well-formed answers written from
     # the caption, so the synthesis path can be seen offline; it is not a model

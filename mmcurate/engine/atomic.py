@@ -1,4 +1,10 @@
-"""Files that appear whole or not at all: write to a temp file beside the target, then rename."""
+"""Files that appear whole or not at all: write to a temp file beside the target, then rename.
+
+On an object store (`storage.paths.is_remote`) there is no rename: the temp file is local, and it is
+put in place as one object (a PUT, or a multipart upload the store publishes only when complete),
+so the object is as whole as a renamed file is. A folder is written under a temp prefix and moved
+(copied, then deleted) into place.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmcurate.storage import paths
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -23,6 +31,9 @@ def atomic_path(target: str | Path, fsync: bool = True) -> Iterator[Path]:
     `fsync=False` for files that may be lost in a power cut but never seen half-written (caches).
     With fsync the folder is synced after the rename too: until then a power cut can undo the rename,
     and a stage's stats file (written after its shard) could outlive the shard it marks as done."""
+    if paths.is_remote(target):
+        yield from _via_local_file(target)
+        return
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
@@ -41,6 +52,17 @@ def atomic_path(target: str | Path, fsync: bool = True) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _via_local_file(target) -> Iterator[Path]:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        paths.put(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -72,6 +94,11 @@ def write_with(target: str | Path, writer: Callable[[Path], None]) -> None:
 def remove_stale_temps(folder: str | Path) -> int:
     """Delete temp files (and temp folders: a ledger's parts being written) a killed run left
     behind; return how many."""
+    if paths.is_remote(folder):  # only folders are ever written under a temp name there
+        stale = [folder / name for name in paths.names(folder) if name.startswith(".") and name.endswith(TMP_SUFFIX)]
+        for path in stale:
+            paths.remove(path)
+        return len(stale)
     count = 0
     for path in sorted(Path(folder).rglob(f".*{TMP_SUFFIX}"), key=lambda p: len(p.parts)):
         if path.is_dir():
@@ -89,6 +116,9 @@ def atomic_folder(target: str | Path) -> Iterator[Path]:
     """Yield a temp folder beside `target`; on success whatever `target` was (a file or a folder)
     is replaced by it. Between removing the old and renaming the new there is a moment with neither:
     a crash there leaves the run unfinished, and the next run writes it again."""
+    if paths.is_remote(target):
+        yield from _remote_folder(target)
+        return
     target = Path(target)
     tmp = target.parent / f".{target.name}{TMP_SUFFIX}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -102,10 +132,17 @@ def atomic_folder(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def remove(path: str | Path) -> None:
-    """Remove a file or a folder, if there is one."""
-    path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
+def _remote_folder(target) -> Iterator:
+    tmp = target.parent / f".{target.name}{TMP_SUFFIX}"
+    paths.remove(tmp)
+    try:
+        yield tmp
+        paths.remove(target)
+        paths.move_folder(tmp, target)
+    finally:
+        paths.remove(tmp)
+
+
+def remove(path) -> None:
+    """Remove a file or a folder (on a store, every object under the prefix), if there is one."""
+    paths.remove(path)

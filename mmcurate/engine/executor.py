@@ -50,7 +50,10 @@ def start(address: str | None = None) -> bool:
             ray.init(address=address, **kwargs)
         else:
             # "local": always a new embedded Ray, even when a cluster already runs on this machine
-            # (ray.init() would otherwise attach to it and refuse num_cpus)
+            # (ray.init() would otherwise attach to it and refuse num_cpus). Usage reports off
+            # unless the user turns them on (Ray's dashboard process still asks the cloud-metadata
+            # addresses which cloud it is on, whatever this says: tests/storage/conftest.py)
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False

@@ -5,14 +5,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from mmcurate.engine.lease import Lease
 from mmcurate.schemas.errors import ConfigError
+from mmcurate.storage import paths
 
 INGEST = "ingest"
 # stages whose per-shard caches live outside stages/ (the layout DESIGN A.3 gives them)
@@ -27,13 +27,27 @@ class RunDir:
 
     @classmethod
     def at(cls, path: str | Path) -> RunDir:
-        """The run dir at a local or mounted path; URIs are refused (exit 2), not made a folder."""
-        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", str(path)):
-            raise ConfigError(
-                f"--run-dir {path}: object-store URIs are not supported (resume needs atomic renames); "
-                "use a path on a POSIX filesystem every node mounts, and copy the finished shards/ to the bucket"
-            )
-        return cls(Path(path).resolve())
+        """The run dir at a local or mounted path, or at `s3://bucket/prefix` (another scheme, or
+        credentials in the URI, exit 2 naming --run-dir)."""
+        root = paths.as_path(path, "--run-dir")
+        return cls(root if paths.is_remote(root) else root.resolve())
+
+    @property
+    def remote(self) -> bool:
+        return paths.is_remote(self.root)
+
+    def make(self) -> None:
+        """Make the folder; on a store, check that its bucket exists (a run never creates buckets)."""
+        if not self.remote:
+            self.root.mkdir(parents=True, exist_ok=True)
+            return
+        bucket = self.root.path.split("/", 1)[0]
+        try:
+            found = self.root.fs.exists(bucket)
+        except (OSError, ValueError) as exc:  # no credentials, store unreachable
+            raise ConfigError(f"--run-dir {self.root}: the store cannot be reached: {exc}") from None
+        if not found:
+            raise ConfigError(f"--run-dir {self.root}: bucket {bucket!r} does not exist or is not readable with these credentials")
 
     @property
     def manifest(self) -> Path:
@@ -146,11 +160,17 @@ class RunDir:
     def is_done(self, stage: str, shard: int) -> bool:
         return self.stats_file(stage, shard).exists()
 
+    def done_shards(self, stage: str) -> set[int]:
+        """The shards whose stats file exists, from one listing of the stage's folder (on a store,
+        one LIST per thousand shards, not a request per shard)."""
+        tail = len(".stats.json")
+        return {int(n[:-tail]) for n in paths.names(self.stage_dir(stage)) if n.endswith(".stats.json") and n[:-tail].isdigit()}
+
     def read_shard(self, stage: str, shard: int, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(self.shard_file(stage, shard), columns=columns)
+        return paths.read_table(self.shard_file(stage, shard), columns=columns)
 
     def read_stats(self, stage: str, shard: int) -> dict:
-        return json.loads(self.stats_file(stage, shard).read_text())
+        return json.loads(paths.read_text(self.stats_file(stage, shard)))
 
     def read_manifest(self) -> dict:
         if not self.manifest.exists():
@@ -164,13 +184,18 @@ class RunDir:
 
 
 class RunLock:
-    """An exclusive lock on a run directory, so two runs never write the same files."""
+    """An exclusive lock on a run directory, so two runs never write the same files: an flock on a
+    local or mounted path, a renewed lease object on a store (`engine/lease.py`)."""
 
     def __init__(self, run_dir: RunDir):
         self.path = run_dir.root / ".lock"
         self._fd: int | None = None
+        self._lease = Lease(self.path) if run_dir.remote else None
 
     def __enter__(self) -> RunLock:
+        if self._lease is not None:
+            self._lease.take()
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -185,6 +210,8 @@ class RunLock:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._lease is not None:
+            self._lease.release()
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)

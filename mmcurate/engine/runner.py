@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +31,7 @@ from mmcurate.engine.shards import GlobalShards, alive_count, alive_rows, check_
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.errors import MmcurateError
 from mmcurate.stages.base import GlobalStage, ShardContext, Stage
+from mmcurate.storage import paths
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ class ShardTask:
         self.stage.setup()
 
     def __call__(self, shard: int) -> dict:
-        run_dir = RunDir(Path(self.root))
+        run_dir = RunDir.at(self.root)
         if run_dir.is_done(self.stage.name, shard):  # a retried task after its output landed
             return run_dir.read_stats(self.stage.name, shard)
         start = (time.time(), time.perf_counter())
@@ -96,9 +95,9 @@ def prepare_stage(run_dir: RunDir, name: str, fingerprint: str, outputs: Sequenc
     meta = run_dir.stage_meta(name)
     if meta.exists() and json.loads(meta.read_text()).get("fingerprint") != fingerprint:
         log.warning("stage %s: configuration changed, redoing it", name)
-        shutil.rmtree(run_dir.stage_dir(name))
+        atomic.remove(run_dir.stage_dir(name))
         for path in outputs:
-            shutil.rmtree(path, ignore_errors=True)
+            atomic.remove(path)
     atomic.write_json(meta, {"stage": name, "fingerprint": fingerprint})
 
 
@@ -110,7 +109,8 @@ def run_shards(run_dir: RunDir, name: str, work: Work, fingerprint: str, shards:
                outputs: Sequence[Path] = ()) -> dict:
     """`work` over the shards not yet done under `fingerprint`; the stage's totals for the manifest."""
     prepare_stage(run_dir, name, fingerprint, outputs)
-    pending = [s for s in range(shards) if not run_dir.is_done(name, s)]
+    done = run_dir.done_shards(name)
+    pending = [s for s in range(shards) if s not in done]
     start = time.perf_counter()
     progress.begin(name, shards, shards - len(pending))
     if pending:
@@ -176,10 +176,7 @@ class _Watcher(threading.Thread):
             if waiting is None:
                 continue  # reported
             if waiting:
-                try:
-                    names = set(os.listdir(self.run_dir.stage_dir(stage.name)))
-                except FileNotFoundError:
-                    continue
+                names = paths.names(self.run_dir.stage_dir(stage.name))
                 for shard in sorted(waiting):
                     if self.run_dir.stats_file(stage.name, shard).name in names:
                         waiting.discard(shard)
@@ -241,7 +238,8 @@ def run_segment(run_dir: RunDir, ray: RaySession, segment: Sequence[Stage], upst
     pending = {}
     for stage, fingerprint in zip(segment, fingerprints):
         prepare_stage(run_dir, stage.name, fingerprint)
-        pending[stage.name] = [s for s in range(shards) if not run_dir.is_done(stage.name, s)]
+        done = run_dir.done_shards(stage.name)
+        pending[stage.name] = [s for s in range(shards) if s not in done]
         progress.begin(stage.name, shards, shards - len(pending[stage.name]))
     todo = sorted(set().union(*pending.values()))
     watcher = _Watcher(run_dir, segment, fingerprints, shards, pending, progress, on_stage_done)

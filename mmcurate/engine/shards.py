@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -107,13 +106,13 @@ class GlobalShards:
 
     def read(self, shard: int) -> pa.Table:
         # only the columns the stage names, not the captions and URLs every row carries
-        part = alive_rows(RunDir(Path(self.root)), shard, self.upstream, self.stage.input_columns)
+        part = alive_rows(RunDir.at(self.root), shard, self.upstream, self.stage.input_columns)
         keep = {C.UID, C.ROW, *(self.stage.input_columns or ())}
         return part.select([c for c in part.column_names if c in keep])
 
     def write(self, shard: int, out: pa.Table, started: float) -> dict:
         seconds = (time.time() - started) / max(self.shards, 1)  # the decision's time, divided evenly
-        return write_stage_shard(RunDir(Path(self.root)), self.stage, shard, out, seconds, started=started)
+        return write_stage_shard(RunDir.at(self.root), self.stage, shard, out, seconds, started=started)
 
 
 def alive_count(run_dir: RunDir, upstream: Sequence[Stage], shards: int) -> int:

@@ -9,12 +9,10 @@ are read again as rows.
 from __future__ import annotations
 
 import csv
-import glob
 import gzip
 import hashlib
 import io
 import json
-import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -22,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mmcurate.ingest.rows import RawRow
 from mmcurate.schemas.config import InputConfig
 from mmcurate.schemas.errors import InputError
+from mmcurate.storage import paths
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 MAX_FIELD_BYTES = 64 * 1024 * 1024
@@ -35,12 +33,19 @@ csv.field_size_limit(min(sys.maxsize, MAX_FIELD_BYTES))
 
 def resolve_inputs(pattern: str) -> list[Path]:
     """The input files `input.path` names (a file or a glob), sorted; errors name the problem."""
+    try:
+        return _resolve(pattern)
+    except OSError as err:  # a store that cannot be reached, or refuses these credentials
+        raise InputError(f"input.path: {pattern}: cannot list ({err})") from None
+
+
+def _resolve(pattern: str) -> list:
     if any(ch in pattern for ch in "*?["):
-        files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+        files = paths.glob(pattern)
         if not files:
             raise InputError(f"input.path: no file matches {pattern!r}")
     else:
-        path = Path(pattern)
+        path = paths.as_path(pattern, "input.path")
         if not path.exists():
             raise InputError(f"input.path: {pattern}: file not found")
         if not path.is_file():
@@ -76,7 +81,7 @@ def fingerprint(files: list[Path]) -> str:
 
 def _hash_into(h, path: Path) -> None:
     try:
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     except OSError as err:
@@ -102,7 +107,7 @@ def units(files: list[Path], rows_per_unit: int) -> list[Unit]:
             out.append(Unit(str(path)))
             continue
         try:
-            meta = pq.ParquetFile(path).metadata
+            meta = paths.parquet_file(path).metadata
         except (pa.ArrowInvalid, OSError) as err:
             raise InputError(f"input.path: {path}: not a readable parquet file ({err})") from None
         groups, start, line, rows = [], 0, 0, 0
@@ -121,8 +126,7 @@ def units(files: list[Path], rows_per_unit: int) -> list[Unit]:
 def stat_of(path: Path) -> dict:
     """What says a file is unchanged without reading it: size, mtime, ctime and inode (any write,
     or a copy made to look like the file, changes one of them)."""
-    st = os.stat(path)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
+    return paths.identity(path)
 
 
 def file_record(path: Path) -> dict:
@@ -143,7 +147,8 @@ def combined_fingerprint(records: list[dict]) -> str:
 
 def _open_binary(path: Path) -> io.BufferedIOBase:
     try:
-        return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
+        raw = io.BufferedReader(path.open("rb")) if paths.is_remote(path) else path  # readline(limit)
+        return gzip.open(raw, "rb") if path.suffix.lower() == ".gz" else open(raw, "rb") if raw is path else raw
     except OSError as err:
         raise InputError(f"input.path: {path}: cannot read ({err.strerror or err})") from None
 
@@ -165,7 +170,7 @@ def read_rows(path: Path, cfg: InputConfig, row_groups: list[int] | None = None,
 
 def _read_parquet(path: Path, cfg: InputConfig, row_groups: list[int] | None, line: int) -> Iterator[RawRow]:
     try:
-        pf = pq.ParquetFile(path)
+        pf = paths.parquet_file(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise InputError(f"input.path: {path}: not a readable parquet file ({err})") from None
     names = pf.schema_arrow.names

@@ -14,6 +14,7 @@ from mmcurate.jobs.manifest import stages_of
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import lookup
 from mmcurate.schemas.errors import ConfigError
+from mmcurate.storage import paths
 
 
 def query_ledger(
@@ -33,7 +34,7 @@ def query_ledger(
     if uid is not None:
         frame = pl.from_arrow(ledger_rows(run_dir, uid_rows(run_dir, uid))).lazy()
     else:
-        frame = pl.scan_parquet(files)
+        frame = paths.scan_parquet(files)
     for column, value in ((C.STAGE, stage), (C.REASON, reason), (C.UID, uid), (C.STATUS, status)):
         if value is not None:
             frame = frame.filter(pl.col(column) == value)
@@ -54,7 +55,7 @@ def sample_ledger(run_dir: RunDir, n: int, seed: int, **filters) -> pl.DataFrame
     best = np.empty(0, np.uint64), np.empty(0, np.int64)
     columns = [C.ROW, *wanted]
     for path in _files(run_dir):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=columns):
+        for batch in paths.parquet_file(path).iter_batches(batch_size=65_536, columns=columns):
             mask = None
             for k, v in wanted.items():
                 hit = pc.equal(batch.column(k), v)
@@ -96,7 +97,7 @@ def ledger_rows(run_dir: RunDir, rows: list[int]) -> pa.Table:
     wanted = pa.array(sorted(set(rows)), pa.int64())
     out, schema = [], None
     for path in _files(run_dir):
-        pf = pq.ParquetFile(path)
+        pf = paths.parquet_file(path)
         schema = pf.schema_arrow
         if not len(wanted):
             break
@@ -114,7 +115,7 @@ def uid_rows(run_dir: RunDir, uid: str) -> list[int]:
     index = sorted(run_dir.ledger_index.glob("part-*.parquet")) if run_dir.ledger.is_dir() else []
     found: list[int] = []
     for path in index or _files(run_dir):
-        pf = pq.ParquetFile(path)
+        pf = paths.parquet_file(path)
         groups = _groups(pf, C.UID, uid, uid) if index else range(pf.metadata.num_row_groups)
         for g in groups:
             t = pf.read_row_group(g, columns=[C.UID, C.ROW])
@@ -160,7 +161,7 @@ def explain(run_dir: RunDir, uid: str) -> list[dict]:
                      "decided_by": row[C.STAGE] or "kept by every stage", "steps": steps}
         records = run_dir.instruction_file(shard)
         if records.exists():  # the teacher's records for this sample: why each was kept, rejected or failed
-            table = pq.read_table(records, columns=[C.ROW, "task", C.STATUS, C.REASON, "problems", "flags",
+            table = paths.read_table(records, columns=[C.ROW, "task", C.STATUS, C.REASON, "problems", "flags",
                                                     "template_id", "template_version", "request_hash"])
             hit = table.filter(pc.equal(table[C.ROW], row[C.ROW])).to_pylist()
             explained["instructions"] = [{k: r[k] for k in ("task", C.STATUS, C.REASON, "problems", "flags",
@@ -171,7 +172,7 @@ def explain(run_dir: RunDir, uid: str) -> list[dict]:
 
 
 def _read(path):
-    schema = pq.read_schema(path)
+    schema = paths.parquet_file(path).schema_arrow
     # image bytes and embeddings are not explanations: leave them on disk
     keep = [f.name for f in schema if not (f.name == C.IMAGE or str(f.type).startswith(("list", "binary")))]
-    return pq.read_table(path, columns=keep)
+    return paths.read_table(path, columns=keep)

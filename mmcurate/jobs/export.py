@@ -26,6 +26,7 @@ from mmcurate.schemas import columns as C
 from mmcurate.schemas.errors import ConfigError
 from mmcurate.stages import last_writer, threshold_reasons
 from mmcurate.stages.base import Stage
+from mmcurate.storage import paths
 
 FORMATS = ("webdataset", "parquet", "hf")  # per-shard formats first; hf is one dataset folder
 SHARD_FORMATS = ("webdataset", "parquet")
@@ -159,7 +160,7 @@ class ExportTask:
         """Nothing to load."""
 
     def __call__(self, shard: int) -> dict:
-        run_dir = RunDir(Path(self.root))
+        run_dir = RunDir.at(self.root)
         marker = run_dir.stats_file(f"export-{self.fmt}", shard)
         if marker.exists():
             return json.loads(marker.read_text())
@@ -196,15 +197,19 @@ def export_hf(run_dir: RunDir, stages: Sequence[Stage], out_dir: Path, where: st
                 record[C.IMAGE] = {"bytes": record[C.IMAGE], "path": f"{record[KEY]}.{record[C.IMAGE_FORMAT] or 'jpg'}"}
                 yield record
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-") as tmp:
+    remote = paths.is_remote(out_dir)
+    if not remote:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=None if remote else out_dir.parent, prefix=f".{out_dir.name}.tmp-") as tmp:
         ds = datasets.Dataset.from_generator(rows, features=features, cache_dir=str(Path(tmp) / "cache"))
         ds.save_to_disk(str(Path(tmp) / "dataset"))
         count = ds.num_rows
         del ds
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        (Path(tmp) / "dataset").rename(out_dir)
+        atomic.remove(out_dir)
+        if remote:  # its done marker is written after it: a crash between leaves it to be made again
+            paths.put_folder(Path(tmp) / "dataset", out_dir)
+        else:
+            (Path(tmp) / "dataset").rename(out_dir)
     return count
 
 

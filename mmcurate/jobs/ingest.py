@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import bisect
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mmcurate import ingest
 from mmcurate.algos.parallel import Tasks, runner
@@ -24,12 +22,13 @@ from mmcurate.engine import atomic
 from mmcurate.engine.rundir import INGEST, RunDir
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import InputConfig
+from mmcurate.storage import paths
 
 FINGERPRINT_VERSION = 2
 
 
 def _hash(cwd: str, path: str) -> dict:
-    record = ingest.file_record(Path(cwd, path))
+    record = ingest.file_record(paths.located(cwd, path))
     return {**record, "path": path}
 
 
@@ -71,7 +70,7 @@ def _read_unit(shared: tuple, item: tuple[int, ingest.Unit]) -> dict:
 
     buffer = ingest.ShardBuffer(cfg.shard_size, write, cfg.max_caption_chars, cfg.max_url_chars, source=unit.path)
     groups = list(unit.row_groups) if unit.row_groups is not None else None
-    for raw in ingest.read_rows(Path(cwd, unit.path), cfg, groups, unit.first_line):
+    for raw in ingest.read_rows(paths.located(cwd, unit.path), cfg, groups, unit.first_line):
         buffer.add(raw)
     buffer.flush()
     return {"unit": k, "rows": buffer.rows, C.FAILED: buffer.failed}
@@ -86,7 +85,7 @@ def _write_shards(shared: tuple, item: list[tuple[int, list[tuple[int, int, int,
         for unit, chunk, lo, hi, offset in pieces:
             path = run_dir.ingest_piece(unit, chunk)
             if cached[0] != path:
-                cached = (path, pq.read_table(path))
+                cached = (path, paths.read_table(path))
             piece = cached[1].slice(lo, hi - lo)
             rows = pc.add(piece[C.ROW], pa.scalar(offset, pa.int64()))
             parts.append(piece.set_column(piece.schema.get_field_index(C.ROW), C.ROW, rows))
@@ -101,7 +100,7 @@ def _write_shards(shared: tuple, item: list[tuple[int, list[tuple[int, int, int,
 def ingest_input(run_dir: RunDir, cfg: InputConfig, files: list[Path], rows_per_unit: int,
                  tasks: Callable[[], Tasks] | None = None, on_shard: Callable[[dict], None] = lambda s: None) -> dict:
     """Read `files` into the run's ingest shards; returns shards, rows and failed rows."""
-    shutil.rmtree(run_dir.ingest_pieces, ignore_errors=True)
+    atomic.remove(run_dir.ingest_pieces)
     units = ingest.units(files, rows_per_unit)
     counts = sorted(runner(tasks, len(units)).parallel(_read_unit, list(enumerate(units)), (run_dir, cfg, os.getcwd())),
                     key=lambda c: c["unit"])
@@ -127,5 +126,5 @@ def ingest_input(run_dir: RunDir, cfg: InputConfig, files: list[Path], rows_per_
     batches = [plan[i:i + per_task] for i in range(0, len(plan), per_task)]
     for stats in (s for batch in runner(tasks, len(batches)).parallel(_write_shards, batches, (run_dir,)) for s in batch):
         on_shard(stats)
-    shutil.rmtree(run_dir.ingest_pieces, ignore_errors=True)
+    atomic.remove(run_dir.ingest_pieces)
     return {"shards": len(plan), "rows": total, C.FAILED: sum(c[C.FAILED] for c in counts)}

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mmcurate.algos import partition
 from mmcurate.algos.claims import first_claims
@@ -30,6 +29,7 @@ from mmcurate.schemas.errors import ConfigError
 from mmcurate.stages import last_writer
 from mmcurate.stages.base import Stage
 from mmcurate.stages.synthesis.records import question_hashes, reject_repeated
+from mmcurate.storage import paths
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "llava.schema.json"
 LENGTH_BINS = (0, 50, 100, 200, 400, 800, 1600, 3200, 6400)
@@ -41,7 +41,7 @@ def synthesis_stage(stages: Sequence[Stage]) -> Stage | None:
 
 def records(run_dir: RunDir, shard: int) -> pa.Table | None:
     path = run_dir.synthesis_records(shard)
-    return pq.read_table(path) if path.exists() else None
+    return paths.read_table(path) if path.exists() else None
 
 
 def _questions(run_dir: RunDir, fixed: set[str], shard: int) -> dict:
@@ -178,7 +178,7 @@ def export_llava(run_dir: RunDir, stages: Sequence[Stage], out_dir: Path) -> int
                 path = run_dir.instruction_file(shard)
                 if not path.exists():
                     continue
-                ok = [r for r in pq.read_table(path).to_pylist() if r[C.STATUS] == "ok"]
+                ok = [r for r in paths.read_table(path).to_pylist() if r[C.STATUS] == "ok"]
                 if not ok:
                     continue
                 images = run_dir.read_shard(source.name, shard, columns=[C.ROW, C.STATUS, C.IMAGE])

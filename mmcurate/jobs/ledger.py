@@ -17,6 +17,7 @@ from mmcurate.engine.rundir import INGEST, RunDir
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.errors import LedgerError
 from mmcurate.stages.base import Stage
+from mmcurate.storage import paths
 
 _DECISION = [C.UID, C.ROW, C.STATUS, C.REASON, C.DETAIL]
 
@@ -186,7 +187,7 @@ def check_aggregates(aggs: list[dict], expected_rows: int) -> dict[str, int]:
 def file_aggregate(path: Path) -> dict:
     """A written ledger file's aggregate, read back batch by batch (memory does not grow with it)."""
     agg: dict = {"first_row": None, "rows": 0, **{s: 0 for s in C.STATUSES}}
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=[C.ROW, C.STATUS]):
+    for batch in paths.parquet_file(path).iter_batches(batch_size=65_536, columns=[C.ROW, C.STATUS]):
         _count(agg, batch.column(0).to_numpy(zero_copy_only=False), batch.column(1), f"ledger invariant broken: {path.name}")
     return agg
 

@@ -10,7 +10,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mmcurate.engine import atomic
 from mmcurate.engine.rundir import RunDir
@@ -20,13 +19,14 @@ from mmcurate.jobs.manifest import stages_of
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import lookup
 from mmcurate.stages.base import Stage
+from mmcurate.storage import paths
 
 
 def build_report(run_dir: RunDir, run_stages: list[Stage] | None = None) -> dict:
     """The report's numbers, computed from the ledger (the source of truth) and the manifest."""
     manifest = run_dir.read_manifest()
     run_stages = stages_of(manifest) if run_stages is None else run_stages
-    ledger = pl.scan_parquet(run_dir.ledger_files())
+    ledger = paths.scan_parquet(run_dir.ledger_files())
     counts = ledger.group_by(C.STATUS).len().collect()
     by_status = {row[C.STATUS]: row["len"] for row in counts.iter_rows(named=True)}
     total = sum(by_status.values())
@@ -125,7 +125,7 @@ def _drop_samples(files: list[Path]) -> dict[str, list[dict]]:
     """A reproducible pseudo-random sample of dropped rows per reason (rows, so repeated uids
     stay distinct), read batch by batch keeping only the best SAMPLES_PER_REASON of each reason."""
     best: dict[str, list[tuple[int, int, str]]] = {}
-    batches = (b for path in files for b in pq.ParquetFile(path).iter_batches(
+    batches = (b for path in files for b in paths.parquet_file(path).iter_batches(
         batch_size=65_536, columns=[C.ROW, C.UID, C.STATUS, C.REASON]))
     for batch in batches:
         t = pa.Table.from_batches([batch])
@@ -149,7 +149,7 @@ def _drop_samples(files: list[Path]) -> dict[str, list[dict]]:
 def _stored_image(path: Path, row: int) -> bytes | None:
     """One row's image from a stage's shard file, reading images a batch at a time (a shard of
     large images is never decoded whole for one thumbnail)."""
-    pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)  # stream pages, not the column
+    pf = paths.parquet_file(path, pre_buffer=False, buffer_size=1 << 20)  # stream pages, not the column
     hit = np.flatnonzero(pf.read(columns=[C.ROW])[C.ROW].to_numpy() == row)
     if not len(hit):
         return None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,7 +86,7 @@ class Job:
                 )
             log.warning("input changed: redoing the whole run")
             for path in (self.run_dir.stages, self.run_dir.shards, self.run_dir.report, self.run_dir.instructions):
-                shutil.rmtree(path, ignore_errors=True)
+                atomic.remove(path)
             atomic.remove(self.run_dir.ledger)
             atomic.remove(self.run_dir.ledger_index)
             manifest["stages"] = {}
@@ -183,7 +182,7 @@ class Job:
 
     def run(self) -> RunResult:
         """Run (or resume) the pipeline; raises on anything that leaves the run incomplete."""
-        self.run_dir.root.mkdir(parents=True, exist_ok=True)
+        self.run_dir.make()
         with RunLock(self.run_dir):
             manifest = M.open_manifest(self.run_dir, self.config, self.force, self._stage_order(), self.address)
             stale = atomic.remove_stale_temps(self.run_dir.root)
