@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mmcurate.algos.parallel import Parallel
 
@@ -20,13 +21,25 @@ KMEANS_ITERATIONS = 10
 KMEANS_SAMPLE = 200_000
 
 def stored(column: pa.ChunkedArray) -> np.ndarray:
-    """A list<float16> column as the n x d float16 matrix it stores (one shard's: Arrow's int32
-    offsets hold 2^31 values, so this is never called on a whole large run)."""
+    """An embedding column (fixed_size_list<float16, d>, or the variable list of older shards) as
+    the n x d float16 matrix it stores."""
     arr = column.combine_chunks()
     n = len(arr)
     if n == 0:
         return np.zeros((0, 0), np.float16)
     return arr.flatten().to_numpy(zero_copy_only=False).reshape(n, -1)
+
+
+def as_fixed(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """An embedding column as fixed_size_list<float16, d>: a shard written before embeddings were
+    stored so (list<float16>) is cast, d from its first value; a column with no value is left
+    as it is (it has no rows that need one)."""
+    if not pa.types.is_list(column.type):
+        return column
+    lengths = pc.list_value_length(column).drop_null()
+    if not len(lengths):
+        return column
+    return column.cast(pa.list_(column.type.value_type, lengths[0].as_py()))
 
 
 def unit(emb: np.ndarray) -> np.ndarray:

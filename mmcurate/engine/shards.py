@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mmcurate.algos.embeddings import as_fixed
 from mmcurate.engine import atomic
 from mmcurate.engine.rundir import INGEST, RunDir
 from mmcurate.schemas import columns as C
@@ -39,10 +40,12 @@ def alive_rows(
         table = table.filter(mask)
         kept = out.filter(mask)
         for name in wanted:
+            column = as_fixed(kept[name]) if name == C.CLIP_EMBEDDING else kept[name]  # older shards: a list
+            field = kept.schema.field(name).with_type(column.type)
             if name in table.column_names:
-                table = table.set_column(table.column_names.index(name), kept.schema.field(name), kept[name])
+                table = table.set_column(table.column_names.index(name), field, column)
             else:
-                table = table.append_column(kept.schema.field(name), kept[name])
+                table = table.append_column(field, column)
     return table
 
 

@@ -109,6 +109,7 @@ class ClipScorer:
         self.batch_size = batch_size
         self.decode_threads = decode_threads
         self.model = None
+        self.dim: int | None = None  # known once loaded
 
     def load(self) -> None:
         import open_clip
@@ -123,6 +124,11 @@ class ClipScorer:
         model.eval()
         self.model, self.preprocess = model, preprocess
         self.tokenizer = open_clip.get_tokenizer(w.model)
+        from PIL import Image
+
+        with torch.inference_mode():  # the embedding's width, from the model itself (any tower)
+            probe = preprocess(Image.new("RGB", (32, 32)))[None].to(self.device)
+            self.dim = int(model.encode_image(probe).shape[-1])
         if self.device == "cuda":
             self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="clip-decode")

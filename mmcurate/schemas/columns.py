@@ -137,15 +137,22 @@ DEDUP_SCHEMA = pa.schema(
     IDENTITY_FIELDS + DECISION_FIELDS + [pa.field(DUP_OF, pa.string()), pa.field(DUP_DISTANCE, pa.int16())]
 )
 
-CLIP_EMBED_SCHEMA = pa.schema(
-    IDENTITY_FIELDS
-    + DECISION_FIELDS
-    + [
+def embedding_type(dim: int | None = None) -> pa.DataType:
+    """fixed_size_list<float16, dim>: no offsets, so a table of them has no 2^31-value limit (a
+    variable list's int32 offsets overflow at 4.19M rows of 512-d). Without a dim, the variable
+    list that shards written before the fixed form hold (still read: `algos.embeddings.as_fixed`)."""
+    return pa.list_(pa.float16(), dim) if dim else pa.list_(pa.float16())
+
+
+def clip_embed_schema(dim: int | None = None) -> pa.Schema:
+    return pa.schema(IDENTITY_FIELDS + DECISION_FIELDS + [
         pa.field(CLIP_SCORE, pa.float32()),
         pa.field(CLIP_MODEL, pa.string()),
-        pa.field(CLIP_EMBEDDING, pa.list_(pa.float16())),
-    ]
-)
+        pa.field(CLIP_EMBEDDING, embedding_type(dim)),
+    ])
+
+
+CLIP_EMBED_SCHEMA = clip_embed_schema()  # the score columns' types; the embedding's dim comes with the model
 
 CLIP_SCHEMA = pa.schema(IDENTITY_FIELDS + DECISION_FIELDS + [pa.field(CLIP_THRESHOLD, pa.float32())])
 

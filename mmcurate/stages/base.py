@@ -172,7 +172,8 @@ def decide_in_one_task(stage: GlobalStage, io: ShardIO, tasks: Tasks) -> list[di
     started = time.time()
     stage.setup()
     parts = [io.read(shard) for shard in range(io.shards)]
-    rows = pa.concat_tables(parts)
+    # a shard with no rows left has nothing to fix an embedding's width by: it joins no table
+    rows = pa.concat_tables([p for p in parts if p.num_rows] or parts[:1])
     out = stage.decide(rows, tasks.parallel)
     if out.num_rows != rows.num_rows or not out[C.ROW].equals(rows[C.ROW]):
         raise RuntimeError(f"stage {stage.name!r} returned {out.num_rows} rows for {rows.num_rows} input rows")

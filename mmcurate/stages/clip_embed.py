@@ -25,7 +25,6 @@ class ClipEmbedStage(Stage):
 
     name = "clip_embed"
     version = "1"
-    output_schema = C.CLIP_EMBED_SCHEMA
     score_columns = (C.CLIP_SCORE, C.CLIP_MODEL)
     data_columns = (C.CLIP_SCORE, C.CLIP_EMBEDDING)
     input_columns = (C.IMAGE,)
@@ -35,6 +34,12 @@ class ClipEmbedStage(Stage):
         super().__init__(config)
         self.weights: Weights | None = None
         self.scorer: ClipScorer | None = None
+
+    @property
+    def output_schema(self) -> pa.Schema:  # type: ignore[override]
+        """The embedding as fixed_size_list<float16, d>, d from the loaded model (on the driver,
+        before a model is loaded, only the score columns' types are needed)."""
+        return C.clip_embed_schema(self.scorer.dim if self.scorer is not None else None)
 
     @classmethod
     def enabled(cls, config: Config) -> bool:
@@ -76,6 +81,6 @@ class ClipEmbedStage(Stage):
             scores={C.CLIP_SCORE: pa.array(np.where(ok, scores, 0), pa.float32(), mask=~ok),
                     C.CLIP_MODEL: [self.weights.label] * rows.num_rows},
             data={C.CLIP_EMBEDDING: pa.array([None if e is None else e.astype(np.float16) for e in embeddings],
-                                             pa.list_(pa.float16()))},
+                                             C.embedding_type(self.scorer.dim))},
             reasons=["undecodable_image" if e else None for e in errors], details=errors, failed=True,
         )

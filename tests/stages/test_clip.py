@@ -78,7 +78,8 @@ def test_swapped_captions_are_dropped_through_run(shapes_clip, tmp_path, tripwir
 
         # embeddings per shard: float16, with uid, unit length
         emb = pq.read_table(run_dir / "stages" / "clip_embed" / "000000.parquet")
-        assert emb.schema.field(C.CLIP_EMBEDDING).type == pa.list_(pa.float16()) and C.UID in emb.column_names
+        dim = shapes.MODEL_CFG["embed_dim"]  # fixed_size_list: no int32 offsets to overflow
+        assert emb.schema.field(C.CLIP_EMBEDDING).type == pa.list_(pa.float16(), dim) and C.UID in emb.column_names
         vec = np.asarray(emb[C.CLIP_EMBEDDING][0].as_py(), np.float32)
         assert len(vec) == shapes.MODEL_CFG["embed_dim"] and abs(np.linalg.norm(vec) - 1) < 0.01
         # exports carry the scores, not the embeddings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mmcurate.algos import embeddings as search
 from mmcurate.algos.embeddings import similar_pairs
@@ -70,3 +71,36 @@ def test_dropped_rows_are_near_their_keeper_not_chained():
     threshold = float(np.cos(0.3))
     keeper_of, _ = sd.keepers(emb, np.arange(3), similar_pairs(emb, threshold, serial), threshold)
     assert keeper_of.tolist() == [-1, 0, -1]  # c is not near a, so it stays
+
+
+def test_shards_written_before_embeddings_were_fixed_size_lists_are_read_with_the_new(tmp_path):
+    """A run dir resumed across the change: clip_embed's shard 0 holds list<float16> (older
+    versions), shard 1 fixed_size_list; semantic dedup reads both as one type and decides as on
+    one table."""
+    from mmcurate.algos.parallel import SerialTasks
+    from mmcurate.engine.rundir import RunDir
+    from mmcurate.engine.shards import GlobalShards, alive_rows
+    from mmcurate.stages.base import decide_in_one_task
+    from mmcurate.stages.clip_embed import ClipEmbedStage
+
+    emb, _ = embeddings(300, 60, dim=16, seed=3)
+    table = table_of(emb, np.linspace(0.2, 0.4, len(emb)))
+    config = config_from_dict({"input": {"path": "x"}, "dedup": {"semantic": {"enabled": True}}})
+    run_dir, half = RunDir.at(tmp_path), len(emb) // 2
+    for name in ("ingest", "clip_embed"):
+        run_dir.stage_dir(name).mkdir(parents=True)
+    for shard, part in enumerate((table.slice(0, half), table.slice(half))):
+        n = part.num_rows
+        pq.write_table(pa.table({C.UID: part[C.UID], C.ROW: part[C.ROW], C.URL: ["u"] * n, C.CAPTION: ["c"] * n,
+                                 C.STATUS: ["kept"] * n}), run_dir.shard_file("ingest", shard))
+        column = part[C.CLIP_EMBEDDING] if shard == 0 else part[C.CLIP_EMBEDDING].cast(pa.list_(pa.float16(), 16))
+        pq.write_table(pa.table({C.ROW: part[C.ROW], C.STATUS: ["kept"] * n, C.CLIP_SCORE: part[C.CLIP_SCORE],
+                                 C.CLIP_EMBEDDING: column}), run_dir.shard_file("clip_embed", shard))
+    embed = ClipEmbedStage(config)
+    assert alive_rows(run_dir, 0, [embed])[C.CLIP_EMBEDDING].type == pa.list_(pa.float16(), 16)
+    stage = sd.SemanticDedupStage(config)
+    io = GlobalShards(str(run_dir.root), stage, [embed], 2, [0, 1], len(emb), 10**6)
+    decide_in_one_task(stage, io, SerialTasks())
+    got = pa.concat_tables([run_dir.read_shard(stage.name, s) for s in (0, 1)])
+    want = stage.decide(table, serial)
+    assert got[C.REASON].to_pylist() == want[C.REASON].to_pylist() and got[C.REASON].null_count < len(emb) - 50
