@@ -24,6 +24,8 @@ def stored(column: pa.ChunkedArray) -> np.ndarray:
     """An embedding column (fixed_size_list<float16, d>, or the variable list of older shards) as
     the n x d float16 matrix it stores."""
     arr = column.combine_chunks()
+    if arr.null_count:  # flatten() would leave their slots out, and the rows would shift
+        raise ValueError(f"{arr.null_count} rows without an embedding: only rows clip_embed kept have one")
     n = len(arr)
     if n == 0:
         return np.zeros((0, 0), np.float16)

@@ -209,6 +209,11 @@ class RunLock:
         self._fd = fd
         return self
 
+    def check(self) -> None:
+        """Raise if the lock was lost (a lease on a store taken by another run: never locally)."""
+        if self._lease is not None:
+            self._lease.check()
+
     def __exit__(self, *exc) -> None:
         if self._lease is not None:
             self._lease.release()

@@ -176,7 +176,11 @@ class _Watcher(threading.Thread):
             if waiting is None:
                 continue  # reported
             if waiting:
-                names = paths.names(self.run_dir.stage_dir(stage.name))
+                try:
+                    names = paths.names(self.run_dir.stage_dir(stage.name))
+                except Exception as err:  # a store's listing failed past its retries: the next poll asks again
+                    log.warning("listing %s failed (%s); retrying", self.run_dir.stage_dir(stage.name), err)
+                    continue
                 for shard in sorted(waiting):
                     if self.run_dir.stats_file(stage.name, shard).name in names:
                         waiting.discard(shard)

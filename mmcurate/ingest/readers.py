@@ -35,7 +35,9 @@ def resolve_inputs(pattern: str) -> list[Path]:
     """The input files `input.path` names (a file or a glob), sorted; errors name the problem."""
     try:
         return _resolve(pattern)
-    except OSError as err:  # a store that cannot be reached, or refuses these credentials
+    except InputError:
+        raise
+    except (OSError, ValueError) as err:  # a store that cannot be reached, or refuses these credentials
         raise InputError(f"input.path: {pattern}: cannot list ({err})") from None
 
 

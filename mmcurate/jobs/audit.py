@@ -174,5 +174,6 @@ def explain(run_dir: RunDir, uid: str) -> list[dict]:
 def _read(path):
     schema = paths.parquet_file(path).schema_arrow
     # image bytes and embeddings are not explanations: leave them on disk
-    keep = [f.name for f in schema if not (f.name == C.IMAGE or str(f.type).startswith(("list", "binary")))]
+    bulky = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list, pa.types.is_binary)
+    keep = [f.name for f in schema if not (f.name == C.IMAGE or any(is_(f.type) for is_ in bulky))]
     return paths.read_table(path, columns=keep)

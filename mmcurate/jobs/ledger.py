@@ -152,6 +152,8 @@ def build_ledger(run_dir: RunDir, stages: Sequence[Stage], part_rows: int = 2_00
     expected, shards = done["rows"], done["shards"]
     parts = layout(shards, expected, done["input"]["shard_size"], part_rows)
     if parts is None:
+        if run_dir.remote:  # parts of an earlier build: a store keeps them beside the new object
+            atomic.remove(run_dir.ledger)
         agg = write_ledger_file(run_dir, stages, range(shards), run_dir.ledger)
         atomic.remove(run_dir.ledger_index)
         return check_aggregates([agg], expected)

@@ -60,6 +60,7 @@ class Job:
         self.progress = progress or NoProgress()
         self.stages: list[Stage] = build_stages(config)
         self.ray = RaySession(address)
+        self.lock = RunLock(self.run_dir)
 
     def _stage_order(self) -> list[str]:
         exports = [f"export-{f}" for f in self.config.export.formats if f in EXPORT_FORMATS]
@@ -169,12 +170,14 @@ class Job:
         def done(name: str, entry: dict) -> None:
             manifest["stages"][name] = entry
             M.save(self.run_dir, manifest)
+            self.lock.check()
 
         n = 0
         for segment in segments(self.stages, self.config.engine.streaming):
             for stage in segment:
                 manifest["stages"][stage.name] = {"status": "running"}
             M.save(self.run_dir, manifest)
+            self.lock.check()
             run_segment(self.run_dir, self.ray, segment, self.stages[:n], fingerprints[n:n + len(segment)], shards,
                         self.progress, done, self.config.engine.gpu_actor_cpus,
                         self.config.engine.rows_per_partition)
@@ -183,7 +186,7 @@ class Job:
     def run(self) -> RunResult:
         """Run (or resume) the pipeline; raises on anything that leaves the run incomplete."""
         self.run_dir.make()
-        with RunLock(self.run_dir):
+        with self.lock:
             manifest = M.open_manifest(self.run_dir, self.config, self.force, self._stage_order(), self.address)
             stale = atomic.remove_stale_temps(self.run_dir.root)
             if stale:

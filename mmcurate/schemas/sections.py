@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mmcurate.schemas.locations import check_location
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -23,6 +25,12 @@ class InputConfig(_Section):
     shard_size: int = Field(1000, ge=1, le=10_000_000)
     max_caption_chars: int = Field(16_384, ge=1)  # longer captions fail as caption_too_long
     max_url_chars: int = Field(8_192, ge=1)  # longer URLs fail as url_too_long (never requested)
+
+    @field_validator("path")
+    @classmethod
+    def _location(cls, v: str) -> str:
+        check_location(v, "input.path")  # before the manifest, which records the config, is written
+        return v
 
 
 class DownloadConfig(_Section):

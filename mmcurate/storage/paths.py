@@ -22,15 +22,12 @@ import shutil
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from mmcurate.schemas.errors import ConfigError
+from mmcurate.schemas.locations import URI, check_location
 
-URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
-SCHEMES = ("s3",)
 # s3fs caches listings per process: a run's files are written by other processes (workers), so a
 # cached listing would hide the stats files they leave
 _OPTIONS: dict[str, Any] = {"use_listings_cache": False}
@@ -42,23 +39,12 @@ def is_uri(location: str | os.PathLike) -> bool:
 
 def as_path(location: str | os.PathLike, key: str = "path") -> Any:
     """A `Path` for a local location, a `UPath` for an `s3://` one; another scheme, or a URI with
-    credentials in it, is a ConfigError naming `key`."""
+    credentials in it, is a ConfigError naming `key` (`schemas.locations`)."""
     if is_remote(location):
         return location
     text = str(location)
-    match = URI.match(text)
-    if not match:
-        return Path(text)
-    scheme = match.group(1).lower()
-    if scheme not in SCHEMES:
-        raise ConfigError(f"{key}: {text}: the {scheme}:// scheme is not supported (use a local path or s3://bucket/prefix)")
-    netloc = urlsplit(text).netloc
-    if "@" in netloc:
-        raise ConfigError(f"{key}: {scheme}://…: credentials do not belong in the location; set AWS_ACCESS_KEY_ID "
-                          "and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a store other than AWS) in the environment")
-    if not netloc:
-        raise ConfigError(f"{key}: {text}: no bucket named")
-    return _remote(scheme, text[match.end():].rstrip("/"))
+    found = check_location(text, key)
+    return Path(text) if found is None else _remote(*found)
 
 
 def _remote(scheme: str, key: str) -> Any:
@@ -98,7 +84,7 @@ def read_table(path: Any, columns: list[str] | None = None, **kwargs: Any):
     On a store a file is read through one open object (one HEAD, then ranged GETs for the footer
     and the columns): pyarrow's own file-system calls would ask for its size three times."""
     if is_remote(path):
-        with path.fs.open(_key(path), "rb") as f:
+        with path.fs.open(_key(path), "rb", cache_type="none") as f:
             if f.details.get("type") != "directory":  # else a folder of parts: read below as a dataset
                 return pq.read_table(f, columns=columns, **kwargs)
     where, fs = arrow(path)
@@ -108,7 +94,7 @@ def read_table(path: Any, columns: list[str] | None = None, **kwargs: Any):
 def parquet_file(path: Any, **kwargs: Any) -> pq.ParquetFile:
     """A parquet file's reader (metadata, row groups, batches), over one open object on a store."""
     if is_remote(path):
-        return pq.ParquetFile(path.fs.open(_key(path), "rb"), **kwargs)
+        return pq.ParquetFile(path.fs.open(_key(path), "rb", cache_type="none"), **kwargs)
     return pq.ParquetFile(str(path), **kwargs)
 
 

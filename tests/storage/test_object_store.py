@@ -39,7 +39,14 @@ def test_locations_with_credentials_or_other_schemes_are_refused():
     assert proc.returncode == 2 and "--out s3://b/cut: export writes to a local folder" in proc.stderr
 
 
-def test_files_appear_whole_and_the_lock_is_a_lease(s3_env, tripwire):
+def test_credentials_in_the_input_location_are_refused_before_anything_is_written(tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"input": {"path": "s3://AKIAEXAMPLE:se/cret@bucket/in/*.csv"}}))
+    proc = run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "input.path: s3://…: credentials do not belong in a location" in proc.stderr
+    assert "cret" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_files_appear_whole_and_the_lock_is_a_lease(s3_env, tripwire, monkeypatch):
     run_dir = RunDir.at(f"s3://{s3_env['bucket']}/runs/one/")
     assert run_dir.remote and str(run_dir.root) == f"s3://{s3_env['bucket']}/runs/one"
     run_dir.make()
@@ -59,10 +66,23 @@ def test_files_appear_whole_and_the_lock_is_a_lease(s3_env, tripwire):
             RunLock(run_dir).__enter__()
     assert not (run_dir.root / ".lock").exists()  # released
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (run_dir.root / ".lock").write_text(json.dumps({"host": lease.socket.gethostname(), "pid": int(dead.stdout),
-                                                    "token": "x", "renewed": time.time()}))
+    (run_dir.root / ".lock").write_text(json.dumps({"host": lease.socket.gethostname(), "boot": lease._boot_id(),
+                                                    "pid": int(dead.stdout), "token": "x", "renewed": time.time()}))
     with RunLock(run_dir):  # a killed run's lease: taken over
         assert json.loads((run_dir.root / ".lock").read_text())["pid"] == os.getpid()
+    (run_dir.root / ".lock").write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "y",
+                                                    "renewed": time.time() - lease.EXPIRES_S - 1}))
+    monkeypatch.setattr(lease, "RENEW_S", 0.05)
+    with RunLock(run_dir) as lock:  # a lease elsewhere not renewed for EXPIRES_S: taken over
+        assert json.loads((run_dir.root / ".lock").read_text())["token"] == lock._lease.me["token"]
+        (run_dir.root / ".lock").write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "z", "renewed": time.time()}))
+        deadline = time.time() + 10
+        while lock._lease.lost is None and time.time() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(ConfigError, match="lost its lease to pid 1 on elsewhere"):
+            lock.check()  # the run stops; the other run's lease is never overwritten
+    assert json.loads((run_dir.root / ".lock").read_text())["token"] == "z"  # nor removed on release
+    (run_dir.root / ".lock").unlink()
     with pytest.raises(ConfigError, match="bucket 'no-such-bucket' does not exist"):
         RunDir.at("s3://no-such-bucket/run").make()
 

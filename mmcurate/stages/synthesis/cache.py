@@ -56,12 +56,12 @@ class ResponseCache:
 
     def _open_objects(self) -> ResponseCache:
         folder = self.path.parent / self.path.stem
-        names = sorted(n for n in paths.names(folder) if n.endswith(".jsonl"))
-        for name in names:  # each object is whole: PUTs are
-            for line in (folder / name).read_text(encoding="utf-8").splitlines():
+        numbers = sorted(int(n[:-6]) for n in paths.names(folder) if n.endswith(".jsonl") and n[:-6].isdigit())
+        for k in numbers:  # each object is whole: PUTs are
+            for line in paths.read_text(folder / f"{k:06d}.jsonl").splitlines():
                 item = json.loads(line)
                 self.entries[item["hash"]] = item["entry"]
-        self._objects = int(names[-1].split(".")[0]) + 1 if names else 0
+        self._objects = numbers[-1] + 1 if numbers else 0
         self._batch = []
         return self
 
