@@ -31,7 +31,6 @@ from mmcurate.engine.shards import GlobalShards, alive_count, alive_rows, check_
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.errors import MmcurateError
 from mmcurate.stages.base import GlobalStage, ShardContext, Stage
-from mmcurate.storage import paths
 
 log = logging.getLogger(__name__)
 
@@ -177,14 +176,13 @@ class _Watcher(threading.Thread):
                 continue  # reported
             if waiting:
                 try:
-                    names = paths.names(self.run_dir.stage_dir(stage.name))
+                    done = self.run_dir.done_shards(stage.name)
                 except Exception as err:  # a store's listing failed past its retries: the next poll asks again
                     log.warning("listing %s failed (%s); retrying", self.run_dir.stage_dir(stage.name), err)
                     continue
-                for shard in sorted(waiting):
-                    if self.run_dir.stats_file(stage.name, shard).name in names:
-                        waiting.discard(shard)
-                        self.progress.advance(stage.name, self.run_dir.read_stats(stage.name, shard))
+                for shard in sorted(waiting & done):
+                    waiting.discard(shard)
+                    self.progress.advance(stage.name, self.run_dir.read_stats(stage.name, shard))
             if not waiting:
                 del self.waiting[stage.name]
                 self.on_stage_done(stage.name, totals(self.run_dir, stage.name, fingerprint, self.shards,
