@@ -218,9 +218,10 @@ def cmd_export(args) -> int:
     if manifest.get("status") != "finished":
         raise ConfigError(f"{run_dir.root}: the run has not finished (status {manifest.get('status')}); run it again to resume")
     out = Path(args.out)
-    count = export_all(run_dir, stages_of(manifest, str(run_dir.manifest)), args.format, out, where=args.where)
+    count = export_all(run_dir, stages_of(manifest, str(run_dir.manifest)), args.format, out, where=args.where,
+                       samples_per_shard=args.samples_per_shard)
     cut = f" where {args.where}" if args.where else ""
-    what = "instruction records" if args.format == "llava" else "samples"
+    what = {"llava": "instruction records", "ids": "ids"}.get(args.format, "samples")
     print(f"exported {count:,} {what}{cut} as {args.format} to {out}")
     return 0
 
@@ -270,8 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write the kept samples in a format")
     p.add_argument("run_dir")
-    p.add_argument("--format", required=True, choices=["webdataset", "parquet", "hf", "llava"])
+    p.add_argument("--format", required=True, choices=["webdataset", "parquet", "hf", "llava", "ids"],
+                   help="ids: the kept rows' ids only (ids.parquet; ids.npy of a pool's 128-bit uids, as DataComp reads)")
     p.add_argument("--out", required=True)
+    p.add_argument("--samples-per-shard", type=int, metavar="N",
+                   help="webdataset, parquet: repack into files of N samples each (the last smaller), keys.parquet beside")
     p.add_argument("--where", help="another cut of the same run: a polars SQL expression over ledger columns, "
                    "e.g. \"clip_score > 0.3 and caption_words >= 5\"")
     p.set_defaults(func=cmd_export)

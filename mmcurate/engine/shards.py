@@ -26,12 +26,15 @@ from mmcurate.stages.base import Stage
 
 
 def alive_rows(
-    run_dir: RunDir, shard: int, stages: Sequence[Stage], columns: Sequence[str] | None = None
+    run_dir: RunDir, shard: int, stages: Sequence[Stage], columns: Sequence[str] | None = None,
+    ingest_columns: Sequence[str] = (),
 ) -> pa.Table:
     """Rows of `shard` that ingest and every stage in `stages` kept, with the stages' data columns
-    (only those named in `columns`, when given: only they are read from disk)."""
-    table = run_dir.read_shard(INGEST, shard, columns=[C.UID, C.ROW, C.URL, C.CAPTION, C.STATUS])
-    table = table.filter(pc.equal(table[C.STATUS], C.KEPT)).select([C.UID, C.ROW, C.URL, C.CAPTION])
+    (only those named in `columns`, when given: only they are read from disk), and any of
+    ingest's `ingest_columns` (a pool's: where each image lies)."""
+    first = [C.UID, C.ROW, C.URL, C.CAPTION, *ingest_columns]
+    table = run_dir.read_shard(INGEST, shard, columns=[*first, C.STATUS])
+    table = table.filter(pc.equal(table[C.STATUS], C.KEPT)).select(first)
     for stage in stages:
         wanted = [c for c in stage.data_columns if columns is None or c in columns]
         out = run_dir.read_shard(stage.name, shard, columns=[C.ROW, C.STATUS] + wanted)

@@ -3,17 +3,17 @@
 Rows are numbered across all files in sorted order (`row`); `uid` is a hash of (url, caption).
 """
 
-from mmcurate.ingest.readers import (
+from mmcurate.ingest.files import (
     Unit,
     combined_fingerprint,
     file_record,
     fingerprint,
     format_of,
-    read_rows,
     resolve_inputs,
     stat_of,
     units,
 )
+from mmcurate.ingest.readers import read_rows
 from mmcurate.ingest.rows import RawRow, ShardBuffer, check_row, uid_of
 
 __all__ = ["RawRow", "ShardBuffer", "Unit", "check_row", "combined_fingerprint", "file_record", "fingerprint", "format_of",

@@ -1,5 +1,5 @@
-"""Input files: which ones `input.path` names, their fingerprint, and readers for URL lists
-(parquet, csv, tsv, jsonl; a glob; .gz too) that yield every row, malformed ones included.
+"""Readers that yield every row of an input file, malformed ones included: URL lists (parquet,
+csv, tsv, jsonl; .gz too) here, a pool's tars, parquet files and image folders in `pools.py`.
 
 A hostile file must cost neither a row nor the driver's memory: an over-long line is skipped
 unread and fails alone; a CSV quote that never closes fails its line, and the lines after it
@@ -10,141 +10,24 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import json
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
+from mmcurate.ingest import pools
+from mmcurate.ingest.files import format_of
 from mmcurate.ingest.rows import RawRow
 from mmcurate.schemas.config import InputConfig
 from mmcurate.schemas.errors import InputError
 from mmcurate.storage import paths
 
-FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 MAX_FIELD_BYTES = 64 * 1024 * 1024
 csv.field_size_limit(min(sys.maxsize, MAX_FIELD_BYTES))
-
-
-def resolve_inputs(pattern: str) -> list[Path]:
-    """The input files `input.path` names (a file or a glob), sorted; errors name the problem."""
-    try:
-        return _resolve(pattern)
-    except InputError:
-        raise
-    except (OSError, ValueError) as err:  # a store that cannot be reached, or refuses these credentials
-        raise InputError(f"input.path: {pattern}: cannot list ({err})") from None
-
-
-def _resolve(pattern: str) -> list:
-    if any(ch in pattern for ch in "*?["):
-        files = paths.glob(pattern)
-        if not files:
-            raise InputError(f"input.path: no file matches {pattern!r}")
-    else:
-        path = paths.as_path(pattern, "input.path")
-        if not path.exists():
-            raise InputError(f"input.path: {pattern}: file not found")
-        if not path.is_file():
-            raise InputError(f"input.path: {pattern}: not a file (use a glob such as {pattern}/*.parquet)")
-        files = [path]
-    for f in files:
-        format_of(f)
-    return files
-
-
-def format_of(path: Path) -> str:
-    """The input format of a file, from its extension."""
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes = suffixes[:-1]
-    kind = FORMATS.get(suffixes[-1] if suffixes else "")
-    if kind is None:
-        raise InputError(f"input.path: {path}: unknown format (expected one of {', '.join(sorted(FORMATS))}, optionally .gz)")
-    if kind == "parquet" and path.suffix.lower() == ".gz":
-        raise InputError(f"input.path: {path}: parquet is compressed inside; do not gzip it")
-    return kind
-
-
-def fingerprint(files: list[Path]) -> str:
-    """A content hash of the input files, names included: the fingerprint of run dirs made before
-    per-file records (`combined_fingerprint`), which a resume of such a run dir still checks."""
-    h = hashlib.sha256()
-    for path in files:
-        h.update(str(path.name).encode() + b"\0")
-        _hash_into(h, path)
-    return h.hexdigest()
-
-
-def _hash_into(h, path: Path) -> None:
-    try:
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except OSError as err:
-        raise InputError(f"input.path: {path}: cannot read ({err.strerror or err})") from None
-
-
-@dataclass(frozen=True)
-class Unit:
-    """A piece of the input one task reads: a text file, or consecutive row groups of a parquet file."""
-
-    path: str  # as input.path gave it (the ledger's `source`)
-    row_groups: tuple[int, ...] | None = None
-    first_line: int = 0  # rows of the file before these row groups
-
-
-def units(files: list[Path], rows_per_unit: int) -> list[Unit]:
-    """The input cut into units, in row order: parquet files by row groups (about `rows_per_unit`
-    rows each, counted from their footers), other files whole (a CSV or gzip stream has no
-    boundaries to start at)."""
-    out = []
-    for path in files:
-        if format_of(path) != "parquet":
-            out.append(Unit(str(path)))
-            continue
-        try:
-            meta = paths.parquet_file(path).metadata
-        except (pa.ArrowInvalid, OSError) as err:
-            raise InputError(f"input.path: {path}: not a readable parquet file ({err})") from None
-        groups, start, line, rows = [], 0, 0, 0
-        for g in range(meta.num_row_groups):
-            n = meta.row_group(g).num_rows
-            if groups and rows + n > rows_per_unit:
-                out.append(Unit(str(path), tuple(groups), start))
-                groups, start, rows = [], line, 0
-            groups.append(g)
-            rows += n
-            line += n
-        out.append(Unit(str(path), tuple(groups), start))  # an empty file: no row groups, still checked
-    return out
-
-
-def stat_of(path: Path) -> dict:
-    """What says a file is unchanged without reading it: size, mtime, ctime and inode (any write,
-    or a copy made to look like the file, changes one of them)."""
-    return paths.identity(path)
-
-
-def file_record(path: Path) -> dict:
-    """One input file's name, stat and content hash (read once, when a run dir is made)."""
-    stat = stat_of(path)
-    h = hashlib.sha256()
-    _hash_into(h, path)
-    return {"path": str(path), "name": path.name, **stat, "sha256": h.hexdigest()}
-
-
-def combined_fingerprint(records: list[dict]) -> str:
-    """The input's fingerprint from its files' records: names and content hashes, in order."""
-    h = hashlib.sha256(b"mmcurate-input-v2\0")
-    for r in records:
-        h.update(f"{r['name']}\0{r['sha256']}\n".encode())
-    return h.hexdigest()
 
 
 def _open_binary(path: Path) -> io.BufferedIOBase:
@@ -155,19 +38,36 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
         raise InputError(f"input.path: {path}: cannot read ({err.strerror or err})") from None
 
 
-def read_rows(path: Path, cfg: InputConfig, row_groups: list[int] | None = None, first_line: int = 0) -> Iterator[RawRow]:
+def read_rows(path: Path, cfg: InputConfig, row_groups: list[int] | None = None, first_line: int = 0,
+              members: tuple[str, ...] | None = None, source: str | None = None) -> Iterator[RawRow]:
     """Yield every row of one input file, malformed ones included (with a problem); of a parquet
-    file, optionally only some row groups (`first_line`: the rows before them)."""
-    kind = format_of(path)
+    file, optionally only some row groups (`first_line`: the rows before them); of an image
+    folder, the `members` named. `source`: the path as input.path gave it."""
+    source = str(path) if source is None else source
     try:
-        if kind == "parquet":
-            yield from _read_parquet(path, cfg, row_groups, first_line)
-        elif kind == "jsonl":
-            yield from _read_jsonl(path, cfg)
+        if cfg.kind == "webdataset":
+            yield from pools.read_tar(path, source)
+        elif cfg.kind == "img2dataset_parquet":
+            yield from pools.read_pool_parquet(path, source, cfg, row_groups, first_line)
+        elif cfg.kind == "image_folder" and members is not None:
+            yield from pools.read_folder(path, source, members, first_line)
+        elif cfg.kind == "image_folder":  # a captions file naming the images
+            named = cfg.model_copy(update={"url_col": cfg.file_col, "format": "urls"})
+            yield from map(pools.named_row, read_rows(path, named, source=source))
         else:
-            yield from _read_delimited(path, cfg, "\t" if kind == "tsv" else ",")
+            yield from _read_list(path, cfg, row_groups, first_line)
     except (OSError, EOFError, gzip.BadGzipFile) as err:
         raise InputError(f"input.path: {path}: cannot read ({err})") from None
+
+
+def _read_list(path: Path, cfg: InputConfig, row_groups: list[int] | None, first_line: int) -> Iterator[RawRow]:
+    kind = format_of(path)
+    if kind == "parquet":
+        yield from _read_parquet(path, cfg, row_groups, first_line)
+    elif kind == "jsonl":
+        yield from _read_jsonl(path, cfg)
+    else:
+        yield from _read_delimited(path, cfg, "\t" if kind == "tsv" else ",")
 
 
 def _read_parquet(path: Path, cfg: InputConfig, row_groups: list[int] | None, line: int) -> Iterator[RawRow]:

@@ -28,6 +28,7 @@ class RawRow:
     url: object
     caption: object
     problem: tuple[str, str] | None = None
+    pool: dict | None = None  # a pool's row: its origin and the image's place (columns.POOL_INGEST_SCHEMA)
 
 
 def uid_of(url: object, caption: object) -> str:
@@ -76,6 +77,11 @@ def check_row(url: object, caption: object, max_caption_chars: int = MAX_CAPTION
         return "credentials_in_url", "the url carries user:password; refused so credentials are never sent"
     if _has_surrogates(text):
         return "not_utf8", "the url holds characters that are not valid UTF-8"
+    return check_caption(caption, max_caption_chars)
+
+
+def check_caption(caption: object, max_caption_chars: int = MAX_CAPTION_CHARS) -> tuple[str, str] | None:
+    """Why a caption cannot be used (reason, detail), or None when it can."""
     if caption is None:
         return "missing_caption", "the caption is empty (null)"
     if not isinstance(caption, str):
@@ -116,14 +122,22 @@ class ShardBuffer:
     rows: int = 0
     failed: int = 0
     source: str | None = None  # the ledger's source for every row, when it differs from the path read
+    pool: bool = False  # a pool's rows: no URL to check (it is never fetched), their origin beside
 
     def __post_init__(self) -> None:
-        self._cols: dict[str, list] = {f.name: [] for f in C.INGEST_SCHEMA}
+        self.schema = C.ingest_schema(self.pool)
+        self._cols: dict[str, list] = {f.name: [] for f in self.schema}
 
     def add(self, raw: RawRow) -> None:
         """Validate one input row and buffer it; flush when the shard is full."""
-        problem = raw.problem or check_row(raw.url, raw.caption, self.max_caption_chars, self.max_url_chars)
-        if raw.problem is not None:  # no values could be read: the uid names the place instead
+        if self.pool:
+            problem = raw.problem or check_caption(raw.caption, self.max_caption_chars)
+        else:
+            problem = raw.problem or check_row(raw.url, raw.caption, self.max_caption_chars, self.max_url_chars)
+        key = raw.pool[C.SOURCE_KEY] if self.pool else None
+        if self.pool and (raw.url is not None or key is not None):  # the pair's uid, as a list of it would give
+            uid = uid_of(raw.url if raw.url is not None else key, raw.caption)
+        elif raw.problem is not None or self.pool:  # no values could be read: the uid names the place instead
             uid = uid_of(f"{raw.source}:{raw.line}", None)
         else:
             uid = uid_of(raw.url, raw.caption)
@@ -138,8 +152,10 @@ class ShardBuffer:
             C.REASON: problem[0] if problem else None,
             C.DETAIL: _where(raw.line, problem[1]) if problem else None,
         }
-        for key, value in values.items():
-            self._cols[key].append(value)
+        if self.pool:
+            values.update(raw.pool)
+        for name, value in values.items():
+            self._cols[name].append(value)
         self.rows += 1
         self.failed += bool(problem)
         if len(self._cols[C.UID]) >= self.shard_size:
@@ -149,6 +165,6 @@ class ShardBuffer:
         """Write the buffered rows as the next shard."""
         if not self._cols[C.UID]:
             return
-        self.write(self.shard, pa.table(self._cols, schema=C.INGEST_SCHEMA))
+        self.write(self.shard, pa.table(self._cols, schema=self.schema))
         self.shard += 1
         self._cols = {name: [] for name in self._cols}

@@ -20,11 +20,12 @@ import pyarrow.parquet as pq
 from mmcurate.engine import atomic
 from mmcurate.engine.rundir import RunDir
 from mmcurate.engine.shards import utc
+from mmcurate.jobs import cuts
 from mmcurate.jobs.instructions import export_llava, require_instructions
 from mmcurate.jobs.ledger import ledger_shard
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.errors import ConfigError
-from mmcurate.stages import last_writer, threshold_reasons
+from mmcurate.stages import last_writer, origin_columns, threshold_reasons
 from mmcurate.stages.base import Stage
 from mmcurate.storage import paths
 
@@ -38,7 +39,7 @@ EXPORT_COLUMNS = (KEY, C.UID, C.ROW, C.URL, C.CAPTION, C.DETAIL, C.IMAGE, C.IMAG
 EXPORT_MARKER = "mmcurate_export.json"
 # what an export folder may hold: shard files, the marker, temp files, hf's dataset files, llava's
 _EXPORT_FILE = re.compile(r"\d{6}\.(tar|parquet)|mmcurate_export\.json|\..+\.tmp|llava\.json|dataset_info\.json|"
-                          r"state\.json|data-\d{5}-of-\d{5}\.arrow")
+                          r"state\.json|data-\d{5}-of-\d{5}\.arrow|keys\.parquet|ids\.(npy|parquet)")
 _EXPORT_IMAGE = re.compile(r"\d{12}\.[a-z]{3,4}|\..+\.tmp")
 
 
@@ -97,20 +98,31 @@ def kept_samples(run_dir: RunDir, shard: int, stages: Sequence[Stage], where: st
     bytes and caption of the last stage that writes them (never an original that a later stage
     would have changed: faces blurred, PII redacted).
     """
-    chosen = _cut(run_dir, shard, stages, where)
-    source = last_writer(stages, C.IMAGE)
-    images = pl.from_arrow(run_dir.read_shard(source.name, shard, columns=[C.ROW, C.STATUS, C.IMAGE, C.IMAGE_FORMAT]))
-    images = images.filter(pl.col(C.STATUS) == C.KEPT).drop(C.STATUS)
-    chosen = chosen.join(images, on=C.ROW, how="inner").sort(C.ROW)
-    captions = last_writer(stages, C.CAPTION)  # e.g. PII redacted: the input caption is never exported then
-    if captions is not None:
-        new = pl.from_arrow(run_dir.read_shard(captions.name, shard, columns=[C.ROW, C.STATUS, C.CAPTION]))
-        new = new.filter(pl.col(C.STATUS) == C.KEPT).drop(C.STATUS)
-        chosen = chosen.drop(C.CAPTION).join(new, on=C.ROW, how="inner").sort(C.ROW)
-    chosen = chosen.with_columns(pl.col(C.ROW).map_elements(C.sample_key, return_dtype=pl.String).alias(KEY))
+    chosen = _with_writers(_cut(run_dir, shard, stages, where), run_dir, shard, stages, data=True)
     skip = {C.STATUS, C.STAGE, C.REASON, C.SOURCE, C.SOURCE_LINE}
-    scores = [c for c in chosen.columns if c not in EXPORT_COLUMNS and c not in skip]
-    return chosen.select([*EXPORT_COLUMNS, *scores]).to_arrow()
+    first = [*EXPORT_COLUMNS, *origin_columns(stages)]  # a pool's samples: their key and uid in it
+    scores = [c for c in chosen.columns if c not in first and c not in skip]
+    return chosen.select([*first, *scores]).to_arrow()
+
+
+def exportable_rows(run_dir: RunDir, shard: int, stages: Sequence[Stage], where: str | None = None) -> pa.Table:
+    """The ledger rows (scores flattened, with their key) of the samples `kept_samples` gives, read
+    without their images."""
+    return _with_writers(_cut(run_dir, shard, stages, where), run_dir, shard, stages, data=False).to_arrow()
+
+
+def _with_writers(chosen: pl.DataFrame, run_dir: RunDir, shard: int, stages: Sequence[Stage], data: bool) -> pl.DataFrame:
+    """`chosen` less the rows the last stages writing the image and the caption did not keep (and,
+    with `data`, with the image and caption those stages left: faces blurred, PII redacted)."""
+    for column, values in ((C.IMAGE, [C.IMAGE, C.IMAGE_FORMAT]), (C.CAPTION, [C.CAPTION])):
+        writer = last_writer(stages, column)
+        if writer is None:
+            continue
+        wanted = values if data else []
+        table = pl.from_arrow(run_dir.read_shard(writer.name, shard, columns=[C.ROW, C.STATUS, *wanted]))
+        table = table.filter(pl.col(C.STATUS) == C.KEPT).drop(C.STATUS)
+        chosen = chosen.drop([c for c in wanted if c in chosen.columns]).join(table, on=C.ROW, how="inner")
+    return chosen.sort(C.ROW).with_columns(pl.col(C.ROW).map_elements(C.sample_key, return_dtype=pl.String).alias(KEY))
 
 
 def _write_tar(path: Path, table: pa.Table) -> None:
@@ -138,14 +150,20 @@ def export_shard(run_dir: RunDir, shard: int, stages: Sequence[Stage], fmt: str,
     table = kept_samples(run_dir, shard, stages, where)
     if table.num_rows == 0:
         return 0
-    target = out_dir / f"{shard:06d}.{_EXT[fmt]}"
+    write_file(fmt, out_dir, shard, table)
+    return table.num_rows
+
+
+def write_file(fmt: str, out_dir: Path, number: int, table: pa.Table) -> str:
+    """`table`'s samples as file `number` of an export in `fmt` under `out_dir`; its name."""
+    target = out_dir / f"{number:06d}.{_EXT[fmt]}"
     if fmt == "webdataset":
         atomic.write_with(target, lambda tmp: _write_tar(tmp, table))
     elif fmt == "parquet":
         atomic.write_with(target, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
     else:
         raise ConfigError(f"--format: unknown export format {fmt!r} (choose from {', '.join(SHARD_FORMATS)})")
-    return table.num_rows
+    return target.name
 
 
 @dataclass
@@ -213,24 +231,37 @@ def export_hf(run_dir: RunDir, stages: Sequence[Stage], out_dir: Path, where: st
     return count
 
 
-def export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Path, where: str | None = None) -> int:
+def export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Path, where: str | None = None,
+               samples_per_shard: int | None = None) -> int:
     """Export every shard of a finished run to `out_dir` (the `mmcurate export` command), then its
     marker, last: only a complete export has one. Returns how many samples (or records) it wrote."""
-    count = _export_all(run_dir, stages, fmt, out_dir, where)
+    count = _export_all(run_dir, stages, fmt, out_dir, where, samples_per_shard)
     atomic.write_json(out_dir / EXPORT_MARKER, {
         "run_dir": str(run_dir.root), "config_hash": run_dir.read_manifest().get("config_hash"), "format": fmt,
         "where": where, "rows": count, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        **({"samples_per_shard": samples_per_shard, "keys": cuts.KEYS_FILE} if samples_per_shard else {}),
     })
     return count
 
 
-def _export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Path, where: str | None) -> int:
+def _export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Path, where: str | None,
+                samples_per_shard: int | None = None) -> int:
     if fmt == "llava" and where is not None:
-        raise ConfigError("--where: cuts apply to sample exports (webdataset, parquet, hf), not to llava")
-    if fmt not in FORMATS and fmt != "llava":
-        raise ConfigError(f"--format: {fmt!r} is not available (choose from {', '.join(FORMATS)}, llava)")
+        raise ConfigError("--where: cuts apply to sample exports (webdataset, parquet, hf, ids), not to llava")
+    if fmt not in FORMATS and fmt not in ("llava", "ids"):
+        raise ConfigError(f"--format: {fmt!r} is not available (choose from {', '.join(FORMATS)}, llava, ids)")
+    if samples_per_shard is not None and (fmt not in SHARD_FORMATS or samples_per_shard < 1):
+        raise ConfigError(f"--samples-per-shard: {samples_per_shard} for {fmt}: repacks webdataset and parquet "
+                          "exports into files of N >= 1 samples")
     if where is not None and run_dir.shard_count():
         _cut(run_dir, 0, stages, where)  # a bad expression exits 2 before --out is touched
+    if fmt == "ids":
+        claim_out_dir(out_dir)
+        return cuts.export_ids((exportable_rows(run_dir, s, stages, where) for s in range(run_dir.shard_count())), out_dir)
+    if samples_per_shard is not None:
+        claim_out_dir(out_dir)
+        return cuts.repack((kept_samples(run_dir, s, stages, where) for s in range(run_dir.shard_count())),
+                           lambda number, table: write_file(fmt, out_dir, number, table), out_dir, samples_per_shard)
     if fmt == "llava":
         require_instructions(run_dir, stages)  # before the claim: a refused export leaves --out as it was
         claim_out_dir(out_dir)

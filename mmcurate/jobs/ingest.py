@@ -68,9 +68,10 @@ def _read_unit(shared: tuple, item: tuple[int, ingest.Unit]) -> dict:
     def write(chunk: int, table: pa.Table) -> None:
         atomic.write_parquet(run_dir.ingest_piece(k, chunk), table)
 
-    buffer = ingest.ShardBuffer(cfg.shard_size, write, cfg.max_caption_chars, cfg.max_url_chars, source=unit.path)
+    buffer = ingest.ShardBuffer(cfg.shard_size, write, cfg.max_caption_chars, cfg.max_url_chars, source=unit.path,
+                                pool=cfg.pool)
     groups = list(unit.row_groups) if unit.row_groups is not None else None
-    for raw in ingest.read_rows(paths.located(cwd, unit.path), cfg, groups, unit.first_line):
+    for raw in ingest.read_rows(paths.located(cwd, unit.path), cfg, groups, unit.first_line, unit.members, unit.path):
         buffer.add(raw)
     buffer.flush()
     return {"unit": k, "rows": buffer.rows, C.FAILED: buffer.failed}
@@ -78,7 +79,7 @@ def _read_unit(shared: tuple, item: tuple[int, ingest.Unit]) -> dict:
 
 def _write_shards(shared: tuple, item: list[tuple[int, list[tuple[int, int, int, int, int]]]]) -> list[dict]:
     """A task: shards put together from their pieces (unit, chunk, first, last, row offset)."""
-    (run_dir,) = shared
+    run_dir, schema = shared
     out, cached = [], (None, None)
     for shard, pieces in item:
         parts = []
@@ -89,7 +90,7 @@ def _write_shards(shared: tuple, item: list[tuple[int, list[tuple[int, int, int,
             piece = cached[1].slice(lo, hi - lo)
             rows = pc.add(piece[C.ROW], pa.scalar(offset, pa.int64()))
             parts.append(piece.set_column(piece.schema.get_field_index(C.ROW), C.ROW, rows))
-        table = pa.concat_tables(parts).combine_chunks().cast(C.INGEST_SCHEMA)
+        table = pa.concat_tables(parts).combine_chunks().cast(schema)
         atomic.write_parquet(run_dir.shard_file(INGEST, shard), table)
         failed = pc.sum(pc.equal(table[C.STATUS], C.FAILED)).as_py() or 0
         out.append({"stage": INGEST, "shard": shard, "rows_in": table.num_rows, C.FAILED: failed,
@@ -101,7 +102,7 @@ def ingest_input(run_dir: RunDir, cfg: InputConfig, files: list[Path], rows_per_
                  tasks: Callable[[], Tasks] | None = None, on_shard: Callable[[dict], None] = lambda s: None) -> dict:
     """Read `files` into the run's ingest shards; returns shards, rows and failed rows."""
     atomic.remove(run_dir.ingest_pieces)
-    units = ingest.units(files, rows_per_unit)
+    units = ingest.units(files, rows_per_unit, cfg)
     counts = sorted(runner(tasks, len(units)).parallel(_read_unit, list(enumerate(units)), (run_dir, cfg, os.getcwd())),
                     key=lambda c: c["unit"])
     starts = [0]
@@ -124,7 +125,7 @@ def ingest_input(run_dir: RunDir, cfg: InputConfig, files: list[Path], rows_per_
         plan.append((shard, pieces))
     per_task = max(1, rows_per_unit // size)
     batches = [plan[i:i + per_task] for i in range(0, len(plan), per_task)]
-    for stats in (s for batch in runner(tasks, len(batches)).parallel(_write_shards, batches, (run_dir,)) for s in batch):
+    for stats in (s for batch in runner(tasks, len(batches)).parallel(_write_shards, batches, (run_dir, C.ingest_schema(cfg.pool))) for s in batch):
         on_shard(stats)
     atomic.remove(run_dir.ingest_pieces)
     return {"shards": len(plan), "rows": total, C.FAILED: sum(c[C.FAILED] for c in counts)}

@@ -16,6 +16,7 @@ from mmcurate.engine import atomic
 from mmcurate.engine.rundir import INGEST, RunDir
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.errors import LedgerError
+from mmcurate.stages import origin_columns
 from mmcurate.stages.base import Stage
 from mmcurate.storage import paths
 
@@ -62,6 +63,7 @@ def ledger_shard(run_dir: RunDir, shard: int, stages: Sequence[Stage]) -> pa.Tab
     struct = pa.StructArray.from_arrays(
         [pa.array(scores.get(f.name, [None] * n), f.type) for f in fields], fields=fields
     ) if fields else pa.nulls(n, pa.struct([]))
+    origin = origin_columns(stages)
     table = pa.table(
         {
             C.UID: base[C.UID],
@@ -70,6 +72,7 @@ def ledger_shard(run_dir: RunDir, shard: int, stages: Sequence[Stage]) -> pa.Tab
             C.SOURCE_LINE: base[C.SOURCE_LINE],
             C.URL: base[C.URL],
             C.CAPTION: base[C.CAPTION],
+            **{name: base[name] for name in origin},
             C.STATUS: pa.array(status, pa.string()),
             C.STAGE: pa.array(stage, pa.string()),
             C.REASON: pa.array(reason, pa.string()),
@@ -77,7 +80,7 @@ def ledger_shard(run_dir: RunDir, shard: int, stages: Sequence[Stage]) -> pa.Tab
             C.SCORES: struct,
         }
     )
-    return table.cast(C.ledger_schema(fields))
+    return table.cast(C.ledger_schema(fields, bool(origin)))
 
 
 def layout(shards: int, rows: int, shard_size: int, part_rows: int) -> list[range] | None:
@@ -94,7 +97,7 @@ def write_ledger_file(run_dir: RunDir, stages: Sequence[Stage], shards: range, t
     """Write the ledger rows of `shards` (one row group per shard) and, given `index`, their
     (uid, row) sorted by uid; return the file's aggregate: first row, rows, rows per status.
     Memory: one shard's rows, plus the part's uids and rows for the index."""
-    schema = C.ledger_schema(score_fields(stages))
+    schema = C.ledger_schema(score_fields(stages), bool(origin_columns(stages)))
     agg: dict = {"shards": [shards.start, shards.stop], "first_row": None, "rows": 0, **{s: 0 for s in C.STATUSES}}
     keys: list[pa.Table] = []
 

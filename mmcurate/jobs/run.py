@@ -68,11 +68,11 @@ class Job:
 
     # ------------------------------------------------------------------ steps
     def _ingest(self, manifest: dict) -> dict:
-        files = ingest.resolve_inputs(self.config.input.path)
+        files = ingest.resolve_inputs(self.config.input)  # its files: lists, tars, or a folder's images
         done_file = self.run_dir.ingest_done()
         done = json.loads(done_file.read_text()) if done_file.exists() else None
         fp, records = fingerprint_input(files, done, self.ray.tasks)
-        key = {"input_fingerprint": fp, "input": self.config.input.model_dump(exclude={"path"})}
+        key = {"input_fingerprint": fp, "input": self.config.input.ingest_key()}
         if done is not None:
             if {k: done.get(k) for k in key} == key:
                 if records is not None and records != done.get("input_files"):  # touched, same bytes

@@ -17,6 +17,14 @@ URL = "url"
 CAPTION = "caption"
 KEY = "key"  # a sample's name in exports: its input row, zero-padded (sample_key)
 
+# identity and place of a row read from a pool already downloaded (input.format webdataset,
+# img2dataset_parquet, image_folder): the `load` stage reads the image where it lies
+SOURCE_KEY = "source_key"  # the sample's name in the pool (a tar's member key, img2dataset's key, a file's path)
+SOURCE_UID = "source_uid"  # the pool's own id of the sample (DataComp's 128-bit uid, hex), where it has one
+MEMBER = "member"  # the image's name: a tar member, or a file under input.path
+MEMBER_OFFSET = "member_offset"  # where its bytes start in the tar
+MEMBER_SIZE = "member_size"  # how many there are
+
 # a stage's decision about a row
 STATUS = "status"
 STAGE = "stage"
@@ -106,6 +114,27 @@ INGEST_SCHEMA = pa.schema(
     ]
     + DECISION_FIELDS
 )
+
+ORIGIN_FIELDS = [pa.field(SOURCE_KEY, pa.string()), pa.field(SOURCE_UID, pa.string())]
+
+# a pool's ingest shard: the rows as a URL list's, then their origin and the image's place
+# (original width and height as the pool recorded them, before it resized)
+POOL_INGEST_SCHEMA = pa.schema(
+    list(INGEST_SCHEMA)
+    + ORIGIN_FIELDS
+    + [
+        pa.field(MEMBER, pa.string()),
+        pa.field(MEMBER_OFFSET, pa.int64()),
+        pa.field(MEMBER_SIZE, pa.int64()),
+        pa.field(ORIGINAL_WIDTH, pa.int32()),
+        pa.field(ORIGINAL_HEIGHT, pa.int32()),
+    ]
+)
+
+
+def ingest_schema(pool: bool) -> pa.Schema:
+    return POOL_INGEST_SCHEMA if pool else INGEST_SCHEMA
+
 
 DOWNLOAD_SCHEMA = pa.schema(
     IDENTITY_FIELDS
@@ -221,6 +250,8 @@ def sample_key(row: int) -> str:
     return f"{row:012d}"
 
 
-def ledger_schema(score_fields: list[pa.Field]) -> pa.Schema:
-    """The ledger's schema: fixed columns plus a `scores` struct of every score the run computed."""
-    return pa.schema(LEDGER_BASE_FIELDS + [pa.field(SCORES, pa.struct(score_fields))])
+def ledger_schema(score_fields: list[pa.Field], origin: bool = False) -> pa.Schema:
+    """The ledger's schema: fixed columns (a pool's rows: their origin after the caption) plus a
+    `scores` struct of every score the run computed."""
+    base = LEDGER_BASE_FIELDS[:6] + ORIGIN_FIELDS + LEDGER_BASE_FIELDS[6:] if origin else LEDGER_BASE_FIELDS
+    return pa.schema(base + [pa.field(SCORES, pa.struct(score_fields))])

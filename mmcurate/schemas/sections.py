@@ -25,12 +25,54 @@ class InputConfig(_Section):
     shard_size: int = Field(1000, ge=1, le=10_000_000)
     max_caption_chars: int = Field(16_384, ge=1)  # longer captions fail as caption_too_long
     max_url_chars: int = Field(8_192, ge=1)  # longer URLs fail as url_too_long (never requested)
+    # what input.path holds: a URL list (csv, tsv, jsonl, parquet; the `download` stage fetches it)
+    # or a pool already downloaded (the `load` stage reads its images in place). auto: webdataset
+    # when the path names .tar files, otherwise a URL list
+    format: Literal["auto", "urls", "webdataset", "img2dataset_parquet", "image_folder"] = "auto"
+    image_col: str | None = None  # img2dataset_parquet: the image bytes column (null: jpg, png or webp)
+    captions: str | None = None  # image_folder: a CSV/JSONL naming each image and its caption (null: sidecar .txt)
+    file_col: str = "file"  # the captions file's column naming the image, relative to input.path
 
     @field_validator("path")
     @classmethod
     def _location(cls, v: str) -> str:
         check_location(v, "input.path")  # before the manifest, which records the config, is written
         return v
+
+    @model_validator(mode="after")
+    def _pool_keys(self) -> InputConfig:
+        if self.image_col is not None and self.kind != "img2dataset_parquet":
+            raise ValueError("input.image_col applies to input.format: img2dataset_parquet only")
+        if self.captions is not None and self.kind != "image_folder":
+            raise ValueError("input.captions applies to input.format: image_folder only")
+        if self.captions is not None:
+            check_location(self.captions, "input.captions")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """The input's format, `auto` resolved from the path alone (so that every command that
+        rebuilds the run's stages from its config finds the same)."""
+        if self.format != "auto":
+            return self.format
+        return "webdataset" if self.path.lower().endswith(".tar") else "urls"
+
+    @property
+    def pool(self) -> bool:
+        """Whether the input is a pool already downloaded (its images are read, not fetched)."""
+        return self.kind != "urls"
+
+    def ingest_key(self) -> dict:
+        """What of this section ingest's output depends on, beside the files: keys added after a run
+        dir was made count only once set (a resume after an upgrade is no change of the input)."""
+        data = self.model_dump(exclude={"path"})
+        for key, default in _POOL_DEFAULTS.items():
+            if data[key] == default:
+                del data[key]
+        return data
+
+
+_POOL_DEFAULTS = {"format": "auto", "image_col": None, "captions": None, "file_col": "file"}
 
 
 class DownloadConfig(_Section):

@@ -17,6 +17,7 @@ from mmcurate.stages.dedup.stage import DedupStage
 from mmcurate.stages.download import DownloadStage
 from mmcurate.stages.features import FeaturesStage
 from mmcurate.stages.image_based import ImageBasedStage
+from mmcurate.stages.load import LoadStage
 from mmcurate.stages.privacy import PrivacyStage
 from mmcurate.stages.quality import QualityStage
 from mmcurate.stages.safety import SafetyStage
@@ -26,6 +27,7 @@ from mmcurate.stages.synthesis.stage import SynthesisStage
 # Stages after ingest, in pipeline order.
 STAGE_CLASSES: list[type[Stage]] = [
     DownloadStage,
+    LoadStage,  # in download's place for a pool already downloaded
     QualityStage,
     FeaturesStage,
     DedupStage,
@@ -53,6 +55,12 @@ def last_writer(stages: Sequence[Stage], column: str) -> Stage | None:
     (images with faces blurred, captions with PII redacted)."""
     writers = [s for s in stages if column in s.data_columns]
     return writers[-1] if writers else None
+
+
+def origin_columns(stages: Sequence[Stage]) -> list[str]:
+    """Ingest's columns naming where a row came from (a pool's key and uid), which the ledger and
+    every export carry; none for a URL list's run."""
+    return list(dict.fromkeys(c for s in stages for c in s.origin_columns))
 
 
 def threshold_reasons(stages: Sequence[Stage]) -> frozenset[str]:

@@ -23,7 +23,7 @@ _RESIZER_REASONS = {
 
 
 @dataclass
-class _Outcome:
+class Outcome:
     reason: str | None = None
     detail: str | None = None
     image: bytes | None = None
@@ -45,6 +45,10 @@ class DownloadStage(Stage):
     input_columns = ()
     settings = ("download.image_size", "download.max_image_bytes", "download.timeout_s", "download.retries")
 
+    @classmethod
+    def enabled(cls, config) -> bool:
+        return not config.input.pool  # a pool already downloaded is read by `load`
+
     def config_sections(self) -> dict:
         d = self.config.download
         # timeouts, the deadline, retries and thread counts change how, not what: resuming with new
@@ -55,21 +59,8 @@ class DownloadStage(Stage):
         return Resources(num_cpus=1)
 
     def setup(self) -> None:
-        from img2dataset.resizer import Resizer
-        from PIL import Image
-
         d = self.config.download
-        # Pixel counts are checked explicitly against max_image_pixels before any decode.
-        Image.MAX_IMAGE_PIXELS = None
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        self._resizer = Resizer(
-            image_size=d.image_size,
-            resize_mode=d.resize_mode,
-            resize_only_if_bigger=False,
-            encode_format=d.encode_format,
-            encode_quality=d.encode_quality if d.encode_format != "png" else 9,
-            max_image_area=d.max_image_pixels,
-        )
+        self._check = ImageCheck(d)
         policy = NetworkPolicy.from_config(d.allow_private_networks, d.allow_networks)
         self._fetcher = Fetcher(
             opener=guarded_opener(policy),
@@ -85,33 +76,63 @@ class DownloadStage(Stage):
         urls = [url.strip() for url in rows.column(C.URL).to_pylist()]
         with ThreadPoolExecutor(max_workers=min(self.config.download.threads, max(1, len(urls)))) as pool:
             outcomes = list(pool.map(self._one, urls))
-        fmt = self.config.download.encode_format
-        return Verdicts(
-            scores={name: [getattr(o, attr) for o in outcomes] for name, attr in (
-                (C.WIDTH, "width"), (C.HEIGHT, "height"), (C.ORIGINAL_WIDTH, "original_width"),
-                (C.ORIGINAL_HEIGHT, "original_height"), (C.DOWNLOAD_BYTES, "nbytes"))},
-            data={C.IMAGE: [o.image for o in outcomes],
-                  C.IMAGE_FORMAT: [fmt if o.image is not None else None for o in outcomes]},
-            reasons=[o.reason for o in outcomes], details=[o.detail for o in outcomes], failed=True,
-        )
+        return outcome_scores(outcomes, self.config.download.encode_format)
 
-    def _one(self, url: str) -> _Outcome:
+    def _one(self, url: str) -> Outcome:
         try:
             body = self._fetcher.fetch(url)
         except FetchError as err:
-            return _Outcome(err.reason, str(err))
+            return Outcome(err.reason, str(err))
+        return self._check(body)
+
+
+def outcome_scores(outcomes: list[Outcome], fmt: str) -> Verdicts:
+    """The verdicts of images fetched or read: their sizes as scores, the stored bytes as data."""
+    return Verdicts(
+        scores={name: [getattr(o, attr) for o in outcomes] for name, attr in (
+            (C.WIDTH, "width"), (C.HEIGHT, "height"), (C.ORIGINAL_WIDTH, "original_width"),
+            (C.ORIGINAL_HEIGHT, "original_height"), (C.DOWNLOAD_BYTES, "nbytes"))},
+        data={C.IMAGE: [o.image for o in outcomes],
+              C.IMAGE_FORMAT: [fmt if o.image is not None else None for o in outcomes]},
+        reasons=[o.reason for o in outcomes], details=[o.detail for o in outcomes], failed=True,
+    )
+
+
+class ImageCheck:
+    """An image's bytes checked and re-encoded as every stored image is: the header read for
+    non-images and decompression bombs before any decode, turned upright, 16-bit made 8-bit, then
+    img2dataset's resizer (`download.image_size`, `resize_mode`, `encode_format`)."""
+
+    def __init__(self, d) -> None:
+        from img2dataset.resizer import Resizer
+        from PIL import Image
+
+        # Pixel counts are checked explicitly against max_image_pixels before any decode.
+        Image.MAX_IMAGE_PIXELS = None
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        self.max_image_pixels = d.max_image_pixels
+        self._resizer = Resizer(
+            image_size=d.image_size,
+            resize_mode=d.resize_mode,
+            resize_only_if_bigger=False,
+            encode_format=d.encode_format,
+            encode_quality=d.encode_quality if d.encode_format != "png" else 9,
+            max_image_area=d.max_image_pixels,
+        )
+
+    def __call__(self, body: bytes) -> Outcome:
         size = len(body)
         problem = self._check_header(body)
         if problem is not None:
-            return _Outcome(*problem, nbytes=size)
+            return Outcome(*problem, nbytes=size)
         body = eight_bit(upright(body))
         image, width, height, ow, oh, err = self._resizer(io.BytesIO(body))
         if err is not None:
             reason = _RESIZER_REASONS.get(err, "resize_error")
-            return _Outcome(reason, f"img2dataset resizer: {err}", nbytes=size)
-        return _Outcome(None, None, image, width, height, ow, oh, size)
+            return Outcome(reason, f"img2dataset resizer: {err}", nbytes=size)
+        return Outcome(None, None, image, width, height, ow, oh, size)
 
-    def _check_header(self, body: bytes) -> tuple[str, str] | None:  # noqa: PLR0911
+    def _check_header(self, body: bytes) -> tuple[str, str] | None:
         """Refuse non-images and decompression bombs from the header alone, before decoding."""
         from PIL import Image, UnidentifiedImageError
 
@@ -126,7 +147,7 @@ class DownloadStage(Stage):
             return "not_an_image", f"not a known image format; body starts {head[:32]!r}"
         except Exception as err:  # a header PIL cannot parse is no image we can use
             return "not_an_image", f"unreadable image header: {type(err).__name__}: {err}"
-        limit = self.config.download.max_image_pixels
+        limit = self.max_image_pixels
         if width * height > limit:
             return "image_too_large", f"{kind} {width}x{height} = {width * height} pixels > max_image_pixels {limit}"
         return None
