@@ -110,7 +110,8 @@ def cmd_run(args) -> int:
     config = _config(args)
     run_dir = args.run_dir or Path("runs") / Path(args.config).stem
     with _progress(args) as progress:
-        result = run(config, run_dir, address=args.address, force=args.force, progress=progress)
+        result = run(config, run_dir, address=args.address, force=args.force, progress=progress,
+                     retry_failed=args.retry_failed)
     led = result.ledger
     print(f"run dir: {result.run_dir}")
     print(f"ledger:  {led['rows']:,} rows = {led['kept']:,} kept + {led['dropped']:,} dropped + {led['failed']:,} failed")
@@ -239,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="attach to a Ray cluster: auto or ray://host:port (default: embedded Ray)")
     p.add_argument("--force", action="store_true", help="accept a changed config: redo what the change affects")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="fetch again the rows whose download failed for a transient reason (download.retry_reasons), "
+                        "then redo only the work downstream of the shards that changed")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="run the embedded sample end to end from a loopback server")

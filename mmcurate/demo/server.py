@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -22,6 +24,7 @@ class Route:
     # a tarpit: send the whole response ("all") or only the body ("body") a byte every trickle_gap_s
     trickle: str | None = None
     trickle_gap_s: float = 0.2
+    reset: bool = False  # close the connection with a TCP reset before answering
 
 
 class _Server(ThreadingHTTPServer):
@@ -60,6 +63,10 @@ class ImageServer:
                     time.sleep(delay)
                 if route.trickle:
                     self._trickle(route)
+                    return
+                if route.reset:  # linger 0: closing sends RST, as an overloaded host or a middlebox does
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
                     return
                 try:
                     self.send_response(route.status)

@@ -143,6 +143,11 @@ class RunDir:
         """The done marker of a stage that is one piece, not shards (export-hf)."""
         return self.stage_dir(stage) / "done.json"
 
+    @property
+    def retry_marker(self) -> Path:
+        """While a --retry-failed is being carried through the stages: what it changed, and how far."""
+        return self.root / "retry.json"
+
     def stage_meta(self, stage: str) -> Path:
         return self.stage_dir(stage) / "_stage.json"
 

@@ -10,8 +10,6 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-
 from mmcurate.ingest import pools
 from mmcurate.schemas.config import InputConfig
 from mmcurate.schemas.errors import InputError
@@ -144,10 +142,7 @@ def units(files: list[Path], rows_per_unit: int, cfg: InputConfig | None = None)
         if path.suffix.lower() != ".parquet":
             out.append(Unit(str(path)))
             continue
-        try:
-            meta = paths.parquet_file(path).metadata
-        except (pa.ArrowInvalid, OSError) as err:
-            raise InputError(f"input.path: {path}: not a readable parquet file ({err})") from None
+        meta = pools.open_parquet(path).metadata
         groups, start, line, rows = [], 0, 0, 0
         for g in range(meta.num_row_groups):
             n = meta.row_group(g).num_rows

@@ -119,11 +119,10 @@ def _nonzero(f, start: int, stop: int) -> bool:
 
 
 def _sample(f, size: int, source: str, line: int, key: str, group: dict[str, tarfile.TarInfo]) -> RawRow:
-    short = PurePosixPath(key).name
     cut = next((m for m in group.values() if m.offset_data + m.size > size), None)
     if cut is not None:
         missing = cut.offset_data + cut.size - size
-        return pool_row(source, line, short, None, {}, problem=("truncated", f"{cut.name}: the tar ends {missing:,} bytes before this member does"))
+        return pool_row(source, line, key, None, {}, problem=("truncated", f"{cut.name}: the tar ends {missing:,} bytes before this member does"))
     meta, problem = {}, None
     if "json" in group:
         meta, problem = _json(_member(f, group["json"]), group["json"].name)
@@ -132,8 +131,8 @@ def _sample(f, size: int, source: str, line: int, key: str, group: dict[str, tar
     if problem is None and image is None:
         problem = ("missing_image", f"{key}: no {'/'.join('.' + e for e in TAR_IMAGES)} member (has {', '.join(sorted(group))})")
     if image is None:
-        return pool_row(source, line, short, caption, meta, problem=problem)
-    return pool_row(source, line, short, caption, meta, image.name, image.offset_data, image.size, problem)
+        return pool_row(source, line, key, caption, meta, problem=problem)
+    return pool_row(source, line, key, caption, meta, image.name, image.offset_data, image.size, problem)
 
 
 def _member(f, info: tarfile.TarInfo) -> bytes | None:
@@ -177,13 +176,18 @@ def image_column(names: list[str], cfg: InputConfig, path: Any) -> str:
     return found
 
 
+def open_parquet(path: Any):
+    """An input parquet file's reader, or exit 2 naming it."""
+    try:
+        return paths.parquet_file(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise InputError(f"input.path: {path}: not a readable parquet file ({err})") from None
+
+
 def read_pool_parquet(path: Any, source: str, cfg: InputConfig, row_groups: list[int] | None, line: int) -> Iterator[RawRow]:
     """The rows of img2dataset parquet output, without the image column: a row it did not download
     (its `status`) fails as missing_image with img2dataset's error."""
-    try:
-        pf = paths.parquet_file(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise InputError(f"input.path: {path}: not a readable parquet file ({err})") from None
+    pf = open_parquet(path)
     names = pf.schema_arrow.names
     image_column(names, cfg, path)
     if cfg.caption_col not in names:

@@ -17,8 +17,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pyarrow as pa
-
 from mmcurate.ingest import pools
 from mmcurate.ingest.files import format_of
 from mmcurate.ingest.rows import RawRow
@@ -71,10 +69,7 @@ def _read_list(path: Path, cfg: InputConfig, row_groups: list[int] | None, first
 
 
 def _read_parquet(path: Path, cfg: InputConfig, row_groups: list[int] | None, line: int) -> Iterator[RawRow]:
-    try:
-        pf = paths.parquet_file(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise InputError(f"input.path: {path}: not a readable parquet file ({err})") from None
+    pf = pools.open_parquet(path)
     names = pf.schema_arrow.names
     _require_columns(path, names, cfg)
     for batch in pf.iter_batches(batch_size=65536, columns=[cfg.url_col, cfg.caption_col], row_groups=row_groups):

@@ -99,7 +99,8 @@ def kept_samples(run_dir: RunDir, shard: int, stages: Sequence[Stage], where: st
     would have changed: faces blurred, PII redacted).
     """
     chosen = _with_writers(_cut(run_dir, shard, stages, where), run_dir, shard, stages, data=True)
-    skip = {C.STATUS, C.STAGE, C.REASON, C.SOURCE, C.SOURCE_LINE}
+    # attempts are the ledger's: a row that came back on a retry exports as if it never failed
+    skip = {C.STATUS, C.STAGE, C.REASON, C.SOURCE, C.SOURCE_LINE, C.DOWNLOAD_ATTEMPTS}
     first = [*EXPORT_COLUMNS, *origin_columns(stages)]  # a pool's samples: their key and uid in it
     scores = [c for c in chosen.columns if c not in first and c not in skip]
     return chosen.select([*first, *scores]).to_arrow()

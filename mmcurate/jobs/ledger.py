@@ -48,7 +48,7 @@ def ledger_shard(run_dir: RunDir, shard: int, stages: Sequence[Stage]) -> pa.Tab
     position = {row: i for i, row in enumerate(base[C.ROW].to_pylist())}
     scores: dict[str, list] = {}
     for st in stages:
-        out = run_dir.read_shard(st.name, shard, columns=_DECISION + list(st.score_columns))
+        out = _decisions(run_dir, st, shard)
         idx = [position[r] for r in out[C.ROW].to_pylist()]
         for i, s, r, d in zip(idx, out[C.STATUS].to_pylist(), out[C.REASON].to_pylist(), out[C.DETAIL].to_pylist()):
             if s != C.KEPT:
@@ -57,6 +57,8 @@ def ledger_shard(run_dir: RunDir, shard: int, stages: Sequence[Stage]) -> pa.Tab
                 detail[i] = d if detail[i] is None else f"{detail[i]}; {d}"
         for name in st.score_columns:
             column = scores.setdefault(name, [None] * n)
+            if name not in out.column_names:  # a shard written before the stage scored it: null
+                continue
             for i, v in zip(idx, out[name].to_pylist()):
                 column[i] = v
     fields = score_fields(stages)
@@ -81,6 +83,17 @@ def ledger_shard(run_dir: RunDir, shard: int, stages: Sequence[Stage]) -> pa.Tab
         }
     )
     return table.cast(C.ledger_schema(fields, bool(origin)))
+
+
+def _decisions(run_dir: RunDir, stage: Stage, shard: int) -> pa.Table:
+    """A stage's decisions and scores on one shard; of a shard written by an earlier version, the
+    score columns it has (download_attempts came with --retry-failed)."""
+    wanted = _DECISION + list(stage.score_columns)
+    try:
+        return run_dir.read_shard(stage.name, shard, columns=wanted)
+    except pa.ArrowInvalid:
+        names = set(paths.parquet_file(run_dir.shard_file(stage.name, shard)).schema_arrow.names)
+        return run_dir.read_shard(stage.name, shard, columns=[c for c in wanted if c in names])
 
 
 def layout(shards: int, rows: int, shard_size: int, part_rows: int) -> list[range] | None:

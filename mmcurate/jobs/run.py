@@ -23,9 +23,10 @@ from mmcurate.jobs.ingest import FINGERPRINT_VERSION, fingerprint_input, ingest_
 from mmcurate.jobs.instructions import export_llava, finish
 from mmcurate.jobs.ledger import build_ledger
 from mmcurate.jobs.report import write_report
+from mmcurate.jobs.retry import Retry
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import Config
-from mmcurate.schemas.errors import InputError
+from mmcurate.schemas.errors import ConfigError, InputError
 from mmcurate.stages import PLANNED_SECTIONS, build_stages
 from mmcurate.stages.base import Resources, Stage
 
@@ -52,8 +53,11 @@ class Job:
         address: str | None = None,
         force: bool = False,
         progress: Progress | None = None,
+        retry_failed: bool = False,
     ):
         self.config = config
+        self.retry_failed = retry_failed
+        self.retry: Retry | None = None
         self.run_dir = RunDir.at(run_dir)
         self.address = address
         self.force = force
@@ -165,6 +169,28 @@ class Job:
                 exports[fmt] = self._export(fmt, chain, shards)
         return exports
 
+    def _retry(self, manifest: dict) -> None:
+        """--retry-failed (or one a crash left unfinished): the transient download failures fetched
+        again, before the stages resume; the stages then redo what it changed."""
+        self.retry = Retry.pending(self.run_dir, self.stages)
+        if self.retry is not None:
+            log.info("finishing the retry an earlier run began%s", "; run again to retry anew" if self.retry_failed else "")
+        elif self.retry_failed:
+            self.retry = Retry.begin(self.run_dir, self.stages)
+        if self.retry is None:
+            return
+        self.progress.begin("retry", len(self.retry.state["candidates"]), 0)
+        self.retry.fetch(self.ray)
+        self.progress.end("retry")
+        summary = self.retry.summary()
+        log.info("retried %d rows in %d shards: %d came back", summary["rows_retried"],
+                 len(self.retry.state["candidates"]), summary["recovered"])
+        manifest.setdefault("retries", [])
+        if not manifest["retries"] or manifest["retries"][-1].get("id") != self.retry.state["id"]:
+            manifest["retries"].append({"id": self.retry.state["id"], "started": M.now()})
+        manifest["retries"][-1].update(summary)
+        M.save(self.run_dir, manifest)
+
     def _stages(self, manifest: dict, fingerprints: list[str], shards: int) -> None:
         """Every stage, segment by segment: per-shard stages stream, global ones are barriers."""
         def done(name: str, entry: dict) -> None:
@@ -178,13 +204,20 @@ class Job:
                 manifest["stages"][stage.name] = {"status": "running"}
             M.save(self.run_dir, manifest)
             self.lock.check()
+            if self.retry is not None:  # what the retry changed is made again
+                self.retry.before(segment)
             run_segment(self.run_dir, self.ray, segment, self.stages[:n], fingerprints[n:n + len(segment)], shards,
                         self.progress, done, self.config.engine.gpu_actor_cpus,
                         self.config.engine.rows_per_partition)
+            if self.retry is not None:
+                self.retry.after(segment)
             n += len(segment)
 
     def run(self) -> RunResult:
         """Run (or resume) the pipeline; raises on anything that leaves the run incomplete."""
+        if self.retry_failed and self.config.input.pool:  # before the run dir is touched
+            raise ConfigError(f"--retry-failed: input.format {self.config.input.kind} reads a pool already "
+                              "downloaded; nothing was downloaded to try again")
         self.run_dir.make()
         with self.lock:
             manifest = M.open_manifest(self.run_dir, self.config, self.force, self._stage_order(), self.address)
@@ -215,6 +248,7 @@ class Job:
                 for stage in self.stages:
                     chain = stage.fingerprint(chain)
                     fingerprints.append(chain)
+                self._retry(manifest)
                 self._stages(manifest, fingerprints, shards)
                 for section in PLANNED_SECTIONS:
                     manifest["stages"].setdefault(section, {"status": "unavailable", "note": "stage not in this version"})
@@ -222,7 +256,11 @@ class Job:
                 manifest["ledger"] = ledger
                 if self.config.synthesis.enabled:
                     manifest["instructions"] = self._instructions(done["rows"])
+                if self.retry is not None:
+                    self.retry.before_exports(self.config.export.formats)
                 manifest["exports"] = self._exports(manifest, chain, shards)
+                if self.retry is not None:
+                    self.retry.finish()
                 manifest["status"] = "finished"
                 manifest["runs"][-1]["finished"] = M.now()
                 M.save(self.run_dir, manifest)

@@ -43,6 +43,7 @@ HEIGHT = "height"
 ORIGINAL_WIDTH = "original_width"
 ORIGINAL_HEIGHT = "original_height"
 DOWNLOAD_BYTES = "download_bytes"  # size of the body as fetched
+DOWNLOAD_ATTEMPTS = "download_attempts"  # runs of the download stage that tried the row: 1, more after --retry-failed
 
 # features (one decode per stored image)
 SHA256 = "sha256"  # of the stored image bytes
@@ -136,7 +137,7 @@ def ingest_schema(pool: bool) -> pa.Schema:
     return POOL_INGEST_SCHEMA if pool else INGEST_SCHEMA
 
 
-DOWNLOAD_SCHEMA = pa.schema(
+LOAD_SCHEMA = pa.schema(  # images read from a pool (the load stage)
     IDENTITY_FIELDS
     + DECISION_FIELDS
     + [
@@ -149,6 +150,8 @@ DOWNLOAD_SCHEMA = pa.schema(
         pa.field(DOWNLOAD_BYTES, pa.int64()),
     ]
 )
+
+DOWNLOAD_SCHEMA = pa.schema(list(LOAD_SCHEMA) + [pa.field(DOWNLOAD_ATTEMPTS, pa.int16())])
 
 FEATURES_SCHEMA = pa.schema(
     IDENTITY_FIELDS

@@ -72,6 +72,10 @@ class InputConfig(_Section):
         return data
 
 
+TRANSIENT_REASONS = ("timeout", "connection_error", "dns_error", "tls_error", "http_429", "http_5xx")
+# what a retry may be asked for: a host that was slow, unreachable or busy (a body cut short, a
+# 408); never what the host answered for good (404, 403, not an image, a private address)
+RETRYABLE = (*TRANSIENT_REASONS, "truncated", "http_408", "http_425")
 _POOL_DEFAULTS = {"format": "auto", "image_col": None, "captions": None, "file_col": "file"}
 
 
@@ -93,6 +97,17 @@ class DownloadConfig(_Section):
     # one attempt at one URL, whole (connect, TLS, redirects, headers, body): a server trickling bytes
     # inside timeout_s cannot hold a download thread longer; such attempts fail as timeout, not retried
     deadline_s: float = Field(60, gt=0)
+    # what `mmcurate run --retry-failed` tries again (http_5xx: any 5xx); never a permanent failure
+    retry_reasons: list[str] = Field(default_factory=lambda: list(TRANSIENT_REASONS))
+
+    @field_validator("retry_reasons")
+    @classmethod
+    def _transient(cls, value: list[str]) -> list[str]:
+        for reason in value:
+            if reason not in RETRYABLE and not re.fullmatch(r"http_5\d\d", reason):
+                raise ValueError(f"{reason!r} is not a transient failure; --retry-failed may try again "
+                                 f"{', '.join(RETRYABLE)} or one 5xx status (http_503)")
+        return value
 
     @field_validator("allow_networks")
     @classmethod

@@ -40,7 +40,7 @@ class DownloadStage(Stage):
     name = "download"
     version = "1"
     output_schema = C.DOWNLOAD_SCHEMA
-    score_columns = (C.WIDTH, C.HEIGHT, C.ORIGINAL_WIDTH, C.ORIGINAL_HEIGHT, C.DOWNLOAD_BYTES)
+    score_columns = (C.WIDTH, C.HEIGHT, C.ORIGINAL_WIDTH, C.ORIGINAL_HEIGHT, C.DOWNLOAD_BYTES, C.DOWNLOAD_ATTEMPTS)
     data_columns = (C.IMAGE, C.IMAGE_FORMAT, C.WIDTH, C.HEIGHT, C.ORIGINAL_WIDTH, C.ORIGINAL_HEIGHT)
     input_columns = ()
     settings = ("download.image_size", "download.max_image_bytes", "download.timeout_s", "download.retries")
@@ -53,7 +53,7 @@ class DownloadStage(Stage):
         d = self.config.download
         # timeouts, the deadline, retries and thread counts change how, not what: resuming with new
         # ones is fine
-        return d.model_dump(mode="json", exclude={"timeout_s", "deadline_s", "retries", "threads"})
+        return d.model_dump(mode="json", exclude={"timeout_s", "deadline_s", "retries", "threads", "retry_reasons"})
 
     def resources(self, cluster: Cluster) -> Resources:
         return Resources(num_cpus=1)
@@ -73,10 +73,15 @@ class DownloadStage(Stage):
         )
 
     def judge(self, rows: pa.Table) -> Verdicts:
-        urls = [url.strip() for url in rows.column(C.URL).to_pylist()]
+        outcomes = self.fetch([url.strip() for url in rows.column(C.URL).to_pylist()])
+        verdicts = outcome_scores(outcomes, self.config.download.encode_format)
+        verdicts.scores[C.DOWNLOAD_ATTEMPTS] = [1] * len(outcomes)
+        return verdicts
+
+    def fetch(self, urls: list[str]) -> list[Outcome]:
+        """Each URL fetched and checked, in parallel threads (download.threads)."""
         with ThreadPoolExecutor(max_workers=min(self.config.download.threads, max(1, len(urls)))) as pool:
-            outcomes = list(pool.map(self._one, urls))
-        return outcome_scores(outcomes, self.config.download.encode_format)
+            return list(pool.map(self._one, urls))
 
     def _one(self, url: str) -> Outcome:
         try:

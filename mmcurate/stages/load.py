@@ -21,8 +21,8 @@ class LoadStage(Stage):
 
     name = "load"
     version = "1"
-    output_schema = C.DOWNLOAD_SCHEMA
-    score_columns = DownloadStage.score_columns
+    output_schema = C.LOAD_SCHEMA
+    score_columns = DownloadStage.score_columns[:-1]  # no attempts: a pool's image is read once
     data_columns = DownloadStage.data_columns
     input_columns = ()
     ingest_columns = (C.SOURCE, C.SOURCE_LINE, C.MEMBER, C.MEMBER_OFFSET, C.MEMBER_SIZE, C.ORIGINAL_WIDTH, C.ORIGINAL_HEIGHT)

@@ -135,3 +135,12 @@ def test_an_unaffordable_radius_is_refused_before_anything_runs(tmp_path, capsys
     err = capsys.readouterr().err
     assert "dedup.phash.max_distance: 8" in err and "over 3 input rows" in err and "no radius fits" in err, err
     assert not (run_dir / "stages" / "download").exists()
+
+
+def test_retry_reasons_are_transient_only():
+    from mmcurate.schemas.config import config_from_dict
+
+    cfg = config_from_dict({"input": {"path": "x.csv"}, "download": {"retry_reasons": ["timeout", "http_503"]}})
+    assert cfg.download.retry_reasons == ["timeout", "http_503"]
+    with pytest.raises(ConfigError, match="download.retry_reasons.*'http_404' is not a transient failure"):
+        config_from_dict({"input": {"path": "x.csv"}, "download": {"retry_reasons": ["http_404"]}})

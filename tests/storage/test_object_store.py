@@ -19,6 +19,7 @@ import yaml
 
 from mmcurate.engine import atomic, lease
 from mmcurate.engine.rundir import RunDir, RunLock
+from mmcurate.schemas import columns as C
 from mmcurate.schemas.errors import ConfigError, InputError
 from mmcurate.storage import paths
 from tests.conftest import SAFETY_OFF, make_image, run_cli
@@ -232,3 +233,20 @@ def test_a_run_on_s3_killed_and_resumed_is_byte_identical(tmp_path, s3_env, subp
     assert audit.returncode == 0 and "http_404" in audit.stdout, audit.stdout + audit.stderr
     attempts = wire_log.read_text().splitlines() if wire_log.exists() else []
     assert all(line.startswith("ray-cloud-probe ") for line in attempts if line[:1] != " "), "\n".join(attempts)
+
+
+def test_a_webdataset_pool_on_s3_read_in_place(s3_env, tripwire, tmp_path):
+    from mmcurate.ingest import pools
+    from mmcurate.schemas.config import InputConfig
+    from tests.ingest.test_pools import ingested, sample, write_tar
+
+    bucket, fs = s3_env["bucket"], store()
+    for k in range(2):
+        write_tar(tmp_path / f"{k:05d}.tar", sample(f"{k:05d}0000", k, "f" * 32) + sample(f"{k:05d}0001", k + 10))
+        fs.put_file(str(tmp_path / f"{k:05d}.tar"), f"{bucket}/pool/{k:05d}.tar")
+    cfg = InputConfig(path=f"s3://{bucket}/pool/{{00000..00001}}.tar")
+    rows = ingested(cfg)
+    assert [r["source_key"] for r in rows] == ["000000000", "000000001", "000010000", "000010001"]
+    assert all(r["status"] == "kept" and r["source"].startswith("s3://") for r in rows)
+    table = pa.Table.from_pylist(rows, schema=C.POOL_INGEST_SCHEMA)
+    assert pools.read_images(table, cfg, ".", 1 << 20) == [make_image(i) for i in (0, 10, 1, 11)]
