@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 import re
 import tarfile
 from collections.abc import Iterator
@@ -62,47 +63,75 @@ def read_tar(path: Any, source: str) -> Iterator[RawRow]:
     (webdataset's grouping). A header that cannot be read becomes a failed row of its own and
     reading goes on at the next good header; a member the file ends inside fails its sample."""
     size = path.stat().st_size
+    line, end, group, key, start, resumed = 0, 0, {}, None, 0, False
     with path.open("rb") as f:
-        try:
-            tar = tarfile.open(fileobj=f, mode="r:", ignore_zeros=True)  # broken headers: skipped to the next
-        except tarfile.ReadError as err:
-            yield pool_row(source, 1, None, None, {}, problem=("malformed_row", f"not a readable tar file ({err})"))
-            return
-        line, end, group, key = 0, 0, {}, None
-        while True:
-            try:
-                info = tar.next()
-            except (tarfile.ReadError, OSError, EOFError) as err:
-                if end <= size:  # (a member the file ends inside fails its sample as truncated)
+        while start < size:
+            f.seek(start)
+            try:  # a TarFile reads on from where `f` stands; member offsets stay the file's
+                tar = tarfile.open(fileobj=f, mode="r:", ignore_zeros=True)  # broken headers: skipped to the next
+            except tarfile.ReadError as err:
+                if start == 0 and not resumed:
+                    yield pool_row(source, 1, None, None, {}, problem=("malformed_row", f"not a readable tar file ({err})"))
+                    return
+                start += _BLOCK  # a header it cannot read even alone: one block on
+                continue
+            broken = None
+            while True:
+                try:
+                    info = tar.next()
+                except (tarfile.ReadError, OSError, EOFError) as err:
+                    broken = err
+                    break
+                if info is None:
+                    break
+                if info.offset > end and not resumed and _nonzero(f, end, info.offset) and not _global_header(f, end):
+                    if group:  # the sample before the broken header ends there
+                        line += 1
+                        yield _sample(f, size, source, line, key, group)
+                        group, key = {}, None
                     line += 1
-                    yield pool_row(source, line, None, None, {}, problem=("malformed_row", f"byte {end}: unreadable from here ({err})"))
-                break
-            if info is None:
-                break
-            if info.offset > end and _nonzero(f, end, info.offset):
-                if group:  # the sample before the broken header ends there
+                    detail = f"bytes {end}-{info.offset}: a broken tar header; {info.offset - end} bytes skipped to the next member"
+                    yield pool_row(source, line, None, None, {}, problem=("malformed_row", detail))
+                resumed = False
+                end = info.offset_data + -(-info.size // _BLOCK) * _BLOCK
+                match = _KEY.match(info.name) if info.isfile() else None
+                if match is None:
+                    continue  # a folder or a file that is no sample's part (no extension)
+                if match.group(1) != key and group:
                     line += 1
                     yield _sample(f, size, source, line, key, group)
-                    group, key = {}, None
-                line += 1
-                detail = f"bytes {end}-{info.offset}: a broken tar header; {info.offset - end} bytes skipped to the next member"
-                yield pool_row(source, line, None, None, {}, problem=("malformed_row", detail))
-            end = info.offset_data + -(-info.size // _BLOCK) * _BLOCK
-            match = _KEY.match(info.name) if info.isfile() else None
-            if match is None:
-                continue  # a folder or a file that is no sample's part (no extension)
-            if match.group(1) != key and group:
+                    group = {}
+                key = match.group(1)
+                group[match.group(2).lower()] = info
+            if broken is None or end > size:  # the end, or a member the file ends inside (its sample: truncated)
+                break
+            # a header tarfile refuses mid-way (one after a long name, say): the sample before it ends
+            # there, and reading starts again past it (the bytes up to the next good header are this row's)
+            if group:
                 line += 1
                 yield _sample(f, size, source, line, key, group)
-                group = {}
-            key = match.group(1)
-            group[match.group(2).lower()] = info
+                group, key = {}, None
+            start = max(tar.offset, end) + _BLOCK
+            line += 1
+            yield pool_row(source, line, None, None, {}, problem=(
+                "malformed_row", f"byte {end}: an unreadable tar header ({broken}); reading goes on at the next good one"))
+            end, resumed = start, True
         if group:
             line += 1
             yield _sample(f, size, source, line, key, group)
-        if end < size and _nonzero(f, end, size):
+        if end < size and not resumed and _nonzero(f, end, size):
             line += 1
             yield pool_row(source, line, None, None, {}, problem=("malformed_row", f"bytes {end}-{size}: not a tar member"))
+
+
+def _global_header(f, at: int) -> bool:
+    """Whether a pax global header starts at `at` (git archive writes one): tarfile reads it into
+    the archive's settings, so the next member starts past it without any header being broken."""
+    f.seek(at)
+    try:
+        return tarfile.TarInfo.frombuf(f.read(_BLOCK), "utf-8", "surrogateescape").type == tarfile.XGLTYPE
+    except tarfile.HeaderError:
+        return False
 
 
 def _nonzero(f, start: int, stop: int) -> bool:
@@ -223,9 +252,21 @@ def read_folder(folder: Any, source: str, members: tuple[str, ...], first_line: 
     folder's images before these."""
     for line, name in enumerate(members, start=first_line + 1):
         sidecar = paths.as_path(f"{str(folder).rstrip('/')}/{name}").with_suffix(".txt")
+        if not inside(sidecar, folder):  # a link out of the folder is never read
+            yield pool_row(source, line, name, None, {}, name, problem=(
+                "malformed_row", f"{name}: its caption {sidecar.name} links outside input.path (refused, unread)"))
+            continue
         caption = _caption(_read_small(sidecar))
         problem = None if sidecar.exists() else ("missing_caption", f"{name}: no {sidecar.name} beside it")
-        yield pool_row(source, line, str(PurePosixPath(name).with_suffix("")), caption, {}, name, problem=problem)
+        yield pool_row(source, line, name, caption, {}, name, problem=problem)
+
+
+def inside(path: Any, folder: Any) -> bool:
+    """Whether `path`, links followed, lies under `folder` (on a store, where nothing links: always)."""
+    if paths.is_remote(path):
+        return True
+    real = os.path.realpath(folder)
+    return os.path.realpath(path).startswith(real.rstrip(os.sep) + os.sep)
 
 
 def _read_small(path: Any) -> bytes | None:
@@ -244,12 +285,11 @@ def named_row(raw: RawRow) -> RawRow:
     if raw.problem is not None:
         return RawRow(raw.source, raw.line, None, None, raw.problem, pool_row(raw.source, raw.line, None, None, {}).pool)
     problem = None
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(name, str) or not name.strip() or PurePosixPath(name).name in ("", ".", ".."):
         problem, name = ("missing_image", "the row names no image file"), None
-    elif PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts or "\\" in name:
+    elif PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts or "\\" in name or "\0" in name:
         problem, name = ("malformed_row", f"{name!r}: names a file outside input.path (refused)"), None
-    key = str(PurePosixPath(name).with_suffix("")) if name else None
-    return pool_row(raw.source, raw.line, key, raw.caption, {}, name, problem=problem)
+    return pool_row(raw.source, raw.line, name, raw.caption, {}, name, problem=problem)
 
 
 # ----------------------------------------------------------------------------- the images, for `load`
@@ -272,7 +312,7 @@ def read_images(rows: pa.Table, cfg: InputConfig, base: str, max_bytes: int) -> 
     members = rows.column(C.MEMBER).to_pylist()
     if cfg.kind == "image_folder":
         folder = str(paths.located(base, cfg.path)).rstrip("/")
-        return [_file(paths.as_path(f"{folder}/{name}"), cfg.path, name, max_bytes) for name in members]
+        return [_file(paths.as_path(f"{folder}/{name}"), folder, cfg.path, name, max_bytes) for name in members]
     offsets, sizes = rows.column(C.MEMBER_OFFSET).to_pylist(), rows.column(C.MEMBER_SIZE).to_pylist()
     for source, idx in by_source.items():
         with paths.located(base, source).open("rb") as f:
@@ -294,34 +334,34 @@ def _bounded(value: bytes | tuple[str, str], max_bytes: int) -> bytes | tuple[st
     return _too_large(len(value), max_bytes) if isinstance(value, bytes) and len(value) > max_bytes else value
 
 
-def _file(path: Any, folder: str, name: str, max_bytes: int) -> bytes | tuple[str, str]:
+def _file(path: Any, folder: str, shown: str, name: str, max_bytes: int) -> bytes | tuple[str, str]:
+    if not inside(path, folder):  # a link out of the folder (or a captions row through one) is never read
+        return ("missing_image", f"{name}: links outside {shown} (refused, unread)")
     try:
         with path.open("rb") as f:
             data = f.read(max_bytes + 1)
     except FileNotFoundError:
-        return ("missing_image", f"{name}: no such file under {folder}")
-    except OSError as err:
-        return ("missing_image", f"{name}: cannot read ({err.strerror or err})")
+        return ("missing_image", f"{name}: no such file under {shown}")
+    except (OSError, ValueError) as err:  # ValueError: a name no file system takes (NUL)
+        return ("missing_image", f"{name}: cannot read ({getattr(err, 'strerror', None) or err})")
     return _bounded(data, max_bytes)
 
 
 def _parquet_images(path: Any, cfg: InputConfig, indexes: list[int]) -> list[bytes | tuple[str, str]]:
-    """The image bytes at `indexes` (0-based rows of the file): only the row groups holding them are read."""
+    """The image bytes at `indexes` (0-based rows of the file): only the row groups holding them are
+    read, a batch at a time, and only the wanted rows' bytes are kept."""
     pf = paths.parquet_file(path)
     column = image_column(pf.schema_arrow.names, cfg, path)
     starts = [0]
     for g in range(pf.metadata.num_row_groups):
         starts.append(starts[-1] + pf.metadata.row_group(g).num_rows)
-    group_of = {i: bisect.bisect_right(starts, i) - 1 for i in indexes}
-    groups = sorted(set(group_of.values()))
-    values = pf.read_row_groups(groups, columns=[column]).column(0)
-    at, acc = {}, 0  # where each group read starts in `values`
-    for g in groups:
-        at[g] = acc
-        acc += starts[g + 1] - starts[g]
-    out = []
-    for i in indexes:
-        g = group_of[i]
-        value = values[at[g] + i - starts[g]].as_py()
-        out.append(value if value else ("missing_image", f"row {i + 1}: the {column} column is empty"))
-    return out
+    wanted = set(indexes)
+    groups = sorted({bisect.bisect_right(starts, i) - 1 for i in wanted})
+    rows = (r for g in groups for r in range(starts[g], starts[g + 1]))  # the file rows, in the order read
+    found: dict[int, object] = {}
+    for batch in pf.iter_batches(batch_size=256, row_groups=groups, columns=[column]):
+        values = batch.column(0)
+        for k, r in zip(range(batch.num_rows), rows):
+            if r in wanted:
+                found[r] = values[k].as_py()
+    return [found.get(i) or ("missing_image", f"row {i + 1}: the {column} column is empty") for i in indexes]

@@ -152,8 +152,8 @@ class ShardBuffer:
             C.REASON: problem[0] if problem else None,
             C.DETAIL: _where(raw.line, problem[1]) if problem else None,
         }
-        if self.pool:
-            values.update(raw.pool)
+        if self.pool:  # names from a tar or a folder may hold any bytes: stored as text, as captions are
+            values.update({k: _text(v) if isinstance(v, str) else v for k, v in raw.pool.items()})
         for name, value in values.items():
             self._cols[name].append(value)
         self.rows += 1

@@ -28,34 +28,41 @@ def repack(shards: Iterable[pa.Table], write_file: Callable[[int, pa.Table], str
     `samples_per_shard` (the last smaller; `write_file(number, table)` writes one and names it),
     with `keys.parquet` mapping each key to its ids and file. Holds one file's samples and one run
     shard's at a time."""
-    pending: list[pa.Table] = []
-    held, files, count = 0, 0, 0
-    keys: list[pa.Table] = []
+    state = {"pending": [], "held": 0, "files": 0, "count": 0, "writer": None}
 
-    def flush(n: int) -> None:
-        nonlocal pending, held, files, count
-        table = pa.concat_tables(pending).combine_chunks()
+    def flush(n: int, tmp) -> None:
+        table = pa.concat_tables(state["pending"]).combine_chunks()
         part, rest = table.slice(0, n), table.slice(n)
-        name = write_file(files, part)
+        name = write_file(state["files"], part)
         ids = part.select([c for c in _ID_COLUMNS if c in part.column_names])
-        keys.append(ids.append_column("file", pa.array([name] * part.num_rows, pa.string())))
-        files, count = files + 1, count + part.num_rows
-        pending, held = ([rest] if rest.num_rows else []), rest.num_rows
+        ids = ids.append_column("file", pa.array([name] * part.num_rows, pa.string()))
+        if state["writer"] is None:  # the keys go out file by file: memory does not grow with the export
+            state["writer"] = pq.ParquetWriter(tmp, ids.schema, compression="zstd")
+        state["writer"].write_table(ids.cast(state["writer"].schema))
+        state.update(files=state["files"] + 1, count=state["count"] + part.num_rows,
+                     pending=[rest] if rest.num_rows else [], held=rest.num_rows)
 
-    for table in shards:
-        if not table.num_rows:
-            continue
-        if pending and table.schema != pending[0].schema:
-            table = table.cast(pending[0].schema)  # a shard's nulls may have typed a score differently
-        pending.append(table)
-        held += table.num_rows
-        while held >= samples_per_shard:
-            flush(samples_per_shard)
-    if held:
-        flush(held)
-    if keys:
-        atomic.write_with(out_dir / KEYS_FILE, lambda tmp: pq.write_table(pa.concat_tables(keys), tmp, compression="zstd"))
-    return count
+    def write(tmp) -> None:
+        try:
+            for table in shards:
+                if not table.num_rows:
+                    continue
+                if state["pending"] and table.schema != state["pending"][0].schema:
+                    table = table.cast(state["pending"][0].schema)  # a shard's nulls may have typed a score differently
+                state["pending"].append(table)
+                state["held"] += table.num_rows
+                while state["held"] >= samples_per_shard:
+                    flush(samples_per_shard, tmp)
+            if state["held"]:
+                flush(state["held"], tmp)
+        finally:
+            if state["writer"] is not None:
+                state["writer"].close()
+            else:
+                pq.write_table(pa.table({c: pa.array([], pa.string()) for c in (C.KEY, C.UID, "file")}), tmp)
+
+    atomic.write_with(out_dir / KEYS_FILE, write)
+    return state["count"]
 
 
 def export_ids(shards: Iterable[pa.Table], out_dir: Path) -> int:

@@ -53,6 +53,8 @@ class RetryTask:
 
     def __call__(self, shard: int) -> dict:
         run_dir = RunDir.at(self.root)
+        if not run_dir.is_done(self.stage.name, shard):  # redone from scratch since: nothing to retry
+            return {"stage": self.stage.name, "shard": shard}
         stats = run_dir.read_stats(self.stage.name, shard)
         if stats.get("retry") == self.retry_id:  # done before a crash
             return stats
@@ -99,21 +101,26 @@ class Retry:
         self.run_dir, self.stages, self.state = run_dir, list(stages), state
 
     @classmethod
-    def pending(cls, run_dir: RunDir, stages: Sequence[Stage]) -> Retry | None:
-        """The retry an earlier run left unfinished, if any."""
+    def pending(cls, run_dir: RunDir, stages: Sequence[Stage], fingerprint: str) -> Retry | None:
+        """The retry an earlier run left unfinished, if any, and if the download stage it retried is
+        still the one this run has (`fingerprint`); otherwise everything is redone anyway."""
         if not run_dir.retry_marker.exists():
             return None
-        return cls(run_dir, stages, json.loads(paths.read_text(run_dir.retry_marker)))
+        state = json.loads(paths.read_text(run_dir.retry_marker))
+        if state.get("fingerprint") != fingerprint:
+            atomic.remove(run_dir.retry_marker)
+            return None
+        return cls(run_dir, stages, state)
 
     @classmethod
-    def begin(cls, run_dir: RunDir, stages: Sequence[Stage]) -> Retry:
+    def begin(cls, run_dir: RunDir, stages: Sequence[Stage], fingerprint: str) -> Retry:
         """A new retry of the download failures this run dir holds, recorded before anything changes."""
         download = next(s for s in stages if isinstance(s, DownloadStage))  # a pool's run is refused before
         reasons = download.config.download.retry_reasons
         done = sorted(run_dir.done_shards(download.name))
         before = {s: run_dir.read_stats(download.name, s) for s in done}
         candidates = [s for s in done if any(transient(r, reasons) for r in before[s].get("reasons", {}))]
-        state = {"id": f"{time.time():.6f}", "reasons": list(reasons), "candidates": candidates,
+        state = {"id": f"{time.time():.6f}", "fingerprint": fingerprint, "reasons": list(reasons), "candidates": candidates,
                  "kept_before": {str(s): before[s][C.KEPT] for s in candidates},
                  "rows": sum(n for s in candidates for r, n in before[s]["reasons"].items() if transient(r, reasons)),
                  "fetched": False, "stale": [], "applied": [download.name], "digests": {}}
@@ -130,14 +137,15 @@ class Retry:
         if not self.state["fetched"]:
             task = RetryTask(str(self.run_dir.root), download, self.state["id"])
             ray.map_shards(task, self.state["candidates"], download.resources(ray.cluster()), lambda stats: None)
-            stale = [s for s in self.state["candidates"]
-                     if self.run_dir.read_stats(download.name, s)[C.KEPT] != self.state["kept_before"][str(s)]]
+            stale = [s for s in self.state["candidates"] if self.run_dir.is_done(download.name, s)
+                     and self.run_dir.read_stats(download.name, s)[C.KEPT] != self.state["kept_before"][str(s)]]
             self.state.update(fetched=True, stale=sorted(set(self.state["stale"]) | set(stale)))
             self.save()
 
     def summary(self) -> dict:
         download = next(s for s in self.stages if isinstance(s, DownloadStage))
-        stats = [self.run_dir.read_stats(download.name, s) for s in self.state["candidates"]]
+        done = self.run_dir.done_shards(download.name)
+        stats = [self.run_dir.read_stats(download.name, s) for s in self.state["candidates"] if s in done]
         return {"rows_retried": sum(s.get("retried", 0) for s in stats),
                 "recovered": sum(s.get("recovered", 0) for s in stats),
                 "shards_changed": len(self.state["stale"]), "reasons": self.state["reasons"]}
@@ -147,7 +155,9 @@ class Retry:
         for stage in segment:
             if stage.name in self.state["applied"]:
                 continue
-            if is_barrier(stage):  # it decides again over every shard; what it changes is stale after it
+            if not self.state["stale"]:  # nothing changed above it: nothing to redo
+                pass
+            elif is_barrier(stage):  # it decides again over every shard; what it changes is stale after it
                 if stage.name not in self.state["digests"]:  # recorded before anything is forgotten
                     done = sorted(self.run_dir.done_shards(stage.name))
                     self.state["digests"][stage.name] = {str(s): _digest(self.run_dir, stage.name, s) for s in done}

@@ -94,6 +94,7 @@ class Job:
                 atomic.remove(path)
             atomic.remove(self.run_dir.ledger)
             atomic.remove(self.run_dir.ledger_index)
+            atomic.remove(self.run_dir.retry_marker)
             manifest["stages"] = {}
             if records is None:  # an old run dir redone: records from now on
                 fp, records = fingerprint_input(files, None, self.ray.tasks)
@@ -169,14 +170,15 @@ class Job:
                 exports[fmt] = self._export(fmt, chain, shards)
         return exports
 
-    def _retry(self, manifest: dict) -> None:
+    def _retry(self, manifest: dict, fingerprints: list[str]) -> None:
         """--retry-failed (or one a crash left unfinished): the transient download failures fetched
         again, before the stages resume; the stages then redo what it changed."""
-        self.retry = Retry.pending(self.run_dir, self.stages)
+        fingerprint = next((fp for s, fp in zip(self.stages, fingerprints) if s.name == "download"), "")
+        self.retry = Retry.pending(self.run_dir, self.stages, fingerprint)
         if self.retry is not None:
             log.info("finishing the retry an earlier run began%s", "; run again to retry anew" if self.retry_failed else "")
         elif self.retry_failed:
-            self.retry = Retry.begin(self.run_dir, self.stages)
+            self.retry = Retry.begin(self.run_dir, self.stages, fingerprint)
         if self.retry is None:
             return
         self.progress.begin("retry", len(self.retry.state["candidates"]), 0)
@@ -248,7 +250,7 @@ class Job:
                 for stage in self.stages:
                     chain = stage.fingerprint(chain)
                     fingerprints.append(chain)
-                self._retry(manifest)
+                self._retry(manifest, fingerprints)
                 self._stages(manifest, fingerprints, shards)
                 for section in PLANNED_SECTIONS:
                     manifest["stages"].setdefault(section, {"status": "unavailable", "note": "stage not in this version"})

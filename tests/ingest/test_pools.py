@@ -129,7 +129,7 @@ def test_image_folder_with_sidecars_or_a_captions_file(tmp_path):
     rows = ingested(cfg)
     assert [(r[C.MEMBER], r[C.CAPTION], r[C.REASON]) for r in rows] == [
         ("b.png", None, "missing_caption"), ("cats/a.jpg", "a cat", None)]
-    assert rows[1][C.SOURCE_KEY] == "cats/a" and loaded(cfg, rows) == [make_image(0)]
+    assert rows[1][C.SOURCE_KEY] == "cats/a.jpg" and loaded(cfg, rows) == [make_image(0)]
 
     (tmp_path / "captions.csv").write_text("file,caption\ncats/a.jpg,a tabby\nb.png,a square\ngone.jpg,lost\n"
                                            "../secret.jpg,escape\n")
@@ -150,3 +150,38 @@ def test_pool_config_keys_are_checked():
     assert InputConfig(path="pool/{0..9}.tar").kind == "webdataset"
     assert InputConfig(path="urls.parquet").kind == "urls"
     assert "format" not in InputConfig(path="urls.parquet").ingest_key()  # an older run dir's input is unchanged
+
+
+def test_links_out_of_an_image_folder_are_never_read(tmp_path):
+    pool, secret = tmp_path / "pool", tmp_path / "secret"
+    pool.mkdir()
+    secret.mkdir()
+    (secret / "creds").write_text("password=hunter2")
+    (secret / "x.jpg").write_bytes(b"private bytes")
+    (pool / "cat.jpg").write_bytes(make_image(0))
+    (pool / "cat.txt").symlink_to(secret / "creds")
+    (pool / "dog.jpg").symlink_to(secret / "x.jpg")
+    (pool / "dog.txt").write_text("a dog")
+    cfg = InputConfig(path=str(pool), format="image_folder")
+    rows = ingested(cfg)
+    assert [(r[C.MEMBER], r[C.REASON]) for r in rows] == [("cat.jpg", "malformed_row"), ("dog.jpg", None)]
+    assert "hunter2" not in json.dumps(rows)
+    assert loaded(cfg, rows)[0][0] == "missing_image"  # the linked image: refused, unread
+
+
+def test_reading_goes_on_past_a_header_tarfile_refuses(tmp_path):
+    members = sample("000", 0) + [("z" * 120 + "/001.jpg", make_image(1)), ("z" * 120 + "/001.txt", b"one")] + sample("002", 2)
+    with tarfile.open(tmp_path / "a.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    data = bytearray((tmp_path / "a.tar").read_bytes())
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        long = next(m for m in tar.getmembers() if m.name.endswith("001.jpg"))
+    after = long.offset + 2 * tarfile.BLOCKSIZE  # the header that follows the GNU long-name blocks
+    data[after + 148:after + 156] = b"garbage!"
+    (tmp_path / "a.tar").write_bytes(bytes(data))
+    rows = ingested(InputConfig(path=str(tmp_path / "a.tar")))
+    assert [r[C.REASON] for r in rows] == [None, "malformed_row", "missing_image", None]
+    assert rows[-1][C.SOURCE_KEY] == "002"
