@@ -68,6 +68,11 @@ def test_ledger_accounts_for_every_row(finished_run):
     assert manifest["status"] == "finished" and manifest["ledger"]["rows"] == len(ledger)
     assert manifest["input"]["input_fingerprint"] and manifest["versions"]["ray"]
     assert (tmp / "run" / "report" / "index.html").exists()
+    from mmcurate.engine.atomic import FILE_MODE  # the umask's mode, not the temp file's 0600
+
+    for path in (tmp / "run" / "ledger.parquet", tmp / "run" / "manifest.json", tmp / "run" / "report" / "index.html",
+                 next((tmp / "run" / "shards" / "webdataset").glob("*.tar"))):
+        assert path.stat().st_mode & 0o777 == FILE_MODE, path
 
 
 def test_webdataset_export_reads_back(finished_run):

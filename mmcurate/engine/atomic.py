@@ -24,6 +24,19 @@ from mmcurate.storage import paths
 TMP_SUFFIX = ".tmp"
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# read once, at import (before any thread): os.umask can only be read by setting it. A temp file
+# is made 0600; before it takes its target's name it gets the mode an open() would have given it,
+# so that teammates on a shared file system read a run and its exports as they read any file
+UMASK = _umask()
+FILE_MODE, FOLDER_MODE = 0o666 & ~UMASK, 0o777 & ~UMASK
+
+
 @contextmanager
 def atomic_path(target: str | Path, fsync: bool = True) -> Iterator[Path]:
     """Yield a temp path in the target's folder; on success it is fsynced and renamed to target.
@@ -46,6 +59,7 @@ def atomic_path(target: str | Path, fsync: bool = True) -> Iterator[Path]:
                 os.fsync(f.fileno())
         if target.is_dir():  # a ledger in parts becoming one file again
             remove(target)
+        os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, target)
         if fsync:
             _fsync_folder(target.parent)

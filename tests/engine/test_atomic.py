@@ -46,3 +46,14 @@ def test_stale_temps_are_removed(tmp_path):
     (tmp_path / "000000.parquet").write_bytes(b"ok")
     assert atomic.remove_stale_temps(tmp_path) == 1
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["000000.parquet"]
+
+
+def test_files_get_the_mode_the_umask_gives(tmp_path):
+    """Temp files are made 0600; what takes the target's name is readable as the umask says."""
+    atomic.write_json(tmp_path / "manifest.json", {"a": 1})  # under the process's umask (read at import)
+    atomic.write_with(tmp_path / "ledger.parquet", lambda tmp: tmp.write_bytes(b"x"))
+    with atomic.atomic_folder(tmp_path / "parts") as folder:
+        (folder / "part-000000.parquet").write_bytes(b"x")
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"manifest.json": atomic.FILE_MODE, "ledger.parquet": atomic.FILE_MODE, "parts": atomic.FOLDER_MODE}
+    assert atomic.UMASK != 0o022 or atomic.FILE_MODE == 0o644  # umask 022: the group and the world read
