@@ -32,12 +32,23 @@ class NetworkPolicy:
 
     allow_private_networks: bool = False
     allow_networks: tuple[IPNetwork, ...] = field(default_factory=tuple)
+    # (host, port) -> (host, port) connected to instead, as curl's --connect-to; the guard checks
+    # the address connected to, so a mapping never opens a refused network
+    connect_to: tuple[tuple[tuple[str, int], tuple[str, int]], ...] = field(default_factory=tuple)
 
     @classmethod
-    def from_config(cls, allow_private_networks: bool, allow_networks: list[str]) -> NetworkPolicy:
-        """Build the policy from `download.allow_private_networks` and `download.allow_networks`."""
+    def from_config(cls, allow_private_networks: bool, allow_networks: list[str],
+                    connect_to: list[str] = ()) -> NetworkPolicy:
+        """Build the policy from `download.allow_private_networks`, `allow_networks` and `connect_to`."""
+        from mmcurate.schemas.sections import parse_connect_to
+
         nets = tuple(ipaddress.ip_network(c, strict=False) for c in allow_networks)
-        return cls(allow_private_networks, nets)
+        pairs = tuple(((h, p), (to_h, to_p)) for h, p, to_h, to_p in map(parse_connect_to, connect_to))
+        return cls(allow_private_networks, nets, pairs)
+
+    def target(self, host: str, port: int) -> tuple[str, int]:
+        """Where a connection to `host`:`port` goes (`connect_to` applied)."""
+        return dict(self.connect_to).get((host.lower(), port), (host, port))
 
     def refusal(self, ip: IPAddress) -> str | None:
         """Why `ip` is refused, or None when it may be connected to."""
@@ -64,7 +75,11 @@ class NetworkPolicy:
 def guarded_connection(
     host: str, port: int, timeout: float | None, policy: NetworkPolicy, source_address=None
 ) -> socket.socket:
-    """Resolve `host`, refuse disallowed addresses, and connect to the first allowed one."""
+    """Resolve `host` (after `connect_to`), refuse disallowed addresses, and connect to the first allowed one."""
+    name = host
+    host, port = policy.target(host, port)
+    if host != name:
+        name = f"{name} (connect_to {host})"
     infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
     refused: list[str] = []
     last_error: OSError | None = None
@@ -88,7 +103,7 @@ def guarded_connection(
             last_error = err
     if last_error is not None:
         raise last_error
-    raise PrivateAddressError(f"refused {host}: " + "; ".join(dict.fromkeys(refused)))
+    raise PrivateAddressError(f"refused {name}: " + "; ".join(dict.fromkeys(refused)))
 
 
 class _GuardedHTTPConnection(http.client.HTTPConnection):

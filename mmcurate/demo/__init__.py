@@ -21,6 +21,12 @@ from mmcurate.demo.photos import PHOTOS, _photo_dir, load_photos, random_crop  #
 from mmcurate.demo.server import ImageServer, Route
 from mmcurate.schemas.errors import ConfigError
 
+# The sample's URLs name these hosts, never the server's port (a free one each time), so that the
+# same sample gets the same uids, hence the same decisions, on every run and every machine:
+# `download.connect_to` sends the requests to the loopback server (the alias to 127.0.0.2, which
+# the guard refuses). `.test` names never resolve anywhere else (RFC 6761).
+HOST = "images.mmcurate.test"
+ALIAS = "alias.mmcurate.test"
 NEAR_DUPLICATES = 8  # the first photos also appear as re-encoded, slightly resized copies
 SHAPES = 36  # shape pictures in the sample; every third has a wrong caption
 MISCAPTIONED = {"coffee.png": "chelsea.png", "rocket.jpg": "moon.png"}  # photo -> photo whose caption it gets
@@ -54,6 +60,16 @@ def bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
 
 
+def url(path: str, host: str = HOST) -> str:
+    """A sample URL: on the demo's host name, whatever port its server took."""
+    return f"http://{host}{path}"
+
+
+def connect_to(server: ImageServer) -> list[str]:
+    """`download.connect_to` for the sample's hosts: both to `server`'s port (the alias on 127.0.0.2)."""
+    return [f"{HOST}:80:127.0.0.1:{server.port}", f"{ALIAS}:80:127.0.0.2:{server.port}"]
+
+
 def build_sample(server: ImageServer) -> list[dict]:
     """Register the sample's routes on `server`; return the input rows (url, caption), bad ones included."""
     from PIL import Image
@@ -69,20 +85,20 @@ def build_sample(server: ImageServer) -> list[dict]:
         img.thumbnail((640, 640))
         stem = path.stem
         server.routes[f"/img/{stem}.jpg"] = Route(_encode(img, "JPEG"))
-        rows.append({"url": server.url(f"/img/{stem}.jpg"), "caption": caption})
+        rows.append({"url": url(f"/img/{stem}.jpg"), "caption": caption})
         w, h = img.size
         for j, box in enumerate([(0, 0, int(w * 0.6), int(h * 0.6)), (int(w * 0.4), int(h * 0.4), w, h)]):
             fmt, ctype, ext = [("PNG", "image/png", "png"), ("WEBP", "image/webp", "webp")][j]
             server.routes[f"/img/{stem}-part{j}.{ext}"] = Route(_encode(img.crop(box), fmt), content_type=ctype)
             tail = CAPTION_TAILS.get((stem, j), "")
-            rows.append({"url": server.url(f"/img/{stem}-part{j}.{ext}"), "caption": f"part of {caption}{tail}"})
+            rows.append({"url": url(f"/img/{stem}-part{j}.{ext}"), "caption": f"part of {caption}{tail}"})
         if i < NEAR_DUPLICATES:
             copy = img.resize((int(w * 0.9), int(h * 0.9)))
             server.routes[f"/img/{stem}-copy.jpg"] = Route(_encode(copy, "JPEG", quality=55))
-            rows.append({"url": server.url(f"/img/{stem}-copy.jpg"), "caption": caption})
+            rows.append({"url": url(f"/img/{stem}-copy.jpg"), "caption": caption})
         if i < 3:
             server.routes[f"/go/{stem}"] = Route(b"", 302, "text/plain", {"Location": f"/img/{stem}.jpg"})
-            rows.append({"url": server.url(f"/go/{stem}"), "caption": f"{caption} (via a redirect)"})
+            rows.append({"url": url(f"/go/{stem}"), "caption": f"{caption} (via a redirect)"})
     rows += _shape_rows(server)
     for name, other in MISCAPTIONED.items():
         if (folder / name).exists() and (folder / other).exists():
@@ -90,7 +106,7 @@ def build_sample(server: ImageServer) -> list[dict]:
                 img = im.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)  # not a duplicate
             img.thumbnail((480, 480))
             server.routes[f"/img/{Path(name).stem}-mirrored.jpg"] = Route(_encode(img, "JPEG"))
-            rows.append({"url": server.url(f"/img/{Path(name).stem}-mirrored.jpg"), "caption": PHOTOS[other]})
+            rows.append({"url": url(f"/img/{Path(name).stem}-mirrored.jpg"), "caption": PHOTOS[other]})
     server.routes["/error.jpg"] = Route(b"oops", 500, "text/plain")
     server.routes["/page.jpg"] = Route(b"<html><body>not an image</body></html>", content_type="image/jpeg")
     server.routes["/bomb.png"] = Route(bomb_png(), content_type="image/png")
@@ -98,17 +114,17 @@ def build_sample(server: ImageServer) -> list[dict]:
     server.routes["/loop"] = Route(b"", 302, "text/plain", {"Location": "/loop"})
     server.routes["/optout.jpg"] = Route(next(iter(server.routes.values())).body, headers={"X-Robots-Tag": "noai"})
     rows += [
-        {"url": server.url("/missing-1.jpg"), "caption": "a photo that was deleted"},
-        {"url": server.url("/missing-2.jpg"), "caption": "another deleted photo"},
-        {"url": server.url("/error.jpg"), "caption": "a server that fails"},
-        {"url": server.url("/page.jpg"), "caption": "an html page served as an image"},
-        {"url": server.url("/bomb.png"), "caption": "a decompression bomb"},
-        {"url": server.url("/slow.jpg"), "caption": "a server too slow to answer"},
-        {"url": server.url("/loop"), "caption": "a redirect loop"},
-        {"url": server.url("/optout.jpg"), "caption": "an image whose owner opted out of AI use"},
-        {"url": server.url("/img/astronaut.jpg", host="127.0.0.2"), "caption": "a loopback alias the guard refuses"},
-        {"url": server.url("/img/brick.jpg?camera-roll"), "caption": "IMG_0042.jpg"},
-        {"url": server.url("/img/grass.jpg?cms"), "caption": "untitled"},
+        {"url": url("/missing-1.jpg"), "caption": "a photo that was deleted"},
+        {"url": url("/missing-2.jpg"), "caption": "another deleted photo"},
+        {"url": url("/error.jpg"), "caption": "a server that fails"},
+        {"url": url("/page.jpg"), "caption": "an html page served as an image"},
+        {"url": url("/bomb.png"), "caption": "a decompression bomb"},
+        {"url": url("/slow.jpg"), "caption": "a server too slow to answer"},
+        {"url": url("/loop"), "caption": "a redirect loop"},
+        {"url": url("/optout.jpg"), "caption": "an image whose owner opted out of AI use"},
+        {"url": url("/img/astronaut.jpg", host=ALIAS), "caption": "a loopback alias the guard refuses"},
+        {"url": url("/img/brick.jpg?camera-roll"), "caption": "IMG_0042.jpg"},
+        {"url": url("/img/grass.jpg?cms"), "caption": "untitled"},
         {"url": "ftp://example.com/image.jpg", "caption": "an ftp link"},
         {"url": "", "caption": "a row without a url"},
         {"url": "http://user:secret@example.com/a.jpg", "caption": "a url with a password in it"},
@@ -127,7 +143,7 @@ def _shape_rows(server: ImageServer) -> list[dict]:
     for i, pair in enumerate(shapes.pairs(SHAPES, seed=2024, size=96)):
         server.routes[f"/shapes/{i}.png"] = Route(shapes.png(pair.image), content_type="image/png")
         text = shapes.wrong_caption(pair, rng) if i % 3 == 2 else pair.caption
-        rows.append({"url": server.url(f"/shapes/{i}.png"), "caption": text})
+        rows.append({"url": url(f"/shapes/{i}.png"), "caption": text})
     return rows
 
 
@@ -147,10 +163,12 @@ def write_inputs(rows: list[dict], folder: Path) -> str:
     return str(folder / "urls.*")
 
 
-def demo_config(input_glob: str, clip_dir: str | Path, clip_threshold: float, teacher: str | None = None) -> dict:
+def demo_config(input_glob: str, clip_dir: str | Path, clip_threshold: float, teacher: str | None = None,
+                routes: list[str] = ()) -> dict:
     """The default pipeline, allowed to reach the loopback server and nothing else private,
     with the offline stand-in CLIP in place of ViT-B-32 (no model hub here), and toxicity scored
-    by alt-profanity-check's model (in its wheel) in place of detoxify's download. NSFW
+    by alt-profanity-check's model (in its wheel) in place of detoxify's download; `routes` is
+    `download.connect_to` (the sample's hosts to the server). NSFW
     filtering runs where the optional NudeNet extra is installed. With `teacher` (an endpoint),
     synthesis runs against it: the demo passes its loopback stand-in teacher, which is not a model."""
     try:
@@ -161,7 +179,8 @@ def demo_config(input_glob: str, clip_dir: str | Path, clip_threshold: float, te
         nsfw = False
     return {
         "input": {"path": input_glob, "shard_size": 25},
-        "download": {"allow_networks": ["127.0.0.1/32"], "timeout_s": 2, "retries": 1, "threads": 16},
+        "download": {"allow_networks": ["127.0.0.1/32"], "timeout_s": 2, "retries": 1, "threads": 16,
+                     "connect_to": list(routes)},
         "clip": {"model": f"local-dir:{clip_dir}", "min_score": clip_threshold, "batch_size": 64},
         "quality": {"text": {"enabled": True}},  # boilerplate captions; basic filtering stays a recipe
         # profanity-check scores some plain captions near 0.6 ("part of a man with a camera ..."):
@@ -172,7 +191,7 @@ def demo_config(input_glob: str, clip_dir: str | Path, clip_threshold: float, te
     }
 
 
-def run_demo(run_dir: str | Path, progress=None, force: bool = True):
+def run_demo(run_dir: str | Path, progress=None, force: bool = False):
     """Serve the sample on loopback, run the default pipeline on it, return the RunResult."""
     from mmcurate.demo import shapes
     from mmcurate.demo.teacher import StandInTeacher
@@ -190,6 +209,7 @@ def run_demo(run_dir: str | Path, progress=None, force: bool = True):
     with ImageServer() as server, StandInTeacher() as teacher:
         rows = build_sample(server)
         input_glob = write_inputs(rows, run_dir / "demo-input")
-        config = config_from_dict(demo_config(input_glob, clip_dir, card["threshold"], teacher.endpoint), source="demo")
-        # each demo serves on a new port, so its URLs (the input) change: start over when they do
+        config = config_from_dict(demo_config(input_glob, clip_dir, card["threshold"], teacher.endpoint,
+                                              connect_to(server)), source="demo")
+        # the URLs name no port and a loopback port changes no run: the same command resumes
         return run(config, run_dir, progress=progress, force=force)

@@ -10,7 +10,7 @@ from importlib import metadata
 from mmcurate import __version__
 from mmcurate.engine import atomic
 from mmcurate.engine.rundir import RunDir
-from mmcurate.schemas.config import RUNTIME_SECTIONS, Config, config_from_dict
+from mmcurate.schemas.config import RUNTIME_SECTIONS, Config, config_from_dict, without_loopback_ports
 from mmcurate.schemas.errors import ConfigError
 from mmcurate.stages import build_stages
 from mmcurate.stages.base import Stage
@@ -45,9 +45,10 @@ def _flatten(data: object, prefix: str = "") -> dict[str, object]:
 def changed_keys(old: dict, new: dict) -> list[str]:
     """Keys whose value differs. A key the old config lacks and the new one holds at its default was
     added to mmcurate after the run dir was made: an upgrade, not a change of the run. Engine
-    settings (how fast, not what) never count."""
-    a, b = ({k: v for k, v in _flatten(c).items() if k.split(".")[0] not in RUNTIME_SECTIONS} for c in (old, new))
-    defaults = _flatten(Config.model_validate({"input": {"path": "-"}}).resolved())
+    settings (how fast, not what) never count, nor does the port of a loopback server."""
+    a, b = ({k: v for k, v in _flatten(without_loopback_ports(c)).items() if k.split(".")[0] not in RUNTIME_SECTIONS}
+            for c in (old, new))
+    defaults = _flatten(without_loopback_ports(Config.model_validate({"input": {"path": "-"}}).resolved()))
     return sorted(k for k in a.keys() | b.keys()
                   if a.get(k) != b.get(k) and not (k not in a and k in defaults and b[k] == defaults[k]))
 

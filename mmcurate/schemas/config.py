@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,20 @@ from mmcurate.schemas.sections import (
 
 # Sections that change how a run goes, not what it makes: a change to them is no change of the run.
 RUNTIME_SECTIONS = ("engine",)
+# a loopback address with a port, in any string (an endpoint, a connect_to target): test servers and
+# local stand-ins take a free port each time, and the port alone names no other data
+_LOOPBACK_PORT = re.compile(r"(?<![\w.])(127(?:\.\d{1,3}){3}|localhost|\[::1\]):\d{1,5}(?!\d)")
+
+
+def without_loopback_ports(data: Any) -> Any:
+    """`data` with every loopback host:port's port masked: what decides whether a run changed."""
+    if isinstance(data, str):
+        return _LOOPBACK_PORT.sub(r"\1:*", data)
+    if isinstance(data, dict):
+        return {k: without_loopback_ports(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [without_loopback_ports(v) for v in data]
+    return data
 
 
 class Config(_Section):
@@ -51,8 +66,9 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
     def section_hash(self, *sections: str) -> str:
-        """A stable hash of the named top-level sections (all when none are named)."""
-        data = self.resolved()
+        """A stable hash of the named top-level sections (all when none are named); a loopback
+        server's port is no part of it."""
+        data = without_loopback_ports(self.resolved())
         picked = {k: data[k] for k in (sections or sorted(set(data) - set(RUNTIME_SECTIONS)))}
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 

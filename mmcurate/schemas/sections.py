@@ -72,6 +72,19 @@ class InputConfig(_Section):
         return data
 
 
+_CONNECT_TO = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(\d{1,5}):(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(\d{1,5})$")
+
+
+def parse_connect_to(entry: str) -> tuple[str, int, str, int]:
+    """("HOST", PORT, "CONNECT_HOST", CONNECT_PORT) of a `download.connect_to` entry; ValueError otherwise."""
+    match = _CONNECT_TO.match(entry)
+    if not match or not all(0 < int(match.group(g)) < 65536 for g in (2, 4)):
+        raise ValueError(f"{entry!r} is not HOST:PORT:CONNECT_HOST:CONNECT_PORT (as curl's --connect-to; "
+                         "an IPv6 address in brackets)")
+    host, port, to_host, to_port = match.groups()
+    return host.strip("[]").lower(), int(port), to_host.strip("[]"), int(to_port)
+
+
 TRANSIENT_REASONS = ("timeout", "connection_error", "dns_error", "tls_error", "http_429", "http_5xx")
 # what a retry may be asked for: a host that was slow, unreachable or busy (a body cut short, a
 # 408); never what the host answered for good (404, 403, not an image, a private address)
@@ -99,6 +112,17 @@ class DownloadConfig(_Section):
     deadline_s: float = Field(60, gt=0)
     # what `mmcurate run --retry-failed` tries again (http_5xx: any 5xx); never a permanent failure
     retry_reasons: list[str] = Field(default_factory=lambda: list(TRANSIENT_REASONS))
+    # as curl's --connect-to: "HOST:PORT:CONNECT_HOST:CONNECT_PORT" sends requests for HOST:PORT
+    # to CONNECT_HOST:CONNECT_PORT (a mirror, a test server); the URLs, and so the uids, stay as
+    # given, and the address connected to is still checked by the private-network guard
+    connect_to: list[str] = Field(default_factory=list)
+
+    @field_validator("connect_to")
+    @classmethod
+    def _connect_to(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            parse_connect_to(entry)
+        return value
 
     @field_validator("retry_reasons")
     @classmethod

@@ -25,7 +25,7 @@ from mmcurate.algos.parallel import Parallel, Tasks, serial
 from mmcurate.filters import filters_for
 from mmcurate.filters.base import Filter, Histogram, Verdicts
 from mmcurate.schemas import columns as C
-from mmcurate.schemas.config import Config
+from mmcurate.schemas.config import Config, without_loopback_ports
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,8 @@ class Stage:
 
     def fingerprint(self, upstream: str) -> str:
         """A hash of everything that determines this stage's output, chained to its upstream."""
-        data = {"stage": self.name, "version": self.version, "config": self.config_sections(), "up": upstream}
+        data = {"stage": self.name, "version": self.version, "config": without_loopback_ports(self.config_sections()),
+                "up": upstream}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def resources(self, cluster: Cluster) -> Resources:

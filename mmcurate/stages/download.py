@@ -61,7 +61,7 @@ class DownloadStage(Stage):
     def setup(self) -> None:
         d = self.config.download
         self._check = ImageCheck(d)
-        policy = NetworkPolicy.from_config(d.allow_private_networks, d.allow_networks)
+        policy = NetworkPolicy.from_config(d.allow_private_networks, d.allow_networks, d.connect_to)
         self._fetcher = Fetcher(
             opener=guarded_opener(policy),
             timeout_s=d.timeout_s,

@@ -129,3 +129,14 @@ def test_dns_rebinding_cannot_slip_between_check_and_connect(image_server, tripw
     # asked again (a second request), the name now answers 10.0.0.1: refused, never contacted
     out = download(stage(allow_networks=["127.0.0.1/32"]), [f"http://rebind.evil.test:{image_server.port}/ok.jpg"])
     assert out[0][C.REASON] == "private_address" and image_server.requests["/ok.jpg"] == 1
+
+
+def test_connect_to_keeps_the_url_and_the_guard(image_server, tripwire):
+    # requests for a name that resolves nowhere go to the loopback server; mapped to an address the
+    # policy refuses, they are refused without a connection
+    s = stage(allow_networks=["127.0.0.1/32"],
+              connect_to=["img.mmcurate.test:80:127.0.0.1:%d" % image_server.port, "alias.mmcurate.test:80:127.0.0.2:%d" % image_server.port])
+    out = download(s, ["http://img.mmcurate.test/ok.jpg", "http://alias.mmcurate.test/ok.jpg"])
+    assert [o[C.REASON] for o in out] == [None, "private_address"]
+    assert out[1][C.DETAIL].startswith("refused alias.mmcurate.test (connect_to 127.0.0.2): 127.0.0.2 is a loopback")
+    assert image_server.requests["/ok.jpg"] == 1

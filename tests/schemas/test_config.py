@@ -144,3 +144,22 @@ def test_retry_reasons_are_transient_only():
     assert cfg.download.retry_reasons == ["timeout", "http_503"]
     with pytest.raises(ConfigError, match="download.retry_reasons.*'http_404' is not a transient failure"):
         config_from_dict({"input": {"path": "x.csv"}, "download": {"retry_reasons": ["http_404"]}})
+
+
+def test_connect_to_is_checked_and_a_loopback_port_changes_no_run():
+    from mmcurate.jobs.manifest import changed_keys
+    from mmcurate.schemas.config import config_from_dict
+
+    def cfg(port: int, **download):
+        return config_from_dict({"input": {"path": "x.csv"}, "download": download,
+                                 "synthesis": {"enabled": True, "endpoint": f"http://127.0.0.1:{port}/v1"}})
+
+    with pytest.raises(ConfigError, match="download.connect_to.*'img.test:80' is not HOST:PORT:CONNECT_HOST:CONNECT_PORT"):
+        cfg(1, connect_to=["img.test:80"])
+    a, b = cfg(41234, connect_to=["img.test:80:127.0.0.1:41234"]), cfg(5000, connect_to=["img.test:80:127.0.0.1:5000"])
+    assert a.section_hash() == b.section_hash() and changed_keys(a.resolved(), b.resolved()) == []
+    # another host, or another port of a host that is not loopback, is a change
+    c = config_from_dict({"input": {"path": "x.csv"}, "synthesis": {"enabled": True, "endpoint": "http://10.0.0.5:8000/v1"}})
+    d = config_from_dict({"input": {"path": "x.csv"}, "synthesis": {"enabled": True, "endpoint": "http://10.0.0.5:8001/v1"}})
+    assert changed_keys(c.resolved(), d.resolved()) == ["synthesis.endpoint"]
+    assert changed_keys(a.resolved(), cfg(1, connect_to=["img.test:80:127.0.0.2:1"]).resolved()) == ["download.connect_to"]
