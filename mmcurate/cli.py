@@ -116,7 +116,13 @@ def cmd_run(args) -> int:
     print(f"run dir: {result.run_dir}")
     print(f"ledger:  {led['rows']:,} rows = {led['kept']:,} kept + {led['dropped']:,} dropped + {led['failed']:,} failed")
     print(f"report:  {result.report}")
+    _notes(result)
     return 0
+
+
+def _notes(result) -> None:
+    for note in result.notes:
+        print(f"note:    {note}")
 
 
 def cmd_demo(args) -> int:
@@ -132,6 +138,7 @@ def cmd_demo(args) -> int:
     print(f"report:  {result.report}")
     print(f"llava:   {result.run_dir / 'instructions' / 'llava.json'} (written by the demo's stand-in teacher, not a model)")
     print(f"try:     mmcurate audit {result.run_dir} --status failed --limit 10")
+    _notes(result)
     return 0
 
 
@@ -224,6 +231,9 @@ def cmd_export(args) -> int:
     cut = f" where {args.where}" if args.where else ""
     what = {"llava": "instruction records", "ids": "ids"}.get(args.format, "samples")
     print(f"exported {count:,} {what}{cut} as {args.format} to {out}")
+    if not count:
+        print(f"note:    nothing {'matched' if args.where else 'to export'}: {out} holds an empty dataset "
+              "(its files have the columns and no rows)")
     return 0
 
 

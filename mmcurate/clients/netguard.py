@@ -40,7 +40,7 @@ class NetworkPolicy:
     def from_config(cls, allow_private_networks: bool, allow_networks: list[str],
                     connect_to: list[str] = ()) -> NetworkPolicy:
         """Build the policy from `download.allow_private_networks`, `allow_networks` and `connect_to`."""
-        from mmcurate.schemas.sections import parse_connect_to
+        from mmcurate.schemas.locations import parse_connect_to
 
         nets = tuple(ipaddress.ip_network(c, strict=False) for c in allow_networks)
         pairs = tuple(((h, p), (to_h, to_p)) for h, p, to_h, to_p in map(parse_connect_to, connect_to))

@@ -11,12 +11,15 @@ import json
 import logging
 import os
 import pickle
+import re
+import socket
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
+from mmcurate.schemas.errors import ConfigError
 from mmcurate.stages.base import Cluster, Resources
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,12 @@ def start(address: str | None = None) -> bool:
             configure_logging=True,
         )
         if address:
-            ray.init(address=address, **kwargs)
+            _check_address(address)
+            try:
+                ray.init(address=address, **kwargs)
+            except ConnectionError as err:
+                raise ConfigError(f"--address {address}: no Ray cluster found ({err}); start one (`ray start --head`) "
+                                  "or run without --address (Ray starts embedded)") from None
         else:
             # "local": always a new embedded Ray, even when a cluster already runs on this machine
             # (ray.init() would otherwise attach to it and refuse num_cpus). Usage reports off
@@ -62,6 +70,19 @@ def start(address: str | None = None) -> bool:
     # per-operator reservations on top held a latency-bound download to one task beside three pools
     ctx.op_resource_reservation_enabled = False
     return started
+
+
+def _check_address(address: str) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) address that nothing answers at exits 2 at once, not after
+    Ray's minute of retries."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)/?", address)
+    if match is None:
+        return  # auto, or a form Ray resolves itself
+    try:
+        socket.create_connection((match[1], int(match[2])), timeout=5).close()
+    except OSError as err:
+        raise ConfigError(f"--address {address}: nothing answers at {match[1]}:{match[2]} ({err.strerror or err}); "
+                          "start the cluster there (`ray start --head`) or run without --address") from None
 
 
 def cluster() -> Cluster:

@@ -171,6 +171,12 @@ class RunDir:
         tail = len(".stats.json")
         return {int(n[:-tail]) for n in paths.names(self.stage_dir(stage)) if n.endswith(".stats.json") and n[:-tail].isdigit()}
 
+    def made_nothing(self) -> bool:
+        """Whether no stage (ingest aside) has a shard done: a run that stopped before any work
+        (a failed input or model check), whose config may still change at no cost."""
+        return not any(self.done_shards(name) or self.stage_marker(name).exists()
+                       for name in paths.names(self.stages) if name != INGEST)
+
     def read_shard(self, stage: str, shard: int, columns: list[str] | None = None) -> pa.Table:
         return paths.read_table(self.shard_file(stage, shard), columns=columns)
 

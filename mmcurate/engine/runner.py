@@ -58,7 +58,7 @@ def process_shard(run_dir: RunDir, stage: Stage, shard: int, rows: pa.Table,
     out = stage.process(rows)
     check_aligned(stage.name, rows, out)
     return write_stage_shard(run_dir, stage, shard, out, time.perf_counter() - start[1], stage.context.side_tables,
-                             started=start[0])
+                             started=start[0], extra=stage.context.stats)
 
 
 @dataclass

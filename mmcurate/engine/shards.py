@@ -85,15 +85,17 @@ def shard_stats(stage: str, shard: int, out: pa.Table, seconds: float, started: 
 
 
 def write_stage_shard(run_dir: RunDir, stage: Stage, shard: int, out: pa.Table, seconds: float,
-                      side_tables: dict[str, pa.Table] | None = None, started: float | None = None) -> dict:
-    """Write a stage's side tables and output for one shard, then its stats (the resume marker)."""
+                      side_tables: dict[str, pa.Table] | None = None, started: float | None = None,
+                      extra: dict | None = None) -> dict:
+    """Write a stage's side tables and output for one shard, then its stats (the resume marker,
+    with the stage's `extra` fields)."""
     bad = set(out[C.STATUS].to_pylist()) - set(C.STATUSES)
     if bad:
         raise RuntimeError(f"stage {stage.name!r} produced unknown statuses {sorted(bad)}")
     for name, table in (side_tables or {}).items():
         atomic.write_parquet(run_dir.side_file(stage.name, name, shard), table)
     atomic.write_parquet(run_dir.shard_file(stage.name, shard), out.cast(stage.output_schema))
-    stats = shard_stats(stage.name, shard, out, seconds, started)
+    stats = {**shard_stats(stage.name, shard, out, seconds, started), **(extra or {})}
     atomic.write_json(run_dir.stats_file(stage.name, shard), stats)
     return stats
 

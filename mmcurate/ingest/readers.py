@@ -85,11 +85,46 @@ def _decoded(value: object) -> object:
 
 
 def _read_jsonl(path: Path, cfg: InputConfig) -> Iterator[RawRow]:
+    """The rows of a JSONL file; when none of its first objects has the url or caption key, exit 2
+    naming the key and the keys found, as a CSV without the column does (not a file of failed rows)."""
+    held: list[RawRow] = []  # the first rows, until their objects show the keys are there
+    keys: set[str] = set()
+    objects, checked = 0, False
+    for row, obj in _jsonl_rows(path, cfg):
+        if checked:
+            yield row
+            continue
+        held.append(row)
+        if obj is not None:
+            objects += 1
+            keys.update(obj)
+        if objects >= KEY_CHECK_OBJECTS or {cfg.url_col, cfg.caption_col} <= keys:
+            _require_keys(path, keys, cfg)
+            checked = True
+            yield from held
+            held = []
+    if objects and not checked:
+        _require_keys(path, keys, cfg)
+    yield from held
+
+
+KEY_CHECK_OBJECTS = 100  # a JSONL's first objects, of which one at least must hold each key
+
+
+def _require_keys(path: Path, keys: set[str], cfg: InputConfig) -> None:
+    for key, col in (("input.url_col", cfg.url_col), ("input.caption_col", cfg.caption_col)):
+        if col not in keys:
+            found = ", ".join(sorted(keys)[:20]) or "none"
+            raise InputError(f"{key}: key {col!r} in none of the first objects of {path} (keys found: {found})")
+
+
+def _jsonl_rows(path: Path, cfg: InputConfig) -> Iterator[tuple[RawRow, dict | None]]:
+    """Each line's row, with its object when the line is one."""
     with _open_binary(path) as f:
         for line_no, raw in enumerate(_bounded_lines(f, MAX_FIELD_BYTES), start=1):
             if raw is None:
                 detail = f"line {line_no}: longer than {MAX_FIELD_BYTES:,} bytes (not read)"
-                yield RawRow(str(path), line_no, None, None, ("malformed_row", detail))
+                yield RawRow(str(path), line_no, None, None, ("malformed_row", detail)), None
                 continue
             if line_no == 1:
                 raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark, as Windows tools write
@@ -98,21 +133,21 @@ def _read_jsonl(path: Path, cfg: InputConfig) -> Iterator[RawRow]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                yield RawRow(str(path), line_no, None, None, ("not_utf8", f"line {line_no}: {err}"))
+                yield RawRow(str(path), line_no, None, None, ("not_utf8", f"line {line_no}: {err}")), None
                 continue
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as err:
-                yield RawRow(str(path), line_no, None, None, ("malformed_row", f"line {line_no}: not JSON ({err.msg})"))
+                yield RawRow(str(path), line_no, None, None, ("malformed_row", f"line {line_no}: not JSON ({err.msg})")), None
                 continue
             except RecursionError:
-                yield RawRow(str(path), line_no, None, None, ("malformed_row", f"line {line_no}: JSON nested too deeply"))
+                yield RawRow(str(path), line_no, None, None, ("malformed_row", f"line {line_no}: JSON nested too deeply")), None
                 continue
             if not isinstance(obj, dict):
                 kind = _JSON_KINDS.get(type(obj), type(obj).__name__)
-                yield RawRow(str(path), line_no, None, None, ("malformed_row", f"line {line_no}: a JSON {kind}, not an object"))
+                yield RawRow(str(path), line_no, None, None, ("malformed_row", f"line {line_no}: a JSON {kind}, not an object")), None
                 continue
-            yield RawRow(str(path), line_no, obj.get(cfg.url_col), obj.get(cfg.caption_col))
+            yield RawRow(str(path), line_no, obj.get(cfg.url_col), obj.get(cfg.caption_col)), obj
 
 
 _JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}

@@ -126,6 +126,13 @@ def _with_writers(chosen: pl.DataFrame, run_dir: RunDir, shard: int, stages: Seq
     return chosen.sort(C.ROW).with_columns(pl.col(C.ROW).map_elements(C.sample_key, return_dtype=pl.String).alias(KEY))
 
 
+def empty_schema(stages: Sequence[Stage]) -> pa.Schema:
+    """The columns of a sample export of a run with no shards (an input with no rows)."""
+    names = [*EXPORT_COLUMNS, *origin_columns(stages)]
+    types = {C.ROW: pa.int64(), C.IMAGE: pa.binary()}
+    return pa.schema([pa.field(n, types.get(n, pa.string())) for n in names])
+
+
 def _write_tar(path: Path, table: pa.Table) -> None:
     """A webdataset shard in img2dataset's layout, byte-for-byte reproducible."""
     meta_cols = [c for c in table.column_names if c != C.IMAGE]
@@ -203,8 +210,8 @@ def export_hf(run_dir: RunDir, stages: Sequence[Stage], out_dir: Path, where: st
 
     shards = run_dir.shard_count()
     first = next((t for t in (kept_samples(run_dir, s, stages, where) for s in range(shards)) if t.num_rows), None)
-    if first is None:
-        schema = kept_samples(run_dir, 0, stages, where).schema if shards else pa.schema([])
+    if first is None:  # nothing to export: an empty dataset, with the columns one would have
+        schema = kept_samples(run_dir, 0, stages, where).schema if shards else empty_schema(stages)
     else:
         schema = first.schema
     features = datasets.Features.from_arrow_schema(schema.remove(schema.get_field_index(C.IMAGE)))
@@ -220,8 +227,11 @@ def export_hf(run_dir: RunDir, stages: Sequence[Stage], out_dir: Path, where: st
     if not remote:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=None if remote else out_dir.parent, prefix=f".{out_dir.name}.tmp-") as tmp:
-        ds = datasets.Dataset.from_generator(rows, features=features, cache_dir=str(Path(tmp) / "cache"))
-        ds.save_to_disk(str(Path(tmp) / "dataset"))
+        if first is None:  # from_generator refuses a generator without rows
+            ds = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+        else:
+            ds = datasets.Dataset.from_generator(rows, features=features, cache_dir=str(Path(tmp) / "cache"))
+        ds.save_to_disk(str(Path(tmp) / "dataset"), num_shards=1 if first is None else None)  # 0 files would not load
         count = ds.num_rows
         del ds
         atomic.remove(out_dir)
@@ -261,8 +271,11 @@ def _export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Pat
         return cuts.export_ids((exportable_rows(run_dir, s, stages, where) for s in range(run_dir.shard_count())), out_dir)
     if samples_per_shard is not None:
         claim_out_dir(out_dir)
-        return cuts.repack((kept_samples(run_dir, s, stages, where) for s in range(run_dir.shard_count())),
-                           lambda number, table: write_file(fmt, out_dir, number, table), out_dir, samples_per_shard)
+        count = cuts.repack((kept_samples(run_dir, s, stages, where) for s in range(run_dir.shard_count())),
+                            lambda number, table: write_file(fmt, out_dir, number, table), out_dir, samples_per_shard)
+        if not count:
+            write_empty(run_dir, stages, fmt, out_dir, where)
+        return count
     if fmt == "llava":
         require_instructions(run_dir, stages)  # before the claim: a refused export leaves --out as it was
         claim_out_dir(out_dir)
@@ -270,4 +283,14 @@ def _export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Pat
     claim_out_dir(out_dir)
     if fmt == "hf":
         return export_hf(run_dir, stages, out_dir, where)
-    return sum(export_shard(run_dir, s, stages, fmt, out_dir, where) for s in range(run_dir.shard_count()))
+    count = sum(export_shard(run_dir, s, stages, fmt, out_dir, where) for s in range(run_dir.shard_count()))
+    if not count:
+        write_empty(run_dir, stages, fmt, out_dir, where)
+    return count
+
+
+def write_empty(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Path, where: str | None = None) -> None:
+    """An export of no samples as one empty file (a parquet file with the columns, a tar with no
+    member), so that its readers find an empty dataset rather than no files at all."""
+    schema = kept_samples(run_dir, 0, stages, where).schema if run_dir.shard_count() else empty_schema(stages)
+    write_file(fmt, out_dir, 0, schema.empty_table())

@@ -65,6 +65,8 @@ def open_manifest(run_dir: RunDir, config: Config, force: bool, stage_order: lis
             shown = ", ".join(changed[:8]) + (" ..." if len(changed) > 8 else "")
             if not changed:
                 log.info("this run dir predates config keys now at their defaults: resuming as it was")
+            elif run_dir.made_nothing():  # it stopped before any work (a failed check): nothing to keep
+                log.info("config changed (%s) before any shard was done: this run takes the new one", shown)
             elif not force:
                 raise ConfigError(
                     f"{run_dir.root}: this run directory was made with a different config "

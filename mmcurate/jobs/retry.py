@@ -185,18 +185,50 @@ class Retry:
             if name in self.state["applied"]:
                 continue
             if self.state["stale"]:
-                atomic.remove(self.run_dir.stage_marker(name))
-                self._forget(name, self.state["stale"])
-                for shard in self.state["stale"]:  # a shard left with no sample writes no file: none may stay
-                    for ext in ("tar", "parquet"):
-                        atomic.remove(self.run_dir.export_dir(fmt) / f"{shard:06d}.{ext}")
+                forget_exports(self.run_dir, [fmt], self.state["stale"])
             self.state["applied"].append(name)
             self.save()
 
     def _forget(self, stage: str, shards: Sequence[int]) -> None:
-        for shard in shards:
-            atomic.remove(self.run_dir.stats_file(stage, shard))  # first: the shard is no longer done
+        forget(self.run_dir, stage, shards)
 
     def finish(self) -> None:
         atomic.remove(self.run_dir.retry_marker)
 
+
+
+def forget(run_dir: RunDir, stage: str, shards: Sequence[int]) -> None:
+    """`stage`'s `shards` are no longer done: the next pass over the stage makes them again."""
+    for shard in shards:
+        atomic.remove(run_dir.stats_file(stage, shard))  # first: the shard is no longer done
+
+
+def forget_exports(run_dir: RunDir, formats: Sequence[str], shards: Sequence[int]) -> None:
+    """The exports of `shards` made again (a one-piece export whole)."""
+    for fmt in formats:
+        name = f"export-{fmt}"
+        atomic.remove(run_dir.stage_marker(name))
+        forget(run_dir, name, shards)
+        for shard in shards:  # a shard left with no sample writes no file: none may stay
+            for ext in ("tar", "parquet"):
+                atomic.remove(run_dir.export_dir(fmt) / f"{shard:06d}.{ext}")
+
+
+def redo_incomplete(run_dir: RunDir, stages: Sequence[Stage], formats: Sequence[str]) -> dict[str, int]:
+    """The shards an earlier run left `incomplete` (teacher requests that failed: they are never
+    cached) made again by this run, with what depends on them; the answers they have come from the
+    cache, so only the failures are asked again. Returns {stage: failures to try again}."""
+    again: dict[str, int] = {}
+    for i, stage in enumerate(stages):
+        if not stage.may_be_incomplete:
+            continue
+        found = {s: run_dir.read_stats(stage.name, s).get("incomplete", 0) for s in sorted(run_dir.done_shards(stage.name))}
+        shards = [s for s, n in found.items() if n]
+        if not shards:
+            continue
+        again[stage.name] = sum(found.values())
+        forget_exports(run_dir, formats, shards)  # from the last step back: a crash between leaves the rest to redo
+        for later in reversed(stages[i + 1:]):
+            forget(run_dir, later.name, sorted(run_dir.done_shards(later.name)) if is_barrier(later) else shards)
+        forget(run_dir, stage.name, shards)
+    return again

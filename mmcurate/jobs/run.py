@@ -18,15 +18,15 @@ from mmcurate.engine.rundir import INGEST, RunDir, RunLock
 from mmcurate.engine.runner import NoProgress, Progress, prepare_stage, run_segment, run_shards
 from mmcurate.jobs import manifest as M
 from mmcurate.jobs.export import FORMATS as EXPORT_FORMATS
-from mmcurate.jobs.export import ExportTask, export_hf
+from mmcurate.jobs.export import ExportTask, export_hf, write_empty
 from mmcurate.jobs.ingest import FINGERPRINT_VERSION, fingerprint_input, ingest_input
 from mmcurate.jobs.instructions import export_llava, finish
 from mmcurate.jobs.ledger import build_ledger
 from mmcurate.jobs.report import write_report
-from mmcurate.jobs.retry import Retry
+from mmcurate.jobs.retry import Retry, redo_incomplete
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import Config
-from mmcurate.schemas.errors import ConfigError, InputError
+from mmcurate.schemas.errors import ConfigError, InputError, TeacherError
 from mmcurate.stages import PLANNED_SECTIONS, build_stages
 from mmcurate.stages.base import Resources, Stage
 
@@ -40,6 +40,7 @@ class RunResult:
     ledger: dict[str, int]
     report: Path
     stages: dict[str, dict] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the person who ran it should know
 
 
 class Job:
@@ -84,7 +85,7 @@ class Job:
                 self.progress.begin(INGEST, done["shards"], done["shards"])
                 self.progress.end(INGEST)
                 return done
-            if not self.force:
+            if not self.force and not self.run_dir.made_nothing():  # no work yet: the new input is simply the input
                 raise InputError(
                     f"input.path: the input changed since this run directory was made "
                     f"(fingerprint {done.get('input_fingerprint', '?')[:12]} -> {fp[:12]}); use a new --run-dir or --force"
@@ -141,6 +142,8 @@ class Job:
             self.ray.map_shards(task, pending, Resources(num_cpus=1), on_done)
 
         info = run_shards(self.run_dir, f"export-{fmt}", work, f"{chain}:{fmt}", shards, self.progress, [out])
+        if not info[C.KEPT]:  # nothing kept: one empty file, so that readers find an empty dataset
+            write_empty(self.run_dir, self.stages, fmt, out)
         return {"status": "done", "rows": info[C.KEPT], "path": str(out)}
 
     def _instructions(self, rows: int) -> dict:
@@ -215,11 +218,29 @@ class Job:
                 self.retry.after(segment)
             n += len(segment)
 
+    def _teacher_failures(self, summary: dict, result: RunResult) -> None:
+        """Failed teacher requests, said at the end; above `synthesis.max_failed_fraction` of all
+        of them, the run (complete otherwise, and resumable) exits 1."""
+        failed, records = summary["by_status"].get("failed", 0), summary["records"]
+        if not failed:
+            return
+        why = ", ".join(f"{n} {r}" for r, n in summary["failed_by_reason"].items())
+        text = (f"synthesis: {failed:,} of {records:,} teacher requests failed ({why}); run the same command "
+                f"again to ask only those again (answers already given come from the cache)")
+        limit = self.config.synthesis.max_failed_fraction
+        if failed > limit * records:
+            raise TeacherError(f"{text}. That is more than synthesis.max_failed_fraction ({limit:g}): "
+                               f"is the teacher at {self.config.synthesis.endpoint} up? Everything else is written: "
+                               f"report {result.report}")
+        result.notes.append(text)
+
     def run(self) -> RunResult:
         """Run (or resume) the pipeline; raises on anything that leaves the run incomplete."""
         if self.retry_failed and self.config.input.pool:  # before the run dir is touched
             raise ConfigError(f"--retry-failed: input.format {self.config.input.kind} reads a pool already "
                               "downloaded; nothing was downloaded to try again")
+        if self.address:  # a cluster that is not there exits 2 before the run dir is touched
+            self.ray.ensure()
         self.run_dir.make()
         with self.lock:
             manifest = M.open_manifest(self.run_dir, self.config, self.force, self._stage_order(), self.address)
@@ -251,6 +272,9 @@ class Job:
                     chain = stage.fingerprint(chain)
                     fingerprints.append(chain)
                 self._retry(manifest, fingerprints)
+                for name, failures in redo_incomplete(self.run_dir, self.stages,
+                                                      [f for f in self.config.export.formats if f in EXPORT_FORMATS]).items():
+                    log.warning("%s: asking again the %d teacher requests that failed in an earlier run", name, failures)
                 self._stages(manifest, fingerprints, shards)
                 for section in PLANNED_SECTIONS:
                     manifest["stages"].setdefault(section, {"status": "unavailable", "note": "stage not in this version"})
@@ -267,7 +291,13 @@ class Job:
                 manifest["runs"][-1]["finished"] = M.now()
                 M.save(self.run_dir, manifest)
                 report = write_report(self.run_dir)
-                return RunResult(self.run_dir.root, ledger, report, manifest["stages"])
+                result = RunResult(self.run_dir.root, ledger, report, manifest["stages"])
+                if not ledger[C.KEPT]:
+                    result.notes.append("the input has no rows: the exports are empty datasets" if not ledger["rows"] else
+                                        "no sample was kept: the exports are empty datasets (the ledger says why)")
+                if self.config.synthesis.enabled:
+                    self._teacher_failures(manifest["instructions"], result)
+                return result
             except BaseException:
                 manifest["status"] = "interrupted"
                 M.save(self.run_dir, manifest)

@@ -209,4 +209,10 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         mark = getattr(err, "problem_mark", None)
         line = f", line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
-    return config_from_dict(data if data is not None else {}, overrides, str(path), text)
+    config = config_from_dict(data if data is not None else {}, overrides, str(path), text)
+    # checked where a run is configured, not where a run dir's recorded config is read back (an
+    # older run dir holding the combination still reads)
+    if "llava" in config.export.formats and not config.synthesis.enabled:
+        raise ConfigError(f"{path}: export.formats: llava holds the teacher's instruction data, and synthesis.enabled "
+                          "is false; turn synthesis on (with its endpoint) or drop llava")
+    return config

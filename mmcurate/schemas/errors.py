@@ -19,6 +19,11 @@ class InputError(MmcurateError):
     exit_code = 2
 
 
+class TeacherError(MmcurateError):
+    """Too many teacher requests failed (`synthesis.max_failed_fraction`): the run is written and a
+    rerun asks the failed ones again."""
+
+
 class LedgerError(MmcurateError):
     """The ledger does not account for every input row: the run is not trustworthy."""
 

@@ -1,7 +1,7 @@
 """Object-store locations as the config and the command line give them (`s3://bucket/prefix`):
 the checks that need nothing but the text, so that a location is refused before anything is
 written that could record it. A refused location is never repeated in the message: it may hold
-a secret."""
+a secret. And `download.connect_to`'s HOST:PORT:CONNECT_HOST:CONNECT_PORT entries."""
 
 from __future__ import annotations
 
@@ -32,3 +32,16 @@ def check_location(text: str, key: str) -> tuple[str, str] | None:
         raise ConfigError(f"{key}: {text}: {bucket!r} is not a bucket name (3-63 lower-case letters, digits, '.', '-')"
                           if bucket else f"{key}: {text}: no bucket named")
     return scheme, rest
+
+
+_CONNECT_TO = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(\d{1,5}):(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(\d{1,5})$")
+
+
+def parse_connect_to(entry: str) -> tuple[str, int, str, int]:
+    """("HOST", PORT, "CONNECT_HOST", CONNECT_PORT) of a `download.connect_to` entry; ValueError otherwise."""
+    match = _CONNECT_TO.match(entry)
+    if not match or not all(0 < int(match.group(g)) < 65536 for g in (2, 4)):
+        raise ValueError(f"{entry!r} is not HOST:PORT:CONNECT_HOST:CONNECT_PORT (as curl's --connect-to; "
+                         "an IPv6 address in brackets)")
+    host, port, to_host, to_port = match.groups()
+    return host.strip("[]").lower(), int(port), to_host.strip("[]"), int(to_port)

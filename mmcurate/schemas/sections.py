@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mmcurate.schemas.locations import check_location
+from mmcurate.schemas.locations import check_location, parse_connect_to
 
 
 class _Section(BaseModel):
@@ -70,19 +70,6 @@ class InputConfig(_Section):
             if data[key] == default:
                 del data[key]
         return data
-
-
-_CONNECT_TO = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(\d{1,5}):(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(\d{1,5})$")
-
-
-def parse_connect_to(entry: str) -> tuple[str, int, str, int]:
-    """("HOST", PORT, "CONNECT_HOST", CONNECT_PORT) of a `download.connect_to` entry; ValueError otherwise."""
-    match = _CONNECT_TO.match(entry)
-    if not match or not all(0 < int(match.group(g)) < 65536 for g in (2, 4)):
-        raise ValueError(f"{entry!r} is not HOST:PORT:CONNECT_HOST:CONNECT_PORT (as curl's --connect-to; "
-                         "an IPv6 address in brackets)")
-    host, port, to_host, to_port = match.groups()
-    return host.strip("[]").lower(), int(port), to_host.strip("[]"), int(to_port)
 
 
 TRANSIENT_REASONS = ("timeout", "connection_error", "dns_error", "tls_error", "http_429", "http_5xx")
@@ -367,6 +354,9 @@ class SynthesisConfig(_Section):
     max_answer_chars: int = Field(6000, ge=1)
     grounding_min_ratio: float = Field(0.5, ge=0)  # flag answers scoring below this x the caption's CLIP score
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    # a run whose failed teacher requests exceed this share of all of them exits 1 once it is
+    # through (everything written; a rerun asks the failed ones again); 1.0: never
+    max_failed_fraction: float = Field(0.5, ge=0, le=1)
 
     @field_validator("tasks")
     @classmethod

@@ -55,6 +55,9 @@ class ShardContext:
     shard: int = 0
     cache_file: Path | None = None  # a file of the stage's own for this shard (synthesis: teacher answers)
     side_tables: dict[str, pa.Table] = field(default_factory=dict)  # stored beside the shard by the engine
+    # written into the shard's stats; `incomplete`: work that failed for a reason a rerun may not
+    # meet (a teacher that was down): the next run does the shard again
+    stats: dict = field(default_factory=dict)
 
 
 class Stage:
@@ -64,6 +67,7 @@ class Stage:
     version: ClassVar[str] = "1"
     output_schema: pa.Schema
     score_columns: tuple[str, ...] = ()  # copied into the ledger's scores struct
+    may_be_incomplete: ClassVar[bool] = False  # its shards' stats may say `incomplete` (ShardContext.stats)
     data_columns: tuple[str, ...] = ()  # flow on to later stages and exports
     # data columns of earlier stages this stage reads (None: all); url and caption always come
     input_columns: tuple[str, ...] | None = None

@@ -177,3 +177,16 @@ def test_an_over_long_csv_line_fails_alone_without_being_held(tmp_path, monkeypa
         (6, "malformed_row", None), (7, None, "five")]  # in line order, every line accounted for
     assert rows[1][C.DETAIL] == "line 3: longer than 200 characters (not read)"
     assert "runs into a line longer than 200" in rows[2][C.DETAIL] and rows[4][C.DETAIL].startswith("line 6: longer")
+
+
+def test_a_jsonl_without_the_keys_is_refused_as_a_csv_without_the_columns(tmp_path):
+    (tmp_path / "in.jsonl").write_text("not json\n" + "\n".join(json.dumps({"link": f"http://x.test/{i}.jpg", "text": "t"})
+                                                         for i in range(5)) + "\n")
+    with pytest.raises(InputError, match=r"input.url_col: key 'url' in none of the first objects of .*in.jsonl "
+                                         r"\(keys found: link, text\)"):
+        collect(str(tmp_path / "in.jsonl"))
+    assert len(rows_of(collect(str(tmp_path / "in.jsonl"), url_col="link", caption_col="text"))) == 6
+    # one object holding each key is enough: the others are rows with a missing field, as before
+    (tmp_path / "in.jsonl").write_text(json.dumps({"url": "http://x.test/a.jpg"}) + "\n"
+                                       + json.dumps({"url": "http://x.test/b.jpg", "caption": "b"}) + "\n")
+    assert [r[C.REASON] for r in rows_of(collect(str(tmp_path / "in.jsonl")))] == ["missing_caption", None]

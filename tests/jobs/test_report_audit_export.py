@@ -234,3 +234,35 @@ def test_ledger_in_parts_reads_as_the_single_file(run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (parted / "ledger.parquet").is_file() and not (parted / "ledger_index").exists()
     assert pq.read_table(parted / "ledger.parquet").to_pylist() == ledger
+
+
+def test_empty_cuts_and_empty_inputs_export_empty_datasets(run, tmp_path):
+    """A cut nothing matches, and an input with no rows, give an empty dataset in every format."""
+    import datasets
+    import webdataset as wds
+
+    _, run_dir, _, _ = run
+    nothing = ["--where", "original_width > 100000"]
+    for fmt, extra in (("webdataset", []), ("parquet", []), ("hf", []), ("ids", []), ("parquet", ["--samples-per-shard", "5"])):
+        out = tmp_path / f"{fmt}{len(extra)}"
+        proc = run_cli("export", str(run_dir), "--format", fmt, "--out", str(out), *nothing, *extra)
+        assert proc.returncode == 0, proc.stderr
+        assert "exported 0 " in proc.stdout and "empty dataset" in proc.stdout, proc.stdout
+    assert datasets.load_from_disk(str(tmp_path / "hf0")).num_rows == 0
+    assert "clip_score" in datasets.load_from_disk(str(tmp_path / "hf0")).column_names
+    assert pq.read_table(tmp_path / "parquet0" / "000000.parquet").num_rows == 0
+    assert pq.read_table(tmp_path / "parquet2" / "keys.parquet").num_rows == 0
+    assert list(wds.WebDataset(str(tmp_path / "webdataset0" / "000000.tar"), shardshuffle=False, empty_check=False)) == []
+    assert pq.read_table(tmp_path / "ids0" / "ids.parquet").num_rows == 0
+    # a header-only input, every format (llava too: synthesis is on, and never asked)
+    (tmp_path / "empty.csv").write_text("url,caption\n")
+    config = {"input": {"path": str(tmp_path / "empty.csv")}, "clip": {"enabled": False}, **SAFETY_OFF,
+              "synthesis": {"enabled": True}, "export": {"formats": ["webdataset", "parquet", "hf", "llava"]}}
+    (tmp_path / "empty.yaml").write_text(yaml.safe_dump(config))
+    proc = run_cli("run", str(tmp_path / "empty.yaml"), "--run-dir", str(tmp_path / "empty"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "0 rows = 0 kept" in proc.stdout and "the input has no rows" in proc.stdout
+    shards = tmp_path / "empty" / "shards"
+    assert datasets.load_from_disk(str(shards / "hf")).num_rows == 0
+    assert pq.read_table(shards / "parquet" / "000000.parquet").num_rows == 0
+    assert json.loads((tmp_path / "empty" / "instructions" / "llava.json").read_text()) == []

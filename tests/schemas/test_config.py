@@ -163,3 +163,39 @@ def test_connect_to_is_checked_and_a_loopback_port_changes_no_run():
     d = config_from_dict({"input": {"path": "x.csv"}, "synthesis": {"enabled": True, "endpoint": "http://10.0.0.5:8001/v1"}})
     assert changed_keys(c.resolved(), d.resolved()) == ["synthesis.endpoint"]
     assert changed_keys(a.resolved(), cfg(1, connect_to=["img.test:80:127.0.0.2:1"]).resolved()) == ["download.connect_to"]
+
+
+def test_a_run_that_failed_its_checks_takes_the_fixed_config(tmp_path, capsys, tripwire):
+    """Until a shard is done, a changed config (or input) is simply the new one: no --force."""
+    bad = tmp_path / "urls.csv"
+    bad.write_text("link,text\nhttp://127.0.0.1:9/a.jpg,hello\n")
+    path = write(tmp_path, GOOD.replace("urls.parquet", str(bad)))
+    run = ["run", str(path), "--run-dir", str(tmp_path / "r")]
+    assert main(run) == 2
+    assert "column 'url' not in" in capsys.readouterr().err
+    # the columns fixed; the run now stops at its next check (a CLIP file that is not there)
+    fixed = ["--set", "input.url_col=link", "--set", "input.caption_col=text"]
+    assert main([*run, *fixed, "--set", f"clip.model=local-dir:{tmp_path / 'no-clip'}"]) == 2
+    err = capsys.readouterr().err
+    assert "clip.model" in err and "different config" not in err, err
+    bad.write_text("link,text\nhttp://127.0.0.1:9/b.jpg,another\n")  # the input changed too: still no work done
+    assert main([*run, *fixed, "--set", f"clip.model=local-dir:{tmp_path / 'other'}"]) == 2
+    err = capsys.readouterr().err
+    assert "clip.model" in err and "different config" not in err and "input changed" not in err, err
+
+
+def test_llava_without_synthesis_and_an_address_with_no_cluster_exit_2_before_any_work(tmp_path, capsys, tripwire):
+    import tempfile
+
+    from tests.conftest import run_cli
+
+    (tmp_path / "urls.csv").write_text("url,caption\nhttp://127.0.0.1:9/a.jpg,hello\n")
+    path = write(tmp_path, GOOD.replace("urls.parquet", str(tmp_path / "urls.csv")))
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "r"), "--set", "export.formats=[parquet, llava]"]) == 2
+    assert "export.formats: llava holds the teacher's instruction data, and synthesis.enabled is false" in capsys.readouterr().err
+    with tempfile.TemporaryDirectory(prefix="mmr-", dir="/tmp") as ray_tmp:  # no cluster Ray could find
+        for address, says in (("auto", "no Ray cluster found"), ("127.0.0.1:9", "nothing answers at 127.0.0.1:9")):
+            proc = run_cli("run", str(path), "--run-dir", str(tmp_path / "r"), "--address", address,
+                           env={"RAY_TMPDIR": ray_tmp, "RAY_ADDRESS": ""})
+            assert proc.returncode == 2 and f"--address {address}: {says}" in proc.stderr, proc.stderr
+    assert not (tmp_path / "r").exists()

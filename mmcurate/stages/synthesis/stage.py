@@ -45,6 +45,7 @@ class SynthesisStage(Stage):
     name = "synthesis"
     version = "1"
     output_schema = C.SYNTHESIS_SCHEMA
+    may_be_incomplete = True  # failed teacher requests: asked again by the next run
     score_columns = (C.SYNTH_ANSWERED, C.SYNTH_FAILED)
     input_columns = (C.CAPTION, C.IMAGE, C.IMAGE_FORMAT, C.CLIP_SCORE)
     settings = ("synthesis.model", "synthesis.tasks", "synthesis.temperature", "synthesis.judge.enabled")
@@ -206,6 +207,8 @@ class SynthesisStage(Stage):
             notes.append(f"synthesis: {len(failed)} of {len(mine)} teacher requests failed ({', '.join(why)})"
                          if failed else None)
         self.context.side_tables["records"] = pa.Table.from_pylist(found, schema=C.INSTRUCTION_SCHEMA)
+        # failures are not cached: the next run asks them again (the answers it has come from the cache)
+        self.context.stats["incomplete"] = sum(r[C.STATUS] == "failed" for r in found)
         return Verdicts(scores={C.SYNTH_ANSWERED: [sum(r[C.STATUS] != "failed" for r in mine) for mine in per_row],
                                 C.SYNTH_FAILED: [sum(r[C.STATUS] == "failed" for r in mine) for mine in per_row]},
                         notes=notes)

@@ -155,7 +155,11 @@ def test_rerun_makes_zero_requests_and_a_new_template_version_only_its_own(synth
     before = teacher.requests
     proc = run_cli("run", str(tmp / "c.yaml"), "--run-dir", str(tmp / "run"), "--quiet", env=synth["env"])
     assert proc.returncode == 0, proc.stderr
-    assert teacher.requests == before  # a finished run: nothing asked again
+    # a finished run asks again only what failed (failures are never cached): the [400] row's three
+    again = teacher.log[before:]
+    assert len(again) == 3 and all("[400]" in e["key"][0] for e in again), again
+    assert "note:    synthesis: 3 of" in proc.stdout and "teacher requests failed (3 http_400)" in proc.stdout
+    before = teacher.requests
     # a new version of one template: its requests are new, every other answer comes from the cache
     templates = tmp / "templates"
     shutil.copytree(BUILTIN_TEMPLATES, templates)
@@ -223,3 +227,45 @@ def test_the_across_run_question_check_in_partitions_equals_one_pass(synth, tmp_
     assert got == want and len(want) >= 2 and rows[s1][i1]["id"] in got and rows[s3][i3]["id"] not in got
     assert summary["rejected_by_reason"]["duplicate_question_across_run"] == len(want)
     assert summary["records"] == sum(len(r) for r in rows)
+
+
+def test_a_dead_teacher_fails_the_run_loudly_and_a_rerun_asks_again(tmp_path, tripwire):
+    """Every request to a teacher that is not up fails: the run is written but exits 1 saying so; once
+    the teacher is up (on another port: a loopback port is no change of the run), the same command
+    asks exactly the failed requests, and llava.json and the ledger have every answer."""
+    import socket
+
+    from mmcurate.demo.teacher import StandInTeacher
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    pairs = shapes.pairs(4, seed=11, size=64)
+    routes = {f"/s/{i}.png": Route(shapes.png(p.image), content_type="image/png") for i, p in enumerate(pairs)}
+    with ImageServer(routes) as images:
+        (tmp_path / "in.csv").write_text("url,caption\n" + "".join(
+            f"{images.url(f'/s/{i}.png')},{p.caption}\n" for i, p in enumerate(pairs)))
+        config = {"input": {"path": str(tmp_path / "in.csv")},
+                  "download": {"allow_networks": ["127.0.0.1/32"], "retries": 0, "image_size": 64},
+                  "dedup": {"exact": False, "phash": {"enabled": False}}, "clip": {"enabled": False}, **SAFETY_OFF,
+                  "synthesis": {"enabled": True, "endpoint": f"http://127.0.0.1:{dead}/v1", "tasks": ["detail"],
+                                "max_retries": 1, "timeout_s": 2},
+                  "export": {"formats": ["parquet", "llava"]}}
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+        run = ["run", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "run"), "--quiet"]
+        first = run_cli(*run)
+        assert first.returncode == 1, first.stderr
+        assert "synthesis: 4 of 4 teacher requests failed (4 connection_error)" in first.stderr
+        assert "more than synthesis.max_failed_fraction (0.5)" in first.stderr
+        assert json.loads((tmp_path / "run" / "instructions" / "llava.json").read_text()) == []
+        with StandInTeacher() as teacher:
+            again = run_cli(*run, "--set", f"synthesis.endpoint={teacher.endpoint}")
+            assert again.returncode == 0, again.stderr
+            assert teacher.requests == 4 and "note:" not in again.stdout
+            third = run_cli(*run, "--set", f"synthesis.endpoint={teacher.endpoint}")
+            assert third.returncode == 0 and teacher.requests == 4  # nothing failed: nothing asked
+    assert len(json.loads((tmp_path / "run" / "instructions" / "llava.json").read_text())) == 4
+    ledger = pq.read_table(tmp_path / "run" / "ledger.parquet").to_pylist()
+    assert [r["scores"]["synthesis_failed"] for r in ledger] == [0] * 4
+    assert all("teacher requests failed" not in (r["detail"] or "") for r in ledger)
+    assert len(pq.read_table(tmp_path / "run" / "shards" / "parquet")) == 4
