@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -142,11 +143,19 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def cmd_status(args) -> int:
+def _run_dir(path: str):
+    """The run dir a command reads; a folder that is none (no manifest.json) exits 2 saying so."""
     from mmcurate.engine.rundir import RunDir
+
+    run_dir = RunDir.at(path)
+    run_dir.read_manifest()
+    return run_dir
+
+
+def cmd_status(args) -> int:
     from mmcurate.jobs.status import run_status
 
-    status = run_status(RunDir.at(args.run_dir))
+    status = run_status(_run_dir(args.run_dir))
     if args.format == "json":
         print(json.dumps(status, indent=2))
         return 0
@@ -165,20 +174,22 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from mmcurate.engine.rundir import RunDir
     from mmcurate.jobs.report import write_report
 
-    print(write_report(RunDir.at(args.run_dir)))
+    print(write_report(_run_dir(args.run_dir)))
     return 0
 
 
 def cmd_audit(args) -> int:
     import polars as pl
 
-    from mmcurate.engine.rundir import RunDir
     from mmcurate.jobs.audit import explain, query_ledger, sample_ledger
 
-    run_dir = RunDir.at(args.run_dir)
+    if args.sample is not None and args.sample < 1:
+        raise ConfigError(f"--sample {args.sample}: the number of rows to sample, 1 or more")
+    if args.limit < 0:
+        raise ConfigError(f"--limit {args.limit}: the number of rows to show, or 0 for all")
+    run_dir = _run_dir(args.run_dir)
     if args.explain:
         found = explain(run_dir, args.explain)
         if args.format == "json":
@@ -198,13 +209,16 @@ def cmd_audit(args) -> int:
                     print(f"  {'':<15}   setting {k} = {json.dumps(v)}")
         return 0
     filters = {"stage": args.stage, "reason": args.reason, "uid": args.uid, "status": args.status}
-    if args.sample:
+    if args.sample is not None:
         frame = sample_ledger(run_dir, args.sample, args.seed, **filters)
     else:
         frame = query_ledger(run_dir, **filters, limit=None if args.limit <= 0 else args.limit)
     if args.format == "json":
         print(json.dumps(frame.to_dicts(), indent=2, default=str))
-    elif args.format == "csv":
+    elif args.format == "csv":  # CSV holds no lists: a list score (pii_types, face_boxes) as its JSON text
+        nested = [c for c, t in frame.schema.items() if t.is_nested()]
+        frame = frame.with_columns(pl.col(c).map_elements(lambda v: json.dumps(v.to_list() if hasattr(v, "to_list") else v),
+                                                          return_dtype=pl.String) for c in nested)
         sys.stdout.write(frame.write_csv())
     else:
         columns = [c for c in ("uid", "row", "status", "stage", "reason", "detail", "url") if c in frame.columns]
@@ -312,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mmcurate: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `mmcurate audit ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except Exception as err:
         log.debug("unhandled error", exc_info=True)
         print(f"mmcurate: error: {type(err).__name__}: {err} (run with -v for the traceback)", file=sys.stderr)

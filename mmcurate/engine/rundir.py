@@ -185,7 +185,8 @@ class RunDir:
 
     def read_manifest(self) -> dict:
         if not self.manifest.exists():
-            raise ConfigError(f"{self.root}: not a run directory (no manifest.json)")
+            what = "does not exist" if not paths.names(self.root) and not self.root.exists() else "has no manifest.json"
+            raise ConfigError(f"{self.root}: not a run directory ({what}); give the --run-dir of a `mmcurate run`")
         return json.loads(self.manifest.read_text())
 
     def shard_count(self) -> int:

@@ -266,3 +266,27 @@ def test_empty_cuts_and_empty_inputs_export_empty_datasets(run, tmp_path):
     assert datasets.load_from_disk(str(shards / "hf")).num_rows == 0
     assert pq.read_table(shards / "parquet" / "000000.parquet").num_rows == 0
     assert json.loads((tmp_path / "empty" / "instructions" / "llava.json").read_text()) == []
+
+
+def test_audit_arguments_and_a_closed_pipe_get_clear_answers(run, tmp_path):
+    import subprocess
+    import sys
+
+    _, run_dir, ledger, _ = run
+    for args, says in ((["--sample", "-3"], "--sample -3: the number of rows to sample, 1 or more"),
+                       (["--sample", "0"], "--sample 0: the number of rows to sample"),
+                       (["--limit", "-1"], "--limit -1: the number of rows to show, or 0 for all")):
+        proc = run_cli("audit", str(run_dir), *args)
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    for command in ("audit", "status", "report"):
+        proc = run_cli(command, str(tmp_path / "nosuch"))
+        assert proc.returncode == 2 and "not a run directory (does not exist)" in proc.stderr, proc.stderr
+    # a reader that stops early (`| head -1`; the JSON is larger than a pipe holds) ends the command
+    # quietly; CSV carries list scores as JSON
+    audit = subprocess.Popen([sys.executable, "-m", "mmcurate", "audit", str(run_dir), "--limit", "0", "--format", "json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    audit.stdout.readline()
+    audit.stdout.close()
+    assert audit.wait(timeout=120) == 0 and b"Error" not in audit.stderr.read()
+    csv = run_cli("audit", str(run_dir), "--limit", "0", "--format", "csv")
+    assert csv.returncode == 0 and len(csv.stdout.splitlines()) == len(ledger) + 1, csv.stderr

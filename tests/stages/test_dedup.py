@@ -81,3 +81,13 @@ def test_disabled_parts_keep_everything():
     cat = photo("chelsea.png")
     out = stage(exact=False, phash={"enabled": False}).process(rows_of([jpeg(cat), jpeg(cat)])).to_pylist()
     assert [r[C.STATUS] for r in out] == [C.KEPT, C.KEPT]
+
+
+def test_a_repeated_input_row_is_named_as_one():
+    """The same url and caption twice share a uid: the second row's detail says it repeats an input row."""
+    cat = jpeg(photo("chelsea.png"))
+    rows = rows_of([cat, cat])
+    rows = rows.set_column(rows.schema.get_field_index(C.UID), C.UID, pa.array(["same", "same"]))
+    got = stage().decide(rows, parallel=lambda f, items, s: [f(s, i) for i in items]).to_pylist()
+    assert got[0][C.REASON] is None and got[1][C.REASON] == "exact_duplicate"
+    assert got[1][C.DETAIL].startswith("identical image bytes to same: a repeat of an earlier input row")

@@ -223,7 +223,7 @@ def _write(stage: GlobalStage, io: ShardIO, shard: int, started: float, parts: i
             dist[loc] = found["dist"]
         for row, name in zip(loc.tolist(), found["name"].tolist()):
             names[row] = name.decode()
-    out = assemble(stage, rows, verdicts(why, names, dist, stage.config.dedup.phash.max_distance))
+    out = assemble(stage, rows, verdicts(why, names, dist, stage.config.dedup.phash.max_distance, rows[C.UID].to_pylist()))
     return [io.write(shard, out, started)]
 
 

@@ -195,9 +195,10 @@ def reference_matches(sig: Signals, ref_sig: Signals | None, ref_hash: np.ndarra
     return cross[first, 0], cross[first, 1] - n, cross[first, 2]
 
 
-def verdicts(why: np.ndarray, names: list[str | None], dist: np.ndarray, k: int) -> Verdicts:
+def verdicts(why: np.ndarray, names: list[str | None], dist: np.ndarray, k: int, uids: list[str]) -> Verdicts:
     """Dedup's verdicts: `why` indexes REASONS (0: kept); `names[i]` is the kept row's uid (or the
-    reference image's id) that dropped row i matches; `dist` the pHash distance."""
+    reference image's id) that dropped row i matches; `dist` the pHash distance; `uids` the rows' own
+    (a repeated input row shares its uid with the row kept: its detail says so)."""
     n = len(why)
     dup_of: list[str | None] = [None] * n
     detail: list[str | None] = [None] * n
@@ -210,6 +211,9 @@ def verdicts(why: np.ndarray, names: list[str | None], dist: np.ndarray, k: int)
             detail[i] = f"identical image bytes to {name}"
         else:
             detail[i] = f"near-duplicate of {name} (pHash distance {d}, max {k})"
+        if w != NEAR_REFERENCE and name == uids[i]:
+            detail[i] += (": a repeat of an earlier input row (same url and caption, so the same uid; "
+                          f"audit --uid {name} lists both rows)")
     is_dropped = why > 0
     reason = pa.DictionaryArray.from_arrays(pa.array(why, mask=~is_dropped), list(REASONS))
     return Verdicts(

@@ -129,4 +129,4 @@ class DedupStage(GlobalStage):
                 names[i] = name
         for i in np.flatnonzero(why == NEAR_REFERENCE).tolist():
             names[i] = ref_ids[dup[i]]
-        return verdicts(why, names, dist, k)
+        return verdicts(why, names, dist, k, rows[C.UID].to_pylist())
