@@ -11,6 +11,7 @@ import re
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from mmcurate import __version__
@@ -37,13 +38,16 @@ class LineProgress:
 
     def begin(self, stage: str, total: int, done: int) -> None:
         with self._lock:
-            self._state[stage] = {"total": total, "done": done, "rows": 0, "start": time.perf_counter(), "shown": 0.0,
+            now = time.perf_counter()  # the first line after interval_s (or at the end): none for a stage done before
+            self._state[stage] = {"total": total, "done": done, "before": done, "rows": 0, "start": now, "shown": now,
                                   "end": None}
         if self.live and self._screen is None:
             from rich.console import Console
             from rich.live import Live
 
-            self._screen = Live(self, console=Console(file=self.stream), refresh_per_second=4, transient=False)
+            # a terminal when made, whatever stderr's descriptor became since (see _without_ray_noise)
+            self._screen = Live(self, console=Console(file=self.stream, force_terminal=True), refresh_per_second=4,
+                                transient=False)
             self._screen.start()
         self._draw(stage, final=False)
 
@@ -69,6 +73,8 @@ class LineProgress:
         st = self._state[stage]
         elapsed = max((st["end"] or time.perf_counter()) - st["start"], 1e-9)
         total = st["total"] if st["total"] else st["done"]
+        if st["total"] and st["before"] == st["done"] == total:
+            return f"{stage:<18} {st['done']:>6}/{total:<6} shards  done in an earlier run"
         return f"{stage:<18} {st['done']:>6}/{total:<6} shards  {st['rows']:>10,} rows  {st['rows'] / elapsed:>9,.0f} rows/s"
 
     def __rich__(self):
@@ -98,6 +104,44 @@ def _progress(args) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext(NoProgress()) if args.quiet else contextlib.closing(LineProgress())
 
 
+# Lines Ray writes to the process's stderr that say nothing to a person running mmcurate: its C++
+# core's note on every Ray Data actor pool (Ray Data itself puts the pool's constructor arguments in
+# the object store; ray#53727)
+_RAY_NOISE = re.compile(rb"^\[[^\]]*\] core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the "
+                        rb"object store and max_restarts > 0")
+
+
+@contextlib.contextmanager
+def _without_ray_noise():
+    """While a run goes: file descriptor 2 through a filter that drops `_RAY_NOISE` lines and
+    passes every other byte on (Ray's C++ core writes to the descriptor, not to sys.stderr). Only
+    where stderr is the process's own (not captured in-process, as a test harness does)."""
+    if sys.stderr is not sys.__stderr__:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+
+    def pump() -> None:
+        with os.fdopen(read, "rb") as lines, os.fdopen(os.dup(saved), "wb", buffering=0) as out:
+            for line in lines:
+                if not _RAY_NOISE.match(line):
+                    out.write(line)
+
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last writer closes: the pump reads to its end and stops
+        os.close(saved)
+        thread.join(timeout=5)
+
+
 def _config(args):
     """The validated config of `mmcurate run` (file plus --set overrides)."""
     from mmcurate.schemas.config import load_config
@@ -110,7 +154,7 @@ def cmd_run(args) -> int:
 
     config = _config(args)
     run_dir = args.run_dir or Path("runs") / Path(args.config).stem
-    with _progress(args) as progress:
+    with _progress(args) as progress, _without_ray_noise():
         result = run(config, run_dir, address=args.address, force=args.force, progress=progress,
                      retry_failed=args.retry_failed)
     led = result.ledger
@@ -131,7 +175,7 @@ def cmd_demo(args) -> int:
 
     if not (shapes.cache_dir() / "mmcurate_card.json").exists() and not args.quiet:
         print(f"training the demo's offline stand-in CLIP once (about a minute) into {shapes.cache_dir()}", flush=True)
-    with _progress(args) as progress:
+    with _progress(args) as progress, _without_ray_noise():
         result = run_demo(args.run_dir, progress=progress, force=args.force)
     led = result.ledger
     print(f"run dir: {result.run_dir}")
@@ -318,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("huggingface_hub").propagate = False  # it prints its own lines: not each twice
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"ray(\.|$)")  # notes for Ray's developers
     try:
         return args.func(args)
     except MmcurateError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -20,17 +21,26 @@ def test_demo_end_to_end(tmp_path, shapes_clip):
     run_dir = tmp_path / "demo"
     proc = run_cli("demo", "--run-dir", str(run_dir), "--quiet")
     assert proc.returncode == 0, proc.stderr
-    # the same command again resumes: nothing redone, the same numbers (the URLs name no port)
+    # quiet is quiet: none of Ray's or datasets' lines
+    for noise in ("core_worker", "max_restarts", "UserWarning", "examples/s", "Generating train split"):
+        assert noise not in proc.stderr, proc.stderr
+    # the same command again resumes: nothing redone, the same numbers (the URLs name no port), a
+    # line per stage saying so
     made = _stats_files(run_dir)
-    again = run_cli("demo", "--run-dir", str(run_dir), "--quiet")
+    again = run_cli("demo", "--run-dir", str(run_dir))
     assert again.returncode == 0, again.stderr
     assert _stats_files(run_dir) == made
     assert again.stdout.splitlines()[1] == proc.stdout.splitlines()[1]  # the ledger's line
+    lines = again.stderr.splitlines()
+    assert [line.split()[0] for line in lines if "done in an earlier run" in line][:3] == ["ingest", "download", "quality"]
+    assert sum(line.startswith("download ") for line in lines) == 1, again.stderr
     assert f"report:  {run_dir / 'report' / 'index.html'}" in proc.stdout
     ledger = pq.read_table(run_dir / "ledger.parquet").to_pylist()
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert len(ledger) == manifest["input"]["rows"] == manifest["ledger"]["rows"]
     reasons = {r["reason"] for r in ledger if r["status"] != "kept"}
+    reference = (Path(__file__).resolve().parents[1] / "docs" / "reference.md").read_text()
+    assert {r for r in reasons if f"`{r}`" not in reference and not r.startswith("http_")} == set()  # each is documented
     assert {"http_404", "http_500", "not_an_image", "image_too_large", "timeout", "redirect_loop",
             "robots_disallowed", "private_address", "unsupported_scheme", "missing_url",
             "credentials_in_url", "malformed_row", "low_clip_score", "near_duplicate",

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mmcurate.filters.weights import file_sha256
+from mmcurate.filters.weights import file_sha256, hub_unreachable
 from mmcurate.schemas.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,10 @@ def resolve_weights(model: str, pretrained: str | None) -> Weights:
     if model.startswith(HF_HUB):
         from open_clip.pretrained import download_pretrained_from_hf
 
+        why = hub_unreachable(model[len(HF_HUB):])
+        if why:
+            raise ModelError("clip.model", f"cannot fetch {model}: {why}; with no hub, save the model to a folder "
+                                           "and use local-dir:/path")
         try:
             path = download_pretrained_from_hf(model[len(HF_HUB) :])
         except Exception as err:
@@ -75,6 +80,11 @@ def resolve_weights(model: str, pretrained: str | None) -> Weights:
     if not cfg:
         known = ", ".join(open_clip.list_pretrained_tags_by_model(model.replace("/", "-"))) or "none"
         raise ModelError("clip.pretrained", f"{pretrained!r} is neither a file nor a tag of {model} (tags: {known})")
+    repo, name = os.path.split(cfg.get("hf_hub") or "")  # "org/repo/" or "org/repo/file.bin"
+    why = hub_unreachable(repo, (name, Path(name).with_suffix(".safetensors").name) if name else None) if repo else None
+    if why:
+        raise ModelError("clip.pretrained", f"cannot download {model}@{pretrained}: {why}; with no hub, give a local "
+                                            "checkpoint file or a local-dir: model")
     try:
         path = open_clip.download_pretrained(cfg)
     except Exception as err:

@@ -208,6 +208,7 @@ def export_hf(run_dir: RunDir, stages: Sequence[Stage], out_dir: Path, where: st
 
     import datasets
 
+    datasets.disable_progress_bars()  # the command line draws progress; datasets' bars would mix into it
     shards = run_dir.shard_count()
     first = next((t for t in (kept_samples(run_dir, s, stages, where) for s in range(shards)) if t.num_rows), None)
     if first is None:  # nothing to export: an empty dataset, with the columns one would have

@@ -158,3 +158,29 @@ def test_missing_model_folder_exits_2(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     proc = run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "run"))
     assert proc.returncode == 2 and "clip.model:" in proc.stderr and "nope" in proc.stderr
+
+
+def test_no_hub_fails_at_once_naming_the_key(monkeypatch, tmp_path):
+    """Where the hub's name does not resolve (patched here: no lookup leaves the machine) and the
+    weights are not cached, the error comes at once, before huggingface_hub's minute of retries."""
+    import socket
+
+    import open_clip
+
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):
+        if host in ("huggingface.co", "hub.mmcurate.test"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(open_clip, "download_pretrained", lambda *a, **k: pytest.fail("the hub was asked"))
+    with pytest.raises(ModelError, match=r"clip.pretrained: cannot download ViT-B-32@laion2b_s34b_b79k: the model hub's name "
+                                         r"huggingface.co does not resolve"):
+        resolve_weights("ViT-B-32", "laion2b_s34b_b79k")
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.mmcurate.test")
+    with pytest.raises(ModelError, match=r"clip.model: cannot fetch hf-hub:org/clip: the model hub's name hub.mmcurate.test"):
+        resolve_weights("hf-hub:org/clip", None)
