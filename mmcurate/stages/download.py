@@ -52,8 +52,10 @@ class DownloadStage(Stage):
     def config_sections(self) -> dict:
         d = self.config.download
         # timeouts, the deadline, retries and thread counts change how, not what: resuming with new
-        # ones is fine
-        return d.model_dump(mode="json", exclude={"timeout_s", "deadline_s", "retries", "threads", "retry_reasons"})
+        # ones is fine. connect_to (where a host's requests go) counts only when set, so run dirs
+        # made before the key existed keep their fingerprints
+        return d.model_dump(mode="json", exclude={"timeout_s", "deadline_s", "retries", "threads", "retry_reasons",
+                                                  *(() if d.connect_to else ("connect_to",))})
 
     def resources(self, cluster: Cluster) -> Resources:
         return Resources(num_cpus=1)

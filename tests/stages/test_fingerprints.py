@@ -45,6 +45,17 @@ def test_fingerprints_are_those_of_earlier_versions(name):
     assert got == EXPECTED[name]
 
 
+
+def test_connect_to_counts_only_when_set_and_never_its_loopback_port():
+    def download(connect_to):
+        config = config_from_dict({"input": {"path": "x"}, "download": {"connect_to": connect_to}})
+        return build_stages(config)[0].fingerprint("0123456789abcdef")
+
+    assert download([]) == EXPECTED["default"]["download"]
+    routed = download(["images.example:80:127.0.0.1:8001"])
+    assert routed != download([]) and routed == download(["images.example:80:127.0.0.1:9002"])
+
+
 # the columns each filter-made stage wrote before stages were made of filters (identity and decision first)
 COLUMNS = {
     "quality": [("caption_words", "int32"), ("caption_chars", "int32"), ("caption_digit_fraction", "float"),
