@@ -3,6 +3,12 @@
 As DataComp defines it: the caption is in one of the wanted languages (English there), has more
 than 2 words and more than 5 characters; the image's smaller side is at least 200 px and its
 aspect ratio below 3. Sizes are the original image's, as downloaded, before any resizing.
+
+The language is decided before the length, so a Chinese caption in an English run is
+`wrong_language`, not `caption_too_short`; but a caption too short to tell its language by (lingua
+calls "red car" Welsh, at 0.06) is `caption_too_short` unless lingua is SURE of its guess, as it is
+where the script or the letters say it ("红车", "ねこ", "Straße"). Words are counted per script
+(`caption_text.words`): each Han character or kana is one, a Thai run one per 3 letters.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import pyarrow as pa
 from mmcurate.filters.base import Filter, Histogram, Verdicts
 from mmcurate.filters.caption_text import TextStats, stats_of
 from mmcurate.schemas import columns as C
+
+SURE = 0.9  # lingua's confidence that makes a too-short caption's language count
 
 
 def basic_reason(
@@ -29,11 +37,13 @@ def basic_reason(
     max_aspect: float,
 ) -> tuple[str, str] | None:
     """(reason, detail) for the first rule the row breaks, else None."""
-    if s.words < min_words or s.chars < min_chars:
-        return "caption_too_short", f"{s.words} words, {s.chars} characters (min {min_words} words, {min_chars} characters)"
-    if languages and (language not in languages or confidence < min_confidence):
+    short = s.words < min_words or s.chars < min_chars
+    wrong = bool(languages) and (language not in languages or confidence < min_confidence)
+    if wrong and (not short or confidence >= SURE):
         found = f"{language} ({confidence:.2f})" if language else "unknown"
         return "wrong_language", f"caption language {found}, wanted {', '.join(languages)}"
+    if short:
+        return "caption_too_short", f"{s.words} words, {s.chars} characters (min {min_words} words, {min_chars} characters)"
     side = min(width, height)
     if side < min_side:
         return "image_too_small", f"original image {width}x{height}, smaller side {side} < {min_side} px"

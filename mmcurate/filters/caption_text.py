@@ -3,21 +3,36 @@
 Reasons (first that applies): `url_caption` (the caption is a URL), `filename_caption`
 (`IMG_1234.jpg`, `DSC00012`, `image (3).png`), `generic_caption` ("image", "photo", "untitled",
 "no description" ...), `mostly_digits`, `repetitive_caption` (one word takes most of it).
+
+Words, for scripts written without spaces, by a rule per script rather than a segmenter (no
+dictionary to install, the same count on every machine): each Han character, kana and the like
+is one word, as word processors count CJK text (a long-vowel mark `ー` stays with its kana);
+Thai, Lao, Khmer and Myanmar runs are one word per 3 letters, rounded up (their marks do not
+count), about the length of a Thai word. Elsewhere a word is a run of letters, digits and their
+combining marks, so Korean, which spaces its words, counts as written.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
+from functools import cache
 
 import pyarrow as pa
 
 from mmcurate.filters.base import Filter, Verdicts
 from mmcurate.schemas import columns as C
 
-WORD = re.compile(r"\w+", re.UNICODE)
+# Han (with its extensions and compatibility forms), kana (not the middle dot ・), iteration marks 々〆〇
+HAN_KANA = "\u3005-\u3007\u3041-\u309f\u30a1-\u30fa\u30fc-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff" \
+           "\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003ffff"
+# Thai, Lao, Myanmar, Khmer: letters and their marks, not their digits and punctuation
+SPACELESS = "\u0e01-\u0e3a\u0e40-\u0e4e\u0e81-\u0ece\u1000-\u103f\u1050-\u109d\u1780-\u17d3\u17dd"
+SPACELESS_RUN = re.compile(f"[{SPACELESS}]+")
+LETTERS_PER_WORD = 3  # of a Thai/Lao/Khmer/Myanmar run
 URL = re.compile(r"^\s*(?:https?://|www\.)\S+\s*$", re.IGNORECASE)
 FILENAME = re.compile(
     r"^\s*(?:[\w\-. ()]*\.(?:jpe?g|png|gif|webp|bmp|tiff?|heic|svg)"  # anything.ext
@@ -51,13 +66,42 @@ STAT_FIELDS = (
 )
 
 
+@cache
+def _word_pattern() -> re.Pattern:
+    # combining marks continue a word (Devanagari's vowel signs, Arabic's harakat); built once per process
+    cps = [cp for cp in (*range(0x300, 0x20000), *range(0xE0100, 0xE01F0)) if unicodedata.category(chr(cp))[0] == "M"]
+    runs = [[cps[0], cps[0]]]
+    for cp in cps[1:]:
+        if cp == runs[-1][1] + 1:
+            runs[-1][1] = cp
+        else:
+            runs.append([cp, cp])
+    marks = "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in runs)
+    letter = f"[^\\W{HAN_KANA}{SPACELESS}]"
+    return re.compile(f"[{HAN_KANA}][{marks}\u30fc\uff70]*|[{SPACELESS}]+|{letter}(?:{letter}|[{marks}])*")
+
+
+def _pieces(run: str) -> list[str]:
+    """A Thai/Lao/Khmer/Myanmar run in words of LETTERS_PER_WORD letters, each with its marks."""
+    starts = [i for i, c in enumerate(run) if c.isalpha()][LETTERS_PER_WORD::LETTERS_PER_WORD]
+    return [run[a:b] for a, b in zip([0, *starts], [*starts, len(run)])]
+
+
+def words(caption: str) -> list[str]:
+    """The caption's words, lower-cased, by the per-script rule above."""
+    found = _word_pattern().findall(unicodedata.normalize("NFC", caption).lower())
+    if not SPACELESS_RUN.search(caption):
+        return found
+    return [piece for w in found for piece in (_pieces(w) if SPACELESS_RUN.match(w) else [w])]
+
+
 def stats(caption: str) -> TextStats:
-    words = [w.lower() for w in WORD.findall(caption)]
+    words_ = words(caption)
     visible = [c for c in caption if not c.isspace()]
     n = max(len(visible), 1)
-    top = Counter(words).most_common(1)[0][1] / len(words) if words else 0.0
+    top = Counter(words_).most_common(1)[0][1] / len(words_) if words_ else 0.0
     return TextStats(
-        words=len(words),
+        words=len(words_),
         chars=len(caption.strip()),
         digit_fraction=sum(c.isdigit() for c in visible) / n,
         alpha_fraction=sum(c.isalpha() for c in visible) / n,
