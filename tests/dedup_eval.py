@@ -1,8 +1,11 @@
 """The near-duplicate evaluation set: real photographs from scikit-image's wheel.
 
 Distinct images are crops at distinct positions of each photo; near-duplicates are the usual
-web transformations of a distinct image. Every row carries the id of the distinct image it
-shows, so precision and recall can be computed from a run's ledger.
+web transformations of a distinct image. `hard_negatives` adds distinct images that hashes
+confuse: overlapping crops of one photograph, shifted by 15-40 % of their side, taken where it
+is dominated by a flat region (sky, a wall, a colour chart), mined so that their pHash or dHash
+distance, on the images as the download stage stores them, is within 16. Every row carries the id of the distinct image it shows, so precision and
+recall can be computed from a run's ledger.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from mmcurate.demo import PHOTOS, _photo_dir
 
+POSITIONS = [(0.0, 0.0), (0.45, 0.0), (0.0, 0.45), (0.45, 0.45), (0.22, 0.22), (0.45, 0.22)]  # build's crops, 0.55 a side
 SKIP = {"logo.png", "chessboard_GRAY.png", "chessboard_RGB.png", "horse.png", "phantom.png"}
 
 
@@ -67,14 +71,13 @@ def build(seed: int = 0, crops_per_photo: int = 6, copies: int = 3) -> list[tupl
     ops = transforms(rng)
     out: list[tuple[str, bytes, str]] = []
     folder = _photo_dir()
-    positions = [(0.0, 0.0), (0.45, 0.0), (0.0, 0.45), (0.45, 0.45), (0.22, 0.22), (0.45, 0.22)]
     for name in PHOTOS:
         if name in SKIP or not (folder / name).exists():
             continue
         with Image.open(folder / name) as im:
             photo = im.convert("RGB")
         w, h = photo.size
-        for c, (fx, fy) in enumerate(positions[:crops_per_photo]):
+        for c, (fx, fy) in enumerate(POSITIONS[:crops_per_photo]):
             box = (int(w * fx), int(h * fy), int(w * (fx + 0.55)), int(h * (fy + 0.55)))
             crop = photo.crop(box)
             scale = 320 / min(crop.size)
@@ -86,6 +89,65 @@ def build(seed: int = 0, crops_per_photo: int = 6, copies: int = 3) -> list[tupl
                 data = fn(crop)
                 ext = "png" if label == "as_png" else "jpg"
                 out.append((f"{gid}-{label}.{ext}", data, gid))
+    return out
+
+
+def _hamming(a: str, b: str) -> int:
+    return bin(int(a, 16) ^ int(b, 16)).count("1")
+
+
+def hard_negatives(seed: int = 0, pairs_per_photo: int = 3, copies: int = 2, tries: int = 300,
+                   max_hash_distance: int = 16) -> list[tuple[str, bytes, str]]:
+    """Pairs of distinct overlapping crops of flat-dominated regions, each with `copies` web
+    transformations. A crop is distinct from every other of its photo (this set's and `build`'s):
+    its centre is at least 15 % of the side away, or its size differs by over 25 %."""
+    from mmcurate.filters.image_hash import signals
+    from mmcurate.schemas.config import config_from_dict
+    from mmcurate.stages.download import ImageCheck
+
+    store = ImageCheck(config_from_dict({"input": {"path": "x"}}).download)  # as the download stage stores it
+    rng = np.random.default_rng(seed)
+    ops = transforms(rng)
+    out: list[tuple[str, bytes, str]] = []
+    folder = _photo_dir()
+    for name in PHOTOS:
+        if name in SKIP or not (folder / name).exists():
+            continue
+        with Image.open(folder / name) as im:
+            photo = im.convert("RGB")
+        w, h = photo.size
+        grey = np.asarray(photo.convert("L").resize((64, 64)), np.float32)
+        taken = [(fx, fy, 0.55) for fx, fy in POSITIONS]
+
+        def apart(x: float, y: float, side: float) -> bool:
+            return all(np.hypot(x + side / 2 - tx - ts / 2, y + side / 2 - ty - ts / 2) >= 0.15 * min(side, ts)
+                       or max(side, ts) > 1.25 * min(side, ts) for tx, ty, ts in taken)
+
+        found = 0
+        for _ in range(tries):
+            if found == pairs_per_photo:
+                break
+            side = rng.uniform(0.3, 0.7)
+            x, y = rng.uniform(0, 1 - side, 2)
+            if grey[int(64 * y):int(64 * (y + side)), int(64 * x):int(64 * (x + side))].std() > 25:
+                continue  # not dominated by a flat region
+            shift, angle = rng.uniform(0.15, 0.4) * side, rng.uniform(0, 2 * np.pi)
+            x2, y2 = np.clip(x + shift * np.cos(angle), 0, 1 - side), np.clip(y + shift * np.sin(angle), 0, 1 - side)
+            if np.hypot(x2 - x, y2 - y) < 0.15 * side or not (apart(x, y, side) and apart(x2, y2, side)):
+                continue
+            crops = [photo.crop((int(w * a), int(h * b), int(w * (a + side)), int(h * (b + side))))
+                     .resize((320, 320), Image.Resampling.LANCZOS) for a, b in ((x, y), (x2, y2))]
+            sa, sb = (signals(store(_jpeg(c, 92)).image) for c in crops)  # hashed as dedup sees them
+            if min(_hamming(sa.phash, sb.phash), _hamming(sa.dhash, sb.dhash)) > max_hash_distance:
+                continue  # the hashes tell them apart: not a hard negative
+            for c, crop in enumerate(crops):
+                gid = f"{Path(name).stem}-n{found}{'ab'[c]}"
+                out.append((f"{gid}.jpg", _jpeg(crop, 92), gid))
+                for t in rng.choice(len(ops), size=copies, replace=False):
+                    label, fn = ops[t]
+                    out.append((f"{gid}-{label}.{'png' if label == 'as_png' else 'jpg'}", fn(crop), gid))
+            found += 1
+            taken += [(x, y, side), (x2, y2, side)]
     return out
 
 

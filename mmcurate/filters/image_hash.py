@@ -95,3 +95,13 @@ def signals(data: bytes, exact: bool = False) -> ImageSignals:
 def colour_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Mean absolute difference of colour grids (rows of COLOUR_GRID*COLOUR_GRID*3 uint8), 0..255."""
     return np.abs(a.astype(np.int16) - b.astype(np.int16)).mean(axis=-1)
+
+
+def colour_correlation(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson correlation of colour grids (rows of uint8) and the smaller of the two grids' spreads
+    (standard deviation of their values): correlation means little where a spread is small."""
+    x = a.astype(np.float32) - a.mean(axis=-1, keepdims=True, dtype=np.float32)
+    y = b.astype(np.float32) - b.mean(axis=-1, keepdims=True, dtype=np.float32)
+    xx, yy = (x * x).sum(axis=-1), (y * y).sum(axis=-1)
+    corr = (x * y).sum(axis=-1) / np.sqrt(np.maximum(xx * yy, 1e-6))
+    return corr, np.sqrt(np.minimum(xx, yy) / x.shape[-1])

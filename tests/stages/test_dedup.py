@@ -91,3 +91,33 @@ def test_a_repeated_input_row_is_named_as_one():
     got = stage().decide(rows, parallel=lambda f, items, s: [f(s, i) for i in items]).to_pylist()
     assert got[0][C.REASON] is None and got[1][C.REASON] == "exact_duplicate"
     assert got[1][C.DETAIL].startswith("identical image bytes to same: a repeat of an earlier input row")
+
+
+def test_flat_region_crops_need_agreeing_layouts_and_close_hashes():
+    """Distinct crops of one flat-dominated photo sit within hash distance: a match also needs
+    colour grids that correlate (brightness and contrast changes do) and, through dHash, a close
+    pHash + dHash (tests/dedup_eval.hard_negatives measures both on real photos)."""
+    import numpy as np
+
+    from mmcurate.stages.dedup.signals import Signals
+
+    rng = np.random.default_rng(0)
+    grid = rng.integers(40, 200, (4, 4, 3))
+    layouts = {
+        "same": grid, "brighter": np.clip(grid * 1.2, 0, 255), "more_contrast": np.clip((grid - 120) * 1.25 + 120, 0, 255),
+        "shifted": np.roll(grid, 1, axis=1),  # the same few details one cell over: a crop moved sideways
+    }
+    bits = lambda n: (1 << n) - 1  # noqa: E731 - a hash n bits away from 0
+    cases = {  # name: (pHash distance, dHash distance, layout) -> near?
+        "copy": (0, 0, "same", True), "brighter": (3, 2, "brighter", True), "contrast": (4, 3, "more_contrast", True),
+        "border crop through dHash": (14, 2, "same", True),
+        "shifted crop": (4, 3, "shifted", False),
+        "far through dHash": (14, 7, "same", False),  # 14 + 7 > 2.5 x 8
+    }
+    names = list(cases)
+    ph = ["0" * 16] + [f"{bits(cases[n][0]):016x}" for n in names]
+    dh = ["0" * 16] + [f"{bits(cases[n][1]):016x}" for n in names]
+    colour = [grid.astype(np.uint8).tobytes()] + [np.asarray(layouts[cases[n][2]], np.uint8).tobytes() for n in names]
+    sig = Signals.from_columns(ph, dh, [30.0] * len(ph), colour)
+    near, _ = sig.near(0, np.arange(1, len(ph)), 8, 8)
+    assert dict(zip(names, near.tolist())) == {n: cases[n][3] for n in names}

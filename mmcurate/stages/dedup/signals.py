@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from mmcurate.algos import grouping, hamming
 from mmcurate.algos.parallel import Parallel
 from mmcurate.filters.base import Verdicts
-from mmcurate.filters.image_hash import COLOUR_GRID, colour_distance, hex_to_uint64
+from mmcurate.filters.image_hash import COLOUR_GRID, colour_correlation, colour_distance, hex_to_uint64
 from mmcurate.schemas import columns as C
 
 # Second signals. Low-detail images (blank pages, solid colours, faint gradients) have pHashes
@@ -28,6 +28,12 @@ from mmcurate.schemas import columns as C
 LOW_DETAIL_STD = 6.0  # luma std (0..255) of the 32x32 greyscale
 LOW_DETAIL_COLOUR = 12.0  # mean abs colour-grid difference allowed for low-detail matches
 MAX_COLOUR = 60.0  # for every match: a roughly similar colour layout (brightness shifts pass)
+# ...and the same layout: the colour grids' correlation (brightness and contrast changes leave it
+# near 1; a crop shifted across a sky or a wall moves its few details to other cells). Grids with
+# too little spread to correlate (fine textures, near-uniform images) skip this check.
+MIN_COLOUR_CORRELATION = 0.95
+MIN_COLOUR_SPREAD = 4.0  # std of a grid's values (0..255) below which correlation is noise
+MAX_DISTANCE_SUM = 2.5  # a dHash match: pHash + dHash distances at most this times k
 COLOUR_BYTES = COLOUR_GRID * COLOUR_GRID * 3
 REASONS = (None, "near_reference", "exact_duplicate", "near_duplicate")
 NEAR_REFERENCE, EXACT_DUPLICATE, NEAR_DUPLICATE = 1, 2, 3
@@ -62,18 +68,24 @@ class Signals:
     def near(self, i: int | np.ndarray, j: np.ndarray, k: int, kd: int | None) -> tuple[np.ndarray, np.ndarray]:
         """Which (i, j) are near-duplicates, and their pHash distances.
 
-        Near: colour layouts agree (strictly for low-detail images) and either pHash <= k with
-        dHash <= 2k, or (when kd is set) dHash <= kd with pHash <= 2k. dHash catches the border
-        crops and re-scalings that move pHash a little past k; each hash confirms the other.
+        Near: colour layouts agree (strictly for low-detail images; otherwise roughly, and
+        correlated where the grids have the spread to correlate) and either pHash <= k with
+        dHash <= 2k, or (when kd is set) dHash <= kd with pHash <= 2k and the two distances
+        together <= 2.5k. dHash catches the border crops and re-scalings that move pHash a little
+        past k; each hash confirms the other. The sum and the correlation keep apart distinct crops
+        of one photograph dominated by a flat region, whose hashes carry little (tests/dedup_eval.py
+        `hard_negatives`; the README gives precision and recall before and after).
         """
         pd = hamming.popcount(self.phash[i] ^ self.phash[j])
         dd = hamming.popcount(self.dhash[i] ^ self.dhash[j])
         cdist = colour_distance(self.colour[i], self.colour[j])
         low = np.minimum(self.luma_std[i], self.luma_std[j]) < LOW_DETAIL_STD
-        colour_ok = np.where(low, cdist <= LOW_DETAIL_COLOUR, cdist <= MAX_COLOUR)
+        corr, spread = colour_correlation(self.colour[i], self.colour[j])
+        layout_ok = (cdist <= MAX_COLOUR) & ((spread < MIN_COLOUR_SPREAD) | (corr >= MIN_COLOUR_CORRELATION))
+        colour_ok = np.where(low, cdist <= LOW_DETAIL_COLOUR, layout_ok)
         hashes_ok = (pd <= k) & (dd <= 2 * k)
         if kd is not None:
-            hashes_ok |= (dd <= kd) & (pd <= 2 * k)
+            hashes_ok |= (dd <= kd) & (pd <= 2 * k) & (pd + dd <= MAX_DISTANCE_SUM * k)
         return colour_ok & hashes_ok, pd
 
 
