@@ -65,30 +65,37 @@ def transforms(rng: np.random.Generator):
     ]
 
 
+def _photos():
+    """(file name, RGB image) of each photograph the set uses."""
+    folder = _photo_dir()
+    for name in PHOTOS:
+        if name not in SKIP and (folder / name).exists():
+            with Image.open(folder / name) as im:
+                yield name, im.convert("RGB")
+
+
+def _with_copies(gid: str, crop: Image.Image, ops, rng, copies: int, quality: int = 92) -> list[tuple[str, bytes, str]]:
+    """A distinct image and `copies` of its web transformations, each named and labelled `gid`."""
+    out = [(f"{gid}.jpg", _jpeg(crop, quality), gid)]
+    for t in rng.choice(len(ops), size=copies, replace=False):
+        label, fn = ops[t]
+        out.append((f"{gid}-{label}.{'png' if label == 'as_png' else 'jpg'}", fn(crop), gid))
+    return out
+
+
 def build(seed: int = 0, crops_per_photo: int = 6, copies: int = 3) -> list[tuple[str, bytes, str]]:
     """(name, encoded bytes, distinct-image id) for every image of the set."""
     rng = np.random.default_rng(seed)
     ops = transforms(rng)
     out: list[tuple[str, bytes, str]] = []
-    folder = _photo_dir()
-    for name in PHOTOS:
-        if name in SKIP or not (folder / name).exists():
-            continue
-        with Image.open(folder / name) as im:
-            photo = im.convert("RGB")
+    for name, photo in _photos():
         w, h = photo.size
         for c, (fx, fy) in enumerate(POSITIONS[:crops_per_photo]):
             box = (int(w * fx), int(h * fy), int(w * (fx + 0.55)), int(h * (fy + 0.55)))
             crop = photo.crop(box)
             scale = 320 / min(crop.size)
             crop = crop.resize((round(crop.width * scale), round(crop.height * scale)), Image.Resampling.LANCZOS)
-            gid = f"{Path(name).stem}-{c}"
-            out.append((f"{gid}.jpg", _jpeg(crop, 92), gid))
-            for t in rng.choice(len(ops), size=copies, replace=False):
-                label, fn = ops[t]
-                data = fn(crop)
-                ext = "png" if label == "as_png" else "jpg"
-                out.append((f"{gid}-{label}.{ext}", data, gid))
+            out += _with_copies(f"{Path(name).stem}-{c}", crop, ops, rng, copies)
     return out
 
 
@@ -109,12 +116,7 @@ def hard_negatives(seed: int = 0, pairs_per_photo: int = 3, copies: int = 2, tri
     rng = np.random.default_rng(seed)
     ops = transforms(rng)
     out: list[tuple[str, bytes, str]] = []
-    folder = _photo_dir()
-    for name in PHOTOS:
-        if name in SKIP or not (folder / name).exists():
-            continue
-        with Image.open(folder / name) as im:
-            photo = im.convert("RGB")
+    for name, photo in _photos():
         w, h = photo.size
         grey = np.asarray(photo.convert("L").resize((64, 64)), np.float32)
         taken = [(fx, fy, 0.55) for fx, fy in POSITIONS]
@@ -141,11 +143,7 @@ def hard_negatives(seed: int = 0, pairs_per_photo: int = 3, copies: int = 2, tri
             if min(_hamming(sa.phash, sb.phash), _hamming(sa.dhash, sb.dhash)) > max_hash_distance:
                 continue  # the hashes tell them apart: not a hard negative
             for c, crop in enumerate(crops):
-                gid = f"{Path(name).stem}-n{found}{'ab'[c]}"
-                out.append((f"{gid}.jpg", _jpeg(crop, 92), gid))
-                for t in rng.choice(len(ops), size=copies, replace=False):
-                    label, fn = ops[t]
-                    out.append((f"{gid}-{label}.{'png' if label == 'as_png' else 'jpg'}", fn(crop), gid))
+                out += _with_copies(f"{Path(name).stem}-n{found}{'ab'[c]}", crop, ops, rng, copies)
             found += 1
             taken += [(x, y, side), (x2, y2, side)]
     return out
