@@ -1,16 +1,23 @@
 """After the synthesis stage: run-level checks, `instructions/` (parquet, llava.json, images), a summary.
 
 The stage validates each answer on its own and against the same image's other questions; only
-here, over the whole run in row order, can a question be compared with every earlier one: a
-teacher-written question whose normalised text was already asked about another image is
-rejected as `duplicate_question_across_run` (deterministic: the earlier row keeps it), by
-`algos/claims.py` in partitions of question hashes, so no task holds every question.
-Everything is rebuilt from the stage's records on every run, so it is resumable and cheap.
+here, over the whole run in row order, can a question be compared with every earlier one. Teachers
+reuse generic questions ("What colours dominate the picture?") with answers of each image's own,
+as LLaVA-style data does, so a repeated question alone is no fault. A record is rejected when one
+of its teacher-written questions, with the same answer (normalised text), was already in a record
+kept before it (`duplicate_answer_across_run`: it says nothing of its image), or was already asked
+by as many kept records as the cap allows (`question_over_cap`: `synthesis.max_question_share` of
+the run's input rows, at least `QUESTION_CAP_FLOOR`). Both are `algos/claims.py`'s first claims
+(capacity 1 for a question with its answer, the cap for a question) in partitions of their hashes,
+so no task holds every question: the decisions of one pass in row order, whatever the partitions.
+Everything is rebuilt from the stage's records on every run (outside the stage's fingerprint), so
+it is resumable and cheap, and a new cap applies to the next run without asking the teacher again.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,11 +35,14 @@ from mmcurate.schemas import columns as C
 from mmcurate.schemas.errors import ConfigError
 from mmcurate.stages import last_writer
 from mmcurate.stages.base import Stage
-from mmcurate.stages.synthesis.records import question_hashes, reject_repeated
+from mmcurate.stages.synthesis.records import question_keys, reject_repeated
 from mmcurate.storage import paths
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "llava.schema.json"
 LENGTH_BINS = (0, 50, 100, 200, 400, 800, 1600, 3200, 6400)
+# the fewest records that may ask one question, however small the run: a share of a few hundred
+# rows would cap generic questions at one or two
+QUESTION_CAP_FLOOR = 100
 
 
 def synthesis_stage(stages: Sequence[Stage]) -> Stage | None:
@@ -44,18 +54,33 @@ def records(run_dir: RunDir, shard: int) -> pa.Table | None:
     return paths.read_table(path) if path.exists() else None
 
 
-def _questions(run_dir: RunDir, fixed: set[str], shard: int) -> dict:
-    """A shard's records as items of `algos.claims` (gid of the record's index), one key per question."""
+def question_cap(share: float | None, rows: int) -> int | None:
+    """How many records across the run may ask one teacher-written question (None: any number)."""
+    return None if share is None else max(QUESTION_CAP_FLOOR, math.ceil(share * rows))
+
+
+def _questions(run_dir: RunDir, fixed: set[str], cap: int | None, shard: int) -> dict:
+    """A shard's records as items of `algos.claims` (gid of the record's index): a key per question
+    (capacity: the cap) and per question with its answer (capacity 1)."""
     table = records(run_dir, shard)
-    items, keys = [], []
+    items, keys, caps = [], [], []
     for i, r in enumerate(table.to_pylist() if table is not None else []):
-        for h in dict.fromkeys(question_hashes(r, fixed)):
-            items.append((shard << partition.SHIFT) | i)
-            keys.append(h)
-    return {"item": np.array(items, np.int64), "key": np.array(keys, "S12")}
+        questions, answered = question_keys(r, fixed)
+        mine = {**({h: cap for h in questions} if cap is not None else {}), **{h: 1 for h in answered}}
+        items += [(shard << partition.SHIFT) | i] * len(mine)
+        keys += mine
+        caps += mine.values()
+    return {"item": np.array(items, np.int64), "key": np.array(keys, "S12"), "cap": np.array(caps, np.int64)}
 
 
-def _write_shard(run_dir: RunDir, shard: int, *refused: dict) -> dict:
+def _reasons(record: dict, fixed: set[str], full: np.ndarray) -> list[str]:
+    """Why the run-level checks refused a record, from the keys (`full`, S12) that were full."""
+    questions, answered = question_keys(record, fixed)
+    return ([*(["duplicate_answer_across_run"] if np.isin(np.array(answered, "S12"), full).any() else []),
+             *(["question_over_cap"] if np.isin(np.array(questions, "S12"), full).any() else [])])
+
+
+def _write_shard(run_dir: RunDir, fixed: set[str], shard: int, *refused: dict) -> dict:
     """The shard's records with their final statuses, as instructions/NNNNNN.parquet; its counts."""
     summary = _empty_summary()
     table = records(run_dir, shard)
@@ -63,8 +88,10 @@ def _write_shard(run_dir: RunDir, shard: int, *refused: dict) -> dict:
         return summary
     rows = table.to_pylist()
     mine = partition.merge(refused)
-    for i in partition.local(partition.of_shard(mine, shard)["gid"]).tolist() if mine else []:
-        reject_repeated(rows[i])
+    mine = partition.of_shard(mine, shard) if mine else {"gid": np.empty(0, np.int64)}
+    local = partition.local(mine["gid"])
+    for i in np.unique(local).tolist():
+        reject_repeated(rows[i], _reasons(rows[i], fixed, mine["key"][local == i]))
     for r in rows:
         _count(summary, r)
     atomic.write_parquet(run_dir.instruction_file(shard), pa.Table.from_pylist(rows, schema=C.INSTRUCTION_SCHEMA))
@@ -74,7 +101,7 @@ def _write_shard(run_dir: RunDir, shard: int, *refused: dict) -> dict:
 def finish(run_dir: RunDir, stages: Sequence[Stage], tasks: Tasks, rows: int, rows_per_partition: int) -> dict:
     """Write instructions/NNNNNN.parquet (all records, final statuses) and summary.json; return it.
 
-    The across-run check is `algos.claims` over question hashes in partitions of about
+    The across-run checks are `algos.claims` over question hashes in partitions of about
     `rows_per_partition` input rows: no task holds every question, and the decisions are those
     of one pass in row order."""
     run_dir.instructions.mkdir(parents=True, exist_ok=True)
@@ -83,9 +110,11 @@ def finish(run_dir: RunDir, stages: Sequence[Stage], tasks: Tasks, rows: int, ro
     fixed = {t for t, x in ((stage.templates or {}) if stage else {}).items() if x.shape == "text"}
     shards = run_dir.shard_count()
     parts = max(1, -(-rows // rows_per_partition))
-    keyed = [tasks.submit(_questions, run_dir, fixed, s) for s in range(shards)]
+    cap = question_cap(stage.config.synthesis.max_question_share, rows) if stage else None
+    keyed = [tasks.submit(_questions, run_dir, fixed, cap, s) for s in range(shards)]
     refused = first_claims(tasks, keyed, parts)
-    written = [tasks.submit(_write_shard, run_dir, s, *(r[s % parts] for r in refused)) for s in range(shards)]
+    written = [tasks.submit(_write_shard, run_dir, fixed, s, *(r[s % parts] for r in refused))
+               for s in range(shards)]
     summary = _empty_summary()
     for ref in written:  # in shard order: tasks and reasons are listed as one pass meets them
         _add(summary, tasks.get(ref))
@@ -100,6 +129,7 @@ def finish(run_dir: RunDir, stages: Sequence[Stage], tasks: Tasks, rows: int, ro
         "retries": summary["retries"],
         "cached": summary["cached"],
         "refusal_rate": round(summary["rejected"]["refusal"] / answered, 4) if answered else None,
+        "question_cap": cap,
         "tokens_in": summary["prompt_tokens"],
         "tokens_out": summary["completion_tokens"],
         "answer_length_bins": list(LENGTH_BINS),

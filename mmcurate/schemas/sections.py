@@ -357,6 +357,9 @@ class SynthesisConfig(_Section):
     # a run whose failed teacher requests exceed this share of all of them exits 1 once it is
     # through (everything written; a rerun asks the failed ones again); 1.0: never
     max_failed_fraction: float = Field(0.5, ge=0, le=1)
+    # the most records, across the run, that may ask one teacher-written question, as a share of the run's
+    # input rows (at least 100): later ones, in row order, are rejected `question_over_cap`; null: no cap
+    max_question_share: float | None = Field(0.01, gt=0, le=1)
 
     @field_validator("tasks")
     @classmethod

@@ -2,7 +2,7 @@
 
 A record is ok, rejected (with its problems, `filters/instructions.py`) or failed (with the
 reason the request failed); its provenance (teacher, endpoint, template, sampling, request hash,
-tokens, latency) goes with it. `question_hashes` feeds the run-level check that only the whole
+tokens, latency) goes with it. `question_keys` feeds the run-level checks that only the whole
 run, in row order, can make.
 """
 
@@ -69,17 +69,26 @@ def build(s: SynthesisConfig, template: Template, sampling: dict, row: int, uid:
     return record
 
 
-def question_hashes(record: dict, fixed_tasks: set[str]) -> list[bytes]:
-    """The hashes of an ok record's teacher-written questions, for the run-level check that rejects
-    one already asked about another image (`duplicate_question_across_run`: the earlier row keeps
-    it; `jobs/instructions.py`); none for a record that is not ok or whose task asks the template's
-    own words (`fixed_tasks`)."""
+def question_keys(record: dict, fixed_tasks: set[str]) -> tuple[list[bytes], list[bytes]]:
+    """The hashes of an ok record's teacher-written questions and of each with its answer (normalised
+    text), for the run-level checks (`jobs/instructions.py`): a question with the same answer as one
+    about another image (`duplicate_answer_across_run`), and one asked more often than
+    `synthesis.max_question_share` allows (`question_over_cap`), the earlier rows keeping it; none
+    for a record that is not ok or whose task asks the template's own words (`fixed_tasks`)."""
     if record[C.STATUS] != "ok" or not record["conversations"] or record["task"] in fixed_tasks:
-        return []
-    return [hashlib.blake2b(V.normalise(t["value"].replace(V.IMAGE_TOKEN, "")).encode(), digest_size=12).digest()
-            for t in record["conversations"] if t["from"] == "human"]
+        return [], []
+    turns = record["conversations"]
+    asked = [(V.normalise(t["value"].replace(V.IMAGE_TOKEN, "")),
+              V.normalise(turns[i + 1]["value"]) if i + 1 < len(turns) and turns[i + 1]["from"] == "gpt" else "")
+             for i, t in enumerate(turns) if t["from"] == "human"]
+    # normalised text is words joined by single spaces: a newline cannot occur in it
+    return [_hash(q) for q, _ in asked], [_hash(f"{q}\n{a}") for q, a in asked]
 
 
-def reject_repeated(record: dict) -> None:
-    record.update({C.STATUS: "rejected", C.REASON: "duplicate_question_across_run",
-                   "problems": ["duplicate_question_across_run"]})
+def _hash(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=12).digest()
+
+
+def reject_repeated(record: dict, reasons: list[str]) -> None:
+    """Reject an ok record for what the run-level checks found (`question_keys`)."""
+    record.update({C.STATUS: "rejected", C.REASON: reasons[0], "problems": reasons})

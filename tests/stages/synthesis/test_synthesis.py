@@ -176,57 +176,53 @@ def test_rerun_makes_zero_requests_and_a_new_template_version_only_its_own(synth
     assert all(r["cached"] for r in recs if r["task"] != "detail" and r["status"] != "failed")
 
 
-def test_the_across_run_question_check_in_partitions_equals_one_pass(synth, tmp_path, monkeypatch):
+def test_the_across_run_checks_in_partitions_equal_one_pass(synth, tmp_path, monkeypatch):
     import pyarrow as pa
 
     from mmcurate.algos.parallel import SerialTasks
     from mmcurate.engine.rundir import RunDir
-    from mmcurate.jobs.instructions import finish
+    from mmcurate.jobs import instructions
     from mmcurate.schemas.config import load_config
     from mmcurate.stages import build_stages
-    from mmcurate.stages.synthesis.records import question_hashes
+    from mmcurate.stages.synthesis.records import question_keys
+    from tests.stages.synthesis.test_across_run import one_pass
 
     run_dir = RunDir(tmp_path / "run")
     shutil.copytree(synth["tmp"] / "run", run_dir.root)
     stages = build_stages(load_config(synth["tmp"] / "c.yaml"))
     synthesis = next(s for s in stages if s.name == "synthesis")
     monkeypatch.setenv("TEACHER_KEY", KEY)
+    monkeypatch.setattr(instructions, "QUESTION_CAP_FLOOR", 2)  # 18 input rows: a cap of 2
     synthesis.prepare()  # its templates: which tasks ask the template's own words
     fixed = {t for t, x in synthesis.templates.items() if x.shape == "text"}
     shards = run_dir.shard_count()
     tables = [pq.read_table(run_dir.synthesis_records(s)) if run_dir.synthesis_records(s).exists() else None
               for s in range(shards)]
     rows = [t.to_pylist() if t is not None else [] for t in tables]
-    asked = [(s, i) for s in range(shards) for i, r in enumerate(rows[s]) if question_hashes(r, fixed)]
+    asked = [(s, i) for s in range(shards) for i, r in enumerate(rows[s]) if question_keys(r, fixed)[0]]
     assert len(asked) >= 6 and len({s for s, _ in asked}) >= 2
 
-    def human(s, i):
-        return next(t for t in rows[s][i]["conversations"] if t["from"] == "human")
-
-    # plant repeats across shards: a copy of the first question; a record asking it beside a new
-    # question (refused: the new one is not claimed); a later record asking only the new one (kept)
+    # plant repeats across shards of the first question: asked again with an answer of its own (kept:
+    # the second under the cap), a third time (past the cap), and with the first's very answer
     (s0, i0), (s1, i1), (s2, i2), (s3, i3) = asked[0], asked[-1], asked[-2], asked[len(asked) // 2]
-    human(s1, i1)["value"] = human(s0, i0)["value"]
-    turns = rows[s2][i2]["conversations"]
-    rows[s2][i2]["conversations"] = [*turns, {"from": "human", "value": "What is new here?"}, turns[-1]]
-    human(s3, i3)["value"] = "What is new here?"
+    first = rows[s0][i0]["conversations"]
+    for s, i in ((s3, i3), (s2, i2), (s1, i1)):
+        rows[s][i]["conversations"][0]["value"] = first[0]["value"]
+    rows[s1][i1]["conversations"][1]["value"] = first[1]["value"]
     for s, t in enumerate(tables):
         if t is not None:
             pq.write_table(pa.Table.from_pylist(rows[s], schema=t.schema), run_dir.synthesis_records(s))
-    seen, want = set(), set()  # one pass in row order, as the check was written first
-    for s in range(shards):
-        for i, r in enumerate(rows[s]):
-            hashes = question_hashes(r, fixed)
-            if any(h in seen for h in hashes):
-                want.add(r["id"])
-            else:
-                seen.update(hashes)
-    summary = finish(run_dir, stages, SerialTasks(), rows=len(synth["captions"]), rows_per_partition=4)
-    got = {r["id"] for f in sorted(run_dir.instructions.glob("0*.parquet")) for r in pq.read_table(f).to_pylist()
-           if r["reason"] == "duplicate_question_across_run"}
-    assert got == want and len(want) >= 2 and rows[s1][i1]["id"] in got and rows[s3][i3]["id"] not in got
-    assert summary["rejected_by_reason"]["duplicate_question_across_run"] == len(want)
-    assert summary["records"] == sum(len(r) for r in rows)
+    want = one_pass([r for s in rows for r in s], fixed, 2)
+    for per_partition in (4, 1_000):
+        summary = instructions.finish(run_dir, stages, SerialTasks(), rows=len(synth["captions"]),
+                                      rows_per_partition=per_partition)
+        got = {r["id"]: r["reason"] for f in sorted(run_dir.instructions.glob("0*.parquet"))
+               for r in pq.read_table(f).to_pylist()}
+        assert got == want and summary["question_cap"] == 2
+        assert got[rows[s3][i3]["id"]] is None and got[rows[s2][i2]["id"]] == "question_over_cap"
+        assert got[rows[s1][i1]["id"]] == "duplicate_answer_across_run"
+        assert summary["records"] == sum(len(r) for r in rows)
+        assert summary["rejected_by_reason"]["question_over_cap"] == list(want.values()).count("question_over_cap")
 
 
 def test_a_dead_teacher_fails_the_run_loudly_and_a_rerun_asks_again(tmp_path, tripwire):
