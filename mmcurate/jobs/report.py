@@ -6,15 +6,12 @@ import html
 import json
 from pathlib import Path
 
-import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from mmcurate.engine import atomic
 from mmcurate.engine.rundir import RunDir
 from mmcurate.filters.base import Histogram
-from mmcurate.jobs.ledger import sample_key
+from mmcurate.jobs.examples import SAMPLE_SEED, SAMPLES_PER_REASON, drop_samples, pick_pairs, samples_html, thumbnails
 from mmcurate.jobs.manifest import stages_of
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import lookup
@@ -50,9 +47,11 @@ def build_report(run_dir: RunDir, run_stages: list[Stage] | None = None) -> dict
         remaining -= removed_by_stage.get(name, 0)
         funnel.append({"stage": name, "rows": remaining})
     config = manifest.get("config") or {}
+    samples = drop_samples(run_dir.ledger_files())
     return {
         "histograms": _histograms(ledger, config, [h for s in run_stages for h in s.histograms]),
-        "samples": _drop_samples(run_dir.ledger_files()),
+        "samples": samples,
+        "pairs": pick_pairs(ledger, samples, order),
         "run_dir": str(run_dir.root),
         "status": manifest.get("status"),
         "rows": total,
@@ -77,9 +76,6 @@ def build_report(run_dir: RunDir, run_stages: list[Stage] | None = None) -> dict
 
 
 BINS = 30
-SAMPLES_PER_REASON = 6
-NEVER_SHOWN = {"nsfw_image"}  # listed by uid, never shown
-SAMPLE_SEED = 0
 
 
 def _histograms(ledger: pl.LazyFrame, config: dict, wanted: list[Histogram]) -> list[dict]:
@@ -119,80 +115,6 @@ def _histograms(ledger: pl.LazyFrame, config: dict, wanted: list[Histogram]) -> 
         out.append({"score": h.score, "rows": stats["n"], "threshold": threshold, "threshold_kind": h.kind,
                     "edges": [round(e, 6) for e in edges], "counts": counts})
     return out
-
-
-def _drop_samples(files: list[Path]) -> dict[str, list[dict]]:
-    """A reproducible pseudo-random sample of dropped rows per reason (rows, so repeated uids
-    stay distinct), read batch by batch keeping only the best SAMPLES_PER_REASON of each reason."""
-    best: dict[str, list[tuple[int, int, str]]] = {}
-    batches = (b for path in files for b in paths.parquet_file(path).iter_batches(
-        batch_size=65_536, columns=[C.ROW, C.UID, C.STATUS, C.REASON]))
-    for batch in batches:
-        t = pa.Table.from_batches([batch])
-        t = t.filter(pc.equal(t[C.STATUS], C.DROPPED))
-        if not t.num_rows:
-            continue
-        rows = t[C.ROW].to_numpy()
-        keys = sample_key(rows, SAMPLE_SEED)
-        enc = t[C.REASON].combine_chunks().dictionary_encode()
-        codes = enc.indices.to_numpy(zero_copy_only=False)
-        for code, reason in enumerate(enc.dictionary.to_pylist()):
-            idx = np.flatnonzero(codes == code)
-            idx = idx[np.argsort(keys[idx], kind="stable")[:SAMPLES_PER_REASON]]
-            uids = t[C.UID].take(pa.array(idx)).to_pylist()
-            found = best.get(str(reason), []) + [(int(keys[i]), int(rows[i]), u) for i, u in zip(idx, uids)]
-            best[str(reason)] = sorted(found)[:SAMPLES_PER_REASON]
-    return {reason: [{"uid": u, "row": r} for _, r, u in sorted(picked, key=lambda x: x[1])]
-            for reason, picked in sorted(best.items())}
-
-
-def _stored_image(path: Path, row: int) -> bytes | None:
-    """One row's image from a stage's shard file, reading images a batch at a time (a shard of
-    large images is never decoded whole for one thumbnail)."""
-    pf = paths.parquet_file(path, pre_buffer=False, buffer_size=1 << 20)  # stream pages, not the column
-    hit = np.flatnonzero(pf.read(columns=[C.ROW])[C.ROW].to_numpy() == row)
-    if not len(hit):
-        return None
-    position, seen = int(hit[0]), 0
-    for batch in pf.iter_batches(batch_size=32, columns=[C.IMAGE]):
-        if position < seen + batch.num_rows:
-            return batch.column(0)[position - seen].as_py()
-        seen += batch.num_rows
-    return None
-
-
-def _thumbnail(run_dir: RunDir, row: int, shard_size: int, image_stages: list[str], blur=None) -> str | None:
-    """A small JPEG data URI of a row's stored image, if it has one.
-
-    The image comes from the last image-writing stage that holds the row (a row dropped before
-    the privacy stage has only its downloaded image); `blur(rgb)` hides faces in those.
-    """
-    import base64
-    import io
-
-    from PIL import Image
-
-    data, i = None, 0
-    for i, stage in enumerate(image_stages):
-        path = run_dir.shard_file(stage, row // shard_size)
-        if not path.exists():
-            continue
-        data = _stored_image(path, row)
-        if data:
-            break
-    if not data:
-        return None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
-            if blur is not None and i > 0:  # not from the stage that already blurred faces
-                im = Image.fromarray(blur(np.asarray(im)))
-            im.thumbnail((112, 112))
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=80)
-    except Exception:  # undecodable bytes: listed by uid instead
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _svg_histogram(h: dict) -> str:
@@ -250,25 +172,11 @@ th{background:#f4f4f4} .bars{max-width:50em} .bar{display:flex;align-items:cente
 .ok{color:#186a1b} .bad{color:#a00} pre{background:#f7f7f7;padding:1em;overflow:auto}
 .hist{display:inline-block;margin:.5em 1em .5em 0} figcaption{font-weight:600}
 .thumbs{display:flex;flex-wrap:wrap;gap:6px;margin:.3em 0 1em} .thumbs figure{margin:0;width:116px;font-size:11px}
-.thumbs img{display:block;max-width:112px;max-height:112px;border:1px solid #ccc} code{font-size:11px}
+.thumbs img,.pair img{display:block;max-width:112px;max-height:112px;border:1px solid #ccc} code{font-size:11px}
+.pairs{display:flex;flex-wrap:wrap;gap:10px;margin:.3em 0 1em} .pair{display:flex;flex-wrap:wrap;gap:4px;width:240px;
+border:1px solid #ddd;padding:4px;font-size:11px} .pair figure{margin:0;width:116px} .pair span{display:block}
+.pair .near{margin:0;width:100%;font-weight:600}
 """
-
-
-def _samples_html(report: dict, thumbs: dict[int, str | None]) -> str:
-    parts = []
-    for reason, items in report["samples"].items():
-        parts.append(f"<h3>{html.escape(reason)}</h3>")
-        if reason in NEVER_SHOWN:
-            parts.append("<p>not shown (by policy); uids: " + ", ".join(f"<code>{html.escape(i['uid'])}</code>"
-                                                                       for i in items) + "</p>")
-            continue
-        figs = []
-        for item in items:
-            uri = thumbs.get(item["row"])
-            img = f'<img class="thumb" src="{uri}" alt="{html.escape(item["uid"])}">' if uri else "<div>(no image)</div>"
-            figs.append(f"<figure>{img}<code>{html.escape(item['uid'][:12])}</code></figure>")
-        parts.append(f'<div class="thumbs">{"".join(figs)}</div>')
-    return "".join(parts) or "<p>nothing was dropped</p>"
 
 
 def _synthesis_html(syn: dict | None) -> str:
@@ -276,7 +184,8 @@ def _synthesis_html(syn: dict | None) -> str:
     if not syn:
         return ""
     totals = [{"what": k, "value": syn.get(k)} for k in
-              ("records", "llava_records", "requests", "retries", "cached", "refusal_rate", "tokens_in", "tokens_out")]
+              ("records", "llava_records", "requests", "retries", "cached", "refusal_rate", "tokens_in", "tokens_out",
+               "question_cap")]
     parts = ["<h2>Instruction data (synthesis)</h2>", _table(totals, ["what", "value"]),
              _table([{"task": t, **c} for t, c in syn.get("by_task", {}).items()], ["task", "ok", "rejected", "failed"])]
     why = [{"what": f"rejected: {k}", "rows": v} for k, v in syn.get("rejected_by_reason", {}).items()]
@@ -311,8 +220,9 @@ def render_html(report: dict, thumbs: dict[int, str | None] | None = None) -> st
         "<h2>Scores</h2>",
         "".join(_svg_histogram(h) for h in report["histograms"]) or "<p>no scores in this run</p>",
         "<h2>Samples of what was dropped</h2>",
-        f"<p>A reproducible random sample (seed {SAMPLE_SEED}) of up to {SAMPLES_PER_REASON} rows per reason.</p>",
-        _samples_html(report, thumbs or {}),
+        f"<p>A reproducible random sample (seed {SAMPLE_SEED}) of up to {SAMPLES_PER_REASON} rows per reason; "
+        "a duplicate beside the row it duplicates (or the reference image), with their distance or similarity.</p>",
+        samples_html(report, thumbs or {}),
         _synthesis_html(report.get("synthesis")),
         "<h2>Models</h2>",
         _table([{"stage": k, **{kk: (vv if not isinstance(vv, dict) else json.dumps(vv)) for kk, vv in v.items()}}
@@ -332,43 +242,13 @@ def render_html(report: dict, thumbs: dict[int, str | None] | None = None) -> st
     return "\n".join(parts)
 
 
-def _image_stages(manifest: dict, stages: list[Stage]) -> tuple[list[str], object]:
-    """Stages that write image bytes, last first, and a face blur for images from before privacy.
-
-    Thumbnails show what exports would (faces blurred); a row dropped before the privacy stage
-    shows its downloaded image with faces blurred on the spot when faces are to be blurred.
-    """
-    if not stages:
-        return [], None
-    config = stages[0].config
-    names = [s.name for s in stages if C.IMAGE in s.data_columns][::-1]
-    blur = None
-    faces = (manifest.get("models") or {}).get("privacy", {}).get("faces")
-    if config.privacy.faces.enabled and config.privacy.faces.action == "blur" and faces:
-        from mmcurate.filters.faces import FaceDetector
-        from mmcurate.filters.faces import blur as blur_faces
-
-        detector = FaceDetector(faces["detector"], faces["weights"], config.privacy.faces.min_confidence)
-
-        def blur(rgb):
-            return blur_faces(rgb, detector.detect(rgb))
-
-    return names, blur
-
-
 def write_report(run_dir: RunDir) -> Path:
     """(Re)build report/report.json and report/index.html; return the page's path."""
     manifest = run_dir.read_manifest()
     stages = stages_of(manifest)
     report = build_report(run_dir, stages)
     atomic.write_json(run_dir.report_json, report)
-    shard_size = (manifest.get("config") or {}).get("input", {}).get("shard_size", 1)
-    images_from, blur = _image_stages(manifest, stages)
-    thumbs = {}
-    for reason, items in report["samples"].items():
-        for item in items:
-            if reason not in NEVER_SHOWN and images_from:
-                thumbs[item["row"]] = _thumbnail(run_dir, item["row"], shard_size, images_from, blur)
+    thumbs = thumbnails(run_dir, manifest, stages, report)
     page = run_dir.report_page
     atomic.write_with(page, lambda tmp: Path(tmp).write_text(render_html(report, thumbs), encoding="utf-8"))
     return page

@@ -27,10 +27,13 @@ def run(shapes_clip, tmp_path_factory):
     pairs = shapes.pairs(N, seed=4242, size=96)
     routes = {f"/s/{i}.png": Route(shapes.png(p.image), content_type="image/png") for i, p in enumerate(pairs)}
     routes["/gone.png"] = Route(b"no", 404, "text/plain")
+    # row 1 made smaller: a near-duplicate (dedup keeps the larger, row 1)
+    routes["/near.png"] = Route(shapes.png(pairs[1].image.resize((80, 80))), content_type="image/png")
     with ImageServer(routes) as server:
         lines = [{"url": server.url(f"/s/{i}.png"), "caption": shapes.wrong_caption(p, rng) if i % 3 == 2 else p.caption}
                  for i, p in enumerate(pairs)]
         lines.append({"url": server.url("/s/0.png"), "caption": "the same picture again, another caption"})
+        lines.append({"url": server.url("/near.png"), "caption": pairs[1].caption})
         lines.append({"url": server.url("/gone.png"), "caption": "a deleted picture"})
         (tmp / "pool.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
         config = {
@@ -92,7 +95,7 @@ def test_export_folder_holds_exactly_one_export_and_nothing_else_is_touched(run,
         return run_cli("export", str(run_dir), "--format", fmt, "--out", str(to), *(["--where", where] if where else []))
 
     assert export("parquet").returncode == 0
-    assert len(list(out.glob("0*.parquet"))) == 3  # 62 rows in shards of 25
+    assert len(list(out.glob("0*.parquet"))) == 3  # 63 rows in shards of 25
     (out / ".000001.parquet.k1ll3d.tmp").write_bytes(b"half a file")  # as a killed export leaves it
     # a stricter cut into the same folder: shards with no rows left must not keep the old files
     proc = export("parquet", "row < 25 and clip_score > -1")
@@ -157,6 +160,21 @@ def test_report_numbers_match_the_ledger(run):
     head = page.split("<h2>Configuration")[0].replace("http://www.w3.org/2000/svg", "")
     assert "<script" not in page and "src=\"http" not in head  # self-contained: nothing fetched
     assert page.count('class="thumb"') >= 3 and "<svg" in page
+    # a near-duplicate beside its keeper, with their pHash distance, in report.json and on the page
+    by_row = {r["row"]: r for r in ledger}
+    pairs = report["pairs"]["near_duplicate"]  # /near.png's, and one of the random pictures' (rows 8 and 37)
+    pair = next(p for p in pairs if by_row[p["row"]]["url"].endswith("/near.png"))
+    near = by_row[pair["row"]]
+    assert near["reason"] == "near_duplicate" and by_row[pair["keeper_row"]]["url"].endswith("/s/1.png")
+    assert pair["keeper_uid"] == near["scores"]["dup_of"] == by_row[pair["keeper_row"]]["uid"]
+    assert pair["distance"] == near["scores"]["dup_distance"] <= 8
+    assert pair["keeper_status"] == by_row[pair["keeper_row"]]["status"]
+    (exact,) = report["pairs"]["exact_duplicate"]
+    assert by_row[exact["keeper_row"]]["url"] == by_row[exact["row"]]["url"] and exact["distance"] == 0
+    shown = page.split(">near_duplicate</h3>")[1].split("<h3>")[0]
+    assert shown.count('class="pair"') == len(pairs) and shown.count('class="thumb"') == 2 * len(pairs)
+    assert pair["keeper_uid"][:12] in shown
+    assert f"pHash distance {pair['distance']}<" in shown
 
 
 def _chromium() -> str | None:
@@ -187,6 +205,8 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
         thumbs = driver.execute_script(
             "return [...document.querySelectorAll('img.thumb')].map(i => i.complete && i.naturalWidth > 0)")
         assert len(thumbs) >= 3 and all(thumbs)
+        pairs = driver.execute_script("return document.querySelectorAll('.pair img.thumb').length")
+        assert pairs >= 4  # the near and the exact duplicate, each beside its keeper
         charts = driver.execute_script(
             "return [...document.querySelectorAll('svg')].map(s => s.getBoundingClientRect().width)")
         assert charts and all(w > 100 for w in charts)
@@ -227,7 +247,8 @@ def test_ledger_in_parts_reads_as_the_single_file(run, tmp_path):
         one, many = (run_cli("audit", str(d), *query, "--format", "json") for d in (run_dir, parted))
         assert one.returncode == many.returncode == 0 and json.loads(one.stdout) == json.loads(many.stdout), query
     reports = [json.loads((d / "report" / "report.json").read_text()) for d in (run_dir, parted)]
-    for key in ("rows", "kept", "dropped", "failed", "reasons", "samples", "histograms", "funnel", "invariant_holds"):
+    for key in ("rows", "kept", "dropped", "failed", "reasons", "samples", "pairs", "histograms", "funnel",
+                "invariant_holds"):
         assert reports[0][key] == reports[1][key], key
 
     proc = run_cli("run", str(tmp / "c.yaml"), "--run-dir", str(parted), "--quiet")  # back to one file
