@@ -104,19 +104,34 @@ def _progress(args) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext(NoProgress()) if args.quiet else contextlib.closing(LineProgress())
 
 
-# Lines Ray writes to the process's stderr that say nothing to a person running mmcurate: its C++
-# core's note on every Ray Data actor pool (Ray Data itself puts the pool's constructor arguments in
-# the object store; ray#53727)
-_RAY_NOISE = re.compile(rb"^\[[^\]]*\] core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the "
-                        rb"object store and max_restarts > 0")
+# What other libraries write to stderr for no one running mmcurate, kept out unless -v: Ray's C++ and
+# Python log lines below error, and ray#53727's note on every actor pool (an "E" line, but harmless),
+# tqdm bars (datasets'), third-party warnings; from a worker, "(MapWorker(...) pid=123) " first.
+_WORKER = re.compile(rb"^(?:\x1b\[[\d;]*m)?\((?:raylet|gcs_server|[^\n]*?pid=\d+(?:, ip=[^)\s]*)?)\)(?:\x1b\[[\d;]*m)? ?")
+_NOISE = re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:]+[,.]\d+ (?:[TDIW]|E \d+ \d+\] core_worker\.cc:\d+: Actor with class "
+                    rb"name: .* has constructor arguments in the object store and max_restarts > 0)"  # not E, C, F
+                    rb"|^\d{4}-\d\d-\d\d [\d:]+,\d+\s+(?:DEBUG|INFO|WARNING)\s+\S+:\d+ -- "  # Ray's Python logging
+                    rb"|\[\d+:\d\d(?::\d\d)?(?:<[^\]]*)?,[^\]]*(?:/s|/it)\]")  # tqdm's [elapsed<left, rate]
+_WARNING = re.compile(rb"^\S*(?:site-packages|dist-packages)/\S+:\d+: \w*Warning: ")
+
+
+class _NoiseFilter:
+    """Which stderr lines to pass on: all but `_NOISE`, `_WARNING` and a warning's indented source line."""
+    _in_warning = False
+
+    def keep(self, line: bytes) -> bool:
+        body = line[m.end():] if (m := _WORKER.match(line)) else line
+        if self._in_warning and body[:1] in (b" ", b"\t"):
+            return False
+        self._in_warning = bool(_WARNING.match(body))
+        return not (self._in_warning or _NOISE.search(body))
 
 
 @contextlib.contextmanager
-def _without_ray_noise():
-    """While a run goes: file descriptor 2 through a filter that drops `_RAY_NOISE` lines and
-    passes every other byte on (Ray's C++ core writes to the descriptor, not to sys.stderr). Only
-    where stderr is the process's own (not captured in-process, as a test harness does)."""
-    if sys.stderr is not sys.__stderr__:
+def _without_ray_noise(verbose: bool = False):
+    """While a run goes: file descriptor 2 (Ray's C++ core writes there, not to sys.stderr) through
+    `_NoiseFilter`; not with -v, nor where stderr is not the process's own (a test harness's)."""
+    if verbose or sys.stderr is not sys.__stderr__:
         yield
         return
     sys.stderr.flush()
@@ -126,10 +141,9 @@ def _without_ray_noise():
     os.close(write)
 
     def pump() -> None:
+        noise = _NoiseFilter()
         with os.fdopen(read, "rb") as lines, os.fdopen(os.dup(saved), "wb", buffering=0) as out:
-            for line in lines:
-                if not _RAY_NOISE.match(line):
-                    out.write(line)
+            out.writelines(line for line in lines if noise.keep(line))
 
     thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
     thread.start()
@@ -154,7 +168,7 @@ def cmd_run(args) -> int:
 
     config = _config(args)
     run_dir = args.run_dir or Path("runs") / Path(args.config).stem
-    with _progress(args) as progress, _without_ray_noise():
+    with _progress(args) as progress, _without_ray_noise(args.verbose):
         result = run(config, run_dir, address=args.address, force=args.force, progress=progress,
                      retry_failed=args.retry_failed)
     led = result.ledger
@@ -175,7 +189,7 @@ def cmd_demo(args) -> int:
 
     if not (shapes.cache_dir() / "mmcurate_card.json").exists() and not args.quiet:
         print(f"training the demo's offline stand-in CLIP once (about a minute) into {shapes.cache_dir()}", flush=True)
-    with _progress(args) as progress, _without_ray_noise():
+    with _progress(args) as progress, _without_ray_noise(args.verbose):
         result = run_demo(args.run_dir, progress=progress, force=args.force)
     led = result.ledger
     print(f"run dir: {result.run_dir}")
@@ -363,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("huggingface_hub").propagate = False  # it prints its own lines: not each twice
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"ray(\.|$)")  # notes for Ray's developers
+    if not args.verbose:
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"ray(\.|$)")  # notes for Ray's developers
     try:
         return args.func(args)
     except MmcurateError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -32,6 +33,8 @@ def test_demo_end_to_end(tmp_path, shapes_clip):
     assert _stats_files(run_dir) == made
     assert again.stdout.splitlines()[1] == proc.stdout.splitlines()[1]  # the ledger's line
     lines = again.stderr.splitlines()
+    # not quiet: mmcurate's own progress lines only (Ray's, datasets' and warnings' are kept out unless -v)
+    assert all(re.match(r"\S+ +\d+/\d+ +shards ", line) for line in lines), again.stderr
     assert [line.split()[0] for line in lines if "done in an earlier run" in line][:3] == ["ingest", "download", "quality"]
     assert sum(line.startswith("download ") for line in lines) == 1, again.stderr
     assert f"report:  {run_dir / 'report' / 'index.html'}" in proc.stdout
@@ -73,3 +76,26 @@ def test_demo_end_to_end(tmp_path, shapes_clip):
     llava = json.loads((run_dir / "instructions" / "llava.json").read_text())
     assert report["synthesis"]["records"] == 3 * len(kept) and len(llava) == report["synthesis"]["llava_records"] > 0
     assert "stand-in teacher" in proc.stdout
+
+
+def test_noise_filter_drops_library_lines_and_keeps_errors():
+    from mmcurate.cli import _NoiseFilter
+
+    lines = {
+        b"[2025-06-01 12:00:00,123 E 1234 5678] core_worker.cc:2543: Actor with class name: 'MapWorker' and ID: "
+        b"'ab' has constructor arguments in the object store and max_restarts > 0.\n": False,
+        b"\x1b[36m(MapWorker(MapBatches(f)) pid=1234)\x1b[0m [2025-06-01 12:00:00,123 I 1 2] core_worker.cc:9: hi\n": False,
+        b"[2025-06-01 12:00:00,123 W 1234 5678] core_worker.cc:99: a warning\n": False,
+        b"2025-06-01 12:00:00,123\tWARNING worker.py:123 -- a note for Ray's developers\n": False,
+        b"Generating train split: 100 examples [00:00, 1234.56 examples/s]\n": False,
+        b"(pid=9) /venv/lib/python3.11/site-packages/torch/x.py:12: UserWarning: something\n": False,
+        b"(pid=9)   warnings.warn(\n": False,
+        b"(raylet) [2025-06-01 12:00:00,123 E 1234 5678] raylet.cc:1: a worker died\n": True,
+        b"2025-06-01 12:00:00,123\tERROR worker.py:123 -- Unhandled error (suppress with ...)\n": True,
+        b"Traceback (most recent call last):\n": True,
+        b'  File "x.py", line 1, in <module>\n': True,
+        b"mmcurate: error: RayTaskError(ValueError): ray::task() (pid=7)\n": True,
+        b"download                6/6      shards         126 rows          6 rows/s\n": True,
+    }
+    noise = _NoiseFilter()
+    assert {line: noise.keep(line) for line in lines} == lines
