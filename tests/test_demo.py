@@ -18,6 +18,19 @@ def _stats_files(run_dir):
     return {p: p.stat().st_mtime_ns for p in (run_dir / "stages").rglob("*.stats.json")}
 
 
+def _holding(run_dir: Path, secret: str) -> list[str]:
+    """The files of a run dir that hold `secret`: in their bytes, or in a parquet file's values (the
+    demo's input, which the demo writes there, aside)."""
+    found = []
+    for path in (p for p in run_dir.rglob("*") if p.is_file() and "demo-input" not in p.parts):
+        held = secret.encode() in path.read_bytes()
+        if path.suffix == ".parquet":
+            held = held or secret in json.dumps(pq.read_table(path).to_pylist(), default=repr)
+        if held:
+            found.append(str(path.relative_to(run_dir)))
+    return found
+
+
 def test_demo_end_to_end(tmp_path, shapes_clip):
     run_dir = tmp_path / "demo"
     proc = run_cli("demo", "--run-dir", str(run_dir), "--quiet")
@@ -70,6 +83,10 @@ def test_demo_end_to_end(tmp_path, shapes_clip):
     audit = run_cli("audit", str(run_dir), "--reason", "private_address", "--format", "json")
     refused = json.loads(audit.stdout)[0]
     assert refused["url"] == "http://alias.mmcurate.test/img/astronaut.jpg" and "127.0.0.2 is a loopback" in refused["detail"]
+    # no credentials at rest: the url with a password is stored, and shown, masked
+    assert [f for s in ("user:secret@", "secret@example", "secret%40example") for f in _holding(run_dir, s)] == []
+    shown = json.loads(run_cli("audit", str(run_dir), "--reason", "credentials_in_url", "--format", "json").stdout)
+    assert [r["url"] for r in shown] == ["http://user:***@example.com/a.jpg"]
     report = json.loads((run_dir / "report" / "report.json").read_text())
     assert report["invariant_holds"] and report["rows"] == len(ledger)
     # synthesis against the stand-in teacher: a record per kept sample and task, llava.json loads

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,23 @@ def uid_of(url: object, caption: object) -> str:
     """The stable id of an input row: a hash of (url, caption)."""
     text = json.dumps([url, caption], ensure_ascii=True, default=repr)
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:32]
+
+
+_DROPPED = dict.fromkeys(map(ord, "\t\r\n"))
+_AUTHORITY = re.compile(r"^([^/?#]*//)([^/?#]*)@")  # scheme://user:password@ (urlsplit's split: the last @)
+
+
+def masked_url(url: object) -> object:
+    """`url` as it may be stored and shown: a password masked (`user:***@`), and a user given alone
+    too (`***@`: tokens are passed so, `https://TOKEN@host`); any other value as it is."""
+    if not isinstance(url, str):
+        return url
+    read = url.translate(_DROPPED)  # as urlsplit reads it: tabs and line breaks anywhere are dropped
+    if (found := _AUTHORITY.match(read)) is None:
+        return url
+    user, colon, _secret = found.group(2).partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return f"{found.group(1)}{shown}@{read[found.end():]}"
 
 
 def _has_surrogates(text: str) -> bool:
@@ -74,7 +92,7 @@ def check_row(url: object, caption: object, max_caption_chars: int = MAX_CAPTION
     if not parts.hostname:
         return "bad_url", "the url has no host"
     if parts.username is not None or parts.password is not None:
-        return "credentials_in_url", "the url carries user:password; refused so credentials are never sent"
+        return "credentials_in_url", "the url carries credentials (user:password@): never sent, stored masked"
     if _has_surrogates(text):
         return "not_utf8", "the url holds characters that are not valid UTF-8"
     return check_caption(caption, max_caption_chars)
@@ -135,18 +153,19 @@ class ShardBuffer:
         else:
             problem = raw.problem or check_row(raw.url, raw.caption, self.max_caption_chars, self.max_url_chars)
         key = raw.pool[C.SOURCE_KEY] if self.pool else None
-        if self.pool and (raw.url is not None or key is not None):  # the pair's uid, as a list of it would give
-            uid = uid_of(raw.url if raw.url is not None else key, raw.caption)
+        url = masked_url(raw.url)  # no credentials at rest: the uid (a hash one could guess at) is of this too
+        if self.pool and (url is not None or key is not None):  # the pair's uid, as a list of it would give
+            uid = uid_of(url if url is not None else key, raw.caption)
         elif raw.problem is not None or self.pool:  # no values could be read: the uid names the place instead
             uid = uid_of(f"{raw.source}:{raw.line}", None)
         else:
-            uid = uid_of(raw.url, raw.caption)
+            uid = uid_of(url, raw.caption)
         values = {
             C.UID: uid,
             C.ROW: self.rows,
             C.SOURCE: raw.source if self.source is None else self.source,
             C.SOURCE_LINE: raw.line,
-            C.URL: _text(raw.url),
+            C.URL: _text(url),
             C.CAPTION: _text(raw.caption),
             C.STATUS: C.FAILED if problem else C.KEPT,
             C.REASON: problem[0] if problem else None,

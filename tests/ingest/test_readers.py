@@ -90,6 +90,31 @@ def test_unusable_rows_fail_with_reasons(tmp_path):
     assert rows[15][C.DETAIL].startswith("line 16: not JSON")
 
 
+def test_credentials_are_refused_and_stored_masked(tmp_path):
+    lines = [  # (url, stored as), each with a secret of its own
+        ("http://user:s3cret-a@x.test/a.jpg", "http://user:***@x.test/a.jpg"),
+        ("https://user:p%40ss-b@x.test/b.jpg", "https://user:***@x.test/b.jpg"),
+        ("http://:s3cret-c@x.test/c.jpg", "http://:***@x.test/c.jpg"),
+        ("http://user:s3cret-d@x.test:8080/d.jpg?at=e@f", "http://user:***@x.test:8080/d.jpg?at=e@f"),
+        ("http://user:s3cret@e@x.test/e.jpg", "http://user:***@x.test/e.jpg"),  # the last @ ends the credentials
+        ("https://t0ken-f@x.test/f.jpg", "https://***@x.test/f.jpg"),  # a user alone may be a token
+        ("http://user:s3cret-g@x.test:99999/g.jpg", "http://user:***@x.test:99999/g.jpg"),  # refused for its port
+        ("ftp://user:s3cret-h@x.test/h.jpg", "ftp://user:***@x.test/h.jpg"),  # refused for its scheme
+        ("http://x.test/i.jpg?u=user:s3cret@x", "http://x.test/i.jpg?u=user:s3cret@x"),  # not credentials
+    ]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"url": u, "caption": "c"}) + "\n" for u, _ in lines))
+    shards = collect(str(tmp_path / "in.jsonl"))
+    rows = rows_of(shards)
+    assert [r[C.URL] for r in rows] == [shown for _, shown in lines]
+    assert [r[C.REASON] for r in rows] == ["credentials_in_url"] * 6 + ["bad_url", "unsupported_scheme", None]
+    assert rows[-1][C.UID] == ingest.uid_of(lines[-1][0], "c")  # other rows' uids are what they were
+    assert rows[0][C.UID] == ingest.uid_of(lines[0][1], "c")  # a hash of the masked url: nothing to guess at
+    for table, name in ((t, f"{i}.parquet") for i, t in enumerate(shards)):
+        pq.write_table(table, tmp_path / name, compression="none")
+        stored = (tmp_path / name).read_bytes() + json.dumps(table.to_pylist()).encode()
+        assert not any(secret in stored for secret in (b"s3cret-", b"p%40ss", b"p@ss", b"t0ken"))
+
+
 def test_malformed_csv_rows_and_bad_utf8_are_ledger_rows(tmp_path):
     data = b"url,caption\nhttp://x.test/1.jpg,good\nhttp://x.test/2.jpg,too,many\nhttp://x.test/3.jpg,caf\xe9\n\nhttp://x.test/4.jpg,\n"
     (tmp_path / "in.csv").write_bytes(data)
