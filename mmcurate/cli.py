@@ -241,7 +241,7 @@ def cmd_report(args) -> int:
 def cmd_audit(args) -> int:
     import polars as pl
 
-    from mmcurate.jobs.audit import explain, query_ledger, sample_ledger
+    from mmcurate.jobs.audit import explain, query_ledger, sample_ledger, shown
 
     if args.sample is not None and args.sample < 1:
         raise ConfigError(f"--sample {args.sample}: the number of rows to sample, 1 or more")
@@ -266,11 +266,9 @@ def cmd_audit(args) -> int:
                 for k, v in step["settings"].items():
                     print(f"  {'':<15}   setting {k} = {json.dumps(v)}")
         return 0
-    filters = {"stage": args.stage, "reason": args.reason, "uid": args.uid, "status": args.status}
-    if args.sample is not None:
-        frame = sample_ledger(run_dir, args.sample, args.seed, **filters)
-    else:
-        frame = query_ledger(run_dir, **filters, limit=None if args.limit <= 0 else args.limit)
+    filters, limit = {"stage": args.stage, "reason": args.reason, "uid": args.uid, "status": args.status}, args.limit or None
+    frame = (sample_ledger(run_dir, args.sample, args.seed, **filters) if args.sample is not None
+             else query_ledger(run_dir, **filters, limit=limit))
     if args.format == "json":
         print(json.dumps(frame.to_dicts(), indent=2, default=str))
     elif args.format == "csv":  # CSV holds no lists: a list score (pii_types, face_boxes) as its JSON text
@@ -282,6 +280,8 @@ def cmd_audit(args) -> int:
         columns = [c for c in ("uid", "row", "status", "stage", "reason", "detail", "url") if c in frame.columns]
         with pl.Config(tbl_rows=-1, fmt_str_lengths=60, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
             print(frame.select(columns) if frame.height else "no ledger rows match")
+    if args.sample is None and (cut := shown(run_dir, frame.height, limit, **filters)):
+        print(cut, file=sys.stdout if args.format == "table" else sys.stderr)  # JSON and CSV stay data
     return 0
 
 
@@ -346,10 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--stage")
     p.add_argument("--reason")
-    p.add_argument("--uid")
+    p.add_argument("--uid", help="a uid, or any unambiguous start of one (the report shows 12 characters)")
     p.add_argument("--status", choices=["kept", "dropped", "failed"])
     p.add_argument("--limit", type=int, default=20, help="0 for all")
-    p.add_argument("--explain", metavar="UID", help="every stage's decision, scores and settings for this sample")
+    p.add_argument("--explain", metavar="UID", help="every stage's decision, scores and settings for this sample (a uid or its start)")
     p.add_argument("--sample", type=int, metavar="N", help="a reproducible random sample of N matching rows")
     p.add_argument("--seed", type=int, default=0, help="seed of --sample (same run + seed = same rows)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mmcurate.engine.rundir import RunDir
+from mmcurate.engine.rundir import INGEST, RunDir
 from mmcurate.jobs.ledger import sample_key
 from mmcurate.jobs.manifest import stages_of
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import lookup
 from mmcurate.schemas.errors import ConfigError
+from mmcurate.schemas.reasons import is_reason, reasons_of
 from mmcurate.storage import paths
 
 
@@ -29,18 +32,56 @@ def query_ledger(
     """Ledger rows matching every given filter, in input order, scores flattened to columns.
 
     The ledger's files are in row order, so the first `limit` matches are read and no more; a uid
-    is looked up in the uid index (a ledger in parts) and read from the row groups that hold it."""
-    files = _files(run_dir)
-    if uid is not None:
-        frame = pl.from_arrow(ledger_rows(run_dir, uid_rows(run_dir, uid))).lazy()
-    else:
-        frame = paths.scan_parquet(files)
-    for column, value in ((C.STAGE, stage), (C.REASON, reason), (C.UID, uid), (C.STATUS, status)):
-        if value is not None:
-            frame = frame.filter(pl.col(column) == value)
+    (or an unambiguous prefix of one) is looked up in the uid index (a ledger in parts) and read
+    from the row groups that hold it."""
+    frame = _matching(run_dir, stage=stage, reason=reason, uid=uid, status=status)
     if limit is not None:
         frame = frame.head(limit)
     return frame.collect().sort(C.ROW).unnest(C.SCORES)
+
+
+def shown(run_dir: RunDir, rows: int, limit: int | None, **filters) -> str | None:
+    """A note such as "20 of 81 shown" where `limit` cut the matches short (a lazy count of them), else None."""
+    if limit is None or rows < limit:
+        return None
+    total = _matching(run_dir, **filters).select(pl.len()).collect().item()
+    return f"{rows:,} of {total:,} shown (--limit 0 for all)" if total > rows else None
+
+
+def _matching(run_dir: RunDir, *, stage=None, reason=None, uid=None, status=None) -> pl.LazyFrame:
+    check_filters(run_dir, stage, reason)
+    if uid is not None:
+        uid = resolve_uid(run_dir, uid, "--uid")
+        frame = pl.from_arrow(ledger_rows(run_dir, uid_rows(run_dir, uid))).lazy()
+    else:
+        frame = paths.scan_parquet(_files(run_dir))
+    for column, value in ((C.STAGE, stage), (C.REASON, reason), (C.UID, uid), (C.STATUS, status)):
+        if value is not None:
+            frame = frame.filter(pl.col(column) == value)
+    return frame
+
+
+def check_filters(run_dir: RunDir, stage: str | None, reason: str | None) -> None:
+    """An unknown --stage or --reason is an error naming the valid ones: the run's stages, and the
+    reasons they can give (`schemas/reasons.py`) or the run's report counted. A valid one that no
+    row has is no error (its answer is no rows)."""
+    if stage is None and reason is None:
+        return
+    manifest = run_dir.read_manifest()
+    order = manifest.get("stage_order") or [s.name for s in stages_of(manifest, str(run_dir.manifest))]
+    stages = [INGEST, *(s for s in order if s != INGEST and not s.startswith("export-"))]
+    reasons = reasons_of(stages)
+    if paths.is_remote(run_dir.report_json) or run_dir.report_json.exists():
+        try:  # what the run holds, should a stage give a reason the table lacks
+            counted = json.loads(paths.read_text(run_dir.report_json)).get("reasons", [])
+        except (OSError, ValueError):
+            counted = []
+        stages += [r[C.STAGE] for r in counted if r.get(C.STAGE) and r[C.STAGE] not in stages]
+        reasons |= {r[C.REASON] for r in counted if r.get(C.REASON)}
+    if stage is not None and stage not in stages:
+        raise ConfigError(f"--stage {stage}: not a stage of this run; its stages: {', '.join(stages)}")
+    if reason is not None and not is_reason(reason, reasons):
+        raise ConfigError(f"--reason {reason}: no stage of this run gives it; they give: {', '.join(sorted(reasons))}")
 
 
 def sample_ledger(run_dir: RunDir, n: int, seed: int, **filters) -> pl.DataFrame:
@@ -49,6 +90,7 @@ def sample_ledger(run_dir: RunDir, n: int, seed: int, **filters) -> pl.DataFrame
     The rows with the `n` smallest seeded keys (`ledger.sample_key`), found batch by batch, so
     memory holds n rows whatever the ledger's size."""
     wanted = {k: v for k, v in filters.items() if v is not None}
+    check_filters(run_dir, wanted.get("stage"), wanted.get("reason"))
     if C.UID in wanted:  # a few rows, found through the index
         frame = query_ledger(run_dir, limit=None, **filters)
         return frame[np.sort(np.argsort(sample_key(frame[C.ROW].to_numpy(), seed), kind="stable")[:n])]
@@ -112,15 +154,39 @@ def ledger_rows(run_dir: RunDir, rows: list[int]) -> pa.Table:
 def uid_rows(run_dir: RunDir, uid: str) -> list[int]:
     """The rows with `uid`: from the uid index's row groups that can hold it (a ledger in parts),
     or a scan of the uid column (one file, at most `engine.ledger_part_rows` rows)."""
-    index = sorted(run_dir.ledger_index.glob("part-*.parquet")) if run_dir.ledger.is_dir() else []
     found: list[int] = []
+    for t in _uid_groups(run_dir, uid, uid):
+        found += t.filter(pc.equal(t[C.UID], uid))[C.ROW].to_pylist()
+    return found
+
+
+def resolve_uid(run_dir: RunDir, uid: str, flag: str, most: int = 5) -> str:
+    """The uid that `uid` names: itself, or the one uid it begins (the report shows 12 characters).
+
+    Any length of prefix is taken; one that begins several uids is an error listing up to `most`
+    of them. A prefix is the range [prefix, prefix + U+10FFFF) of the sorted uids, so the uid
+    index's statistics find its row groups as they find a whole uid's, and the search stops at
+    `most` + 1 uids. One that begins none is returned as it is (no row has it)."""
+    found: set[str] = set()
+    for t in _uid_groups(run_dir, uid, uid + "\U0010ffff"):
+        found.update(t.filter(pc.starts_with(t[C.UID], uid))[C.UID].to_pylist())
+        if len(found) > most:
+            break
+    if len(found) <= 1 or uid in found or uid_rows(run_dir, uid):
+        return next(iter(found)) if len(found) == 1 else uid
+    listed = ", ".join(sorted(found)[:most]) + (", ..." if len(found) > most else "")
+    raise ConfigError(f"{flag} {uid}: ambiguous, the start of {'more than ' if len(found) > most else ''}"
+                      f"{min(len(found), most)} uids: {listed}; give more of it")
+
+
+def _uid_groups(run_dir: RunDir, lo: str, hi: str):
+    """(uid, row) of the uid index's row groups that can hold uids in [lo, hi] (a ledger in
+    parts), or of every row group of the one ledger file."""
+    index = sorted(run_dir.ledger_index.glob("part-*.parquet")) if run_dir.ledger.is_dir() else []
     for path in index or _files(run_dir):
         pf = paths.parquet_file(path)
-        groups = _groups(pf, C.UID, uid, uid) if index else range(pf.metadata.num_row_groups)
-        for g in groups:
-            t = pf.read_row_group(g, columns=[C.UID, C.ROW])
-            found += t.filter(pc.equal(t[C.UID], uid))[C.ROW].to_pylist()
-    return found
+        for g in _groups(pf, C.UID, lo, hi) if index else range(pf.metadata.num_row_groups):
+            yield pf.read_row_group(g, columns=[C.UID, C.ROW])
 
 
 def explain(run_dir: RunDir, uid: str) -> list[dict]:
@@ -129,6 +195,7 @@ def explain(run_dir: RunDir, uid: str) -> list[dict]:
     A uid names an (url, caption) pair; the same pair given twice has two rows, both explained.
     The settings shown beside each stage are those it declares it decides by.
     """
+    uid = resolve_uid(run_dir, uid, "--explain")
     rows = query_ledger(run_dir, uid=uid, limit=None)
     if rows.height == 0:
         raise ConfigError(f"--explain {uid}: no ledger row has this uid")

@@ -218,6 +218,38 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
     assert (run_dir / "report" / "screenshot.png").stat().st_size > 10_000
 
 
+def test_audit_takes_the_report_s_uid_prefix_and_names_what_it_does_not_know(run):
+    _, run_dir, ledger, _ = run
+    audit = lambda *args: run_cli("audit", str(run_dir), *args)  # noqa: E731
+    low = next(r for r in ledger if r["reason"] == "low_clip_score")
+    proc = audit("--uid", low["uid"][:12], "--format", "json")
+    assert proc.returncode == 0 and {r["uid"] for r in json.loads(proc.stdout)} == {low["uid"]}, proc.stderr
+    proc = audit("--explain", low["uid"][:12], "--format", "json")
+    assert proc.returncode == 0 and [r["uid"] for r in json.loads(proc.stdout)] == [low["uid"]], proc.stderr
+    uids = sorted({r["uid"] for r in ledger})
+    first = next(u[0] for u, v in zip(uids, uids[1:]) if u[0] == v[0])  # a start two uids share
+    for flag in ("--uid", "--explain"):
+        proc = audit(flag, first)
+        assert proc.returncode == 2 and f"{flag} {first}: ambiguous" in proc.stderr, proc.stderr
+        assert [u for u in uids if u.startswith(first)][0] in proc.stderr
+    assert audit("--uid", "0" * 32).stdout.strip() == "no ledger rows match"
+
+    for args, says in ((["--reason", "nosuch"], "--reason nosuch: no stage of this run gives it; they give: "),
+                       (["--stage", "nosuch", "--sample", "2"], "--stage nosuch: not a stage of this run; its stages: ingest, ")):
+        proc = audit(*args)
+        assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+    assert "low_clip_score" in audit("--reason", "nosuch").stderr and "clip" in audit("--stage", "x").stderr
+    for args in (["--reason", "near_reference"], ["--reason", "http_500"], ["--stage", "dedup", "--reason", "low_clip_score"]):
+        proc = audit(*args)  # a reason the run's stages give, that no row has
+        assert proc.returncode == 0 and proc.stdout.strip() == "no ledger rows match", (args, proc.stderr)
+
+    dropped = sum(r["status"] == "dropped" for r in ledger)
+    assert audit("--status", "dropped", "--limit", "2").stdout.rstrip().endswith(f"2 of {dropped} shown (--limit 0 for all)")
+    proc = audit("--status", "dropped", "--limit", "2", "--format", "json")
+    assert len(json.loads(proc.stdout)) == 2 and f"2 of {dropped} shown" in proc.stderr
+    assert "shown" not in audit("--status", "dropped", "--limit", "0").stdout
+
+
 def test_ledger_in_parts_reads_as_the_single_file(run, tmp_path):
     """A run above engine.ledger_part_rows writes ledger.parquet/ as parts (here one shard each);
     pyarrow, polars and datasets read it as the file, and audit and report answer the same."""
@@ -243,7 +275,8 @@ def test_ledger_in_parts_reads_as_the_single_file(run, tmp_path):
 
     dup = next(r for r in ledger if r["reason"] == "exact_duplicate")
     for query in (["--uid", dup["uid"]], ["--status", "dropped", "--sample", "3", "--seed", "2"],
-                  ["--reason", "low_clip_score", "--limit", "2"], ["--explain", ledger[-1]["uid"]]):
+                  ["--reason", "low_clip_score", "--limit", "2"], ["--explain", ledger[-1]["uid"]],
+                  ["--uid", ledger[-2]["uid"][:12]]):
         one, many = (run_cli("audit", str(d), *query, "--format", "json") for d in (run_dir, parted))
         assert one.returncode == many.returncode == 0 and json.loads(one.stdout) == json.loads(many.stdout), query
     reports = [json.loads((d / "report" / "report.json").read_text()) for d in (run_dir, parted)]
