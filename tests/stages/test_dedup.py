@@ -121,3 +121,18 @@ def test_flat_region_crops_need_agreeing_layouts_and_close_hashes():
     sig = Signals.from_columns(ph, dh, [30.0] * len(ph), colour)
     near, _ = sig.near(0, np.arange(1, len(ph)), 8, 8)
     assert dict(zip(names, near.tolist())) == {n: cases[n][3] for n in names}
+
+
+def test_one_shape_in_two_colours_is_no_near_duplicate():
+    """The demo's orange triangle was dropped as a near-duplicate of its green one (pHash 6): their
+    colour grids do not correlate, and now they are kept apart."""
+    import numpy as np
+
+    from mmcurate.demo import shapes
+    from mmcurate.stages.dedup.signals import Signals
+
+    green, orange = (signals(shapes.png(shapes.draw(c, "triangle", np.random.default_rng(3)))) for c in ("green", "orange"))
+    sig = Signals.from_columns([green.phash, orange.phash], [green.dhash, orange.dhash],
+                               [green.luma_std, orange.luma_std], [green.colour, orange.colour])
+    near, distance = sig.near(0, np.array([1]), 8, 8)
+    assert distance[0] <= 8 and not near[0]
