@@ -96,7 +96,7 @@ def test_demo_end_to_end(tmp_path, shapes_clip):
 
 
 def test_noise_filter_drops_library_lines_and_keeps_errors():
-    from mmcurate.cli import _NoiseFilter
+    from mmcurate.cli.console import NoiseFilter
 
     lines = {
         b"[2025-06-01 12:00:00,123 E 1234 5678] core_worker.cc:2543: Actor with class name: 'MapWorker' and ID: "
@@ -114,5 +114,5 @@ def test_noise_filter_drops_library_lines_and_keeps_errors():
         b"mmcurate: error: RayTaskError(ValueError): ray::task() (pid=7)\n": True,
         b"download                6/6      shards         126 rows          6 rows/s\n": True,
     }
-    noise = _NoiseFilter()
+    noise = NoiseFilter()
     assert {line: noise.keep(line) for line in lines} == lines
