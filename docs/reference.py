@@ -140,7 +140,9 @@ def render() -> str:
            "## Command line", "",
            "Exit codes: 0 success; 2 a bad config, input or argument (the message names the key, file, line or "
            "flag); 1 anything else, and a run whose failed teacher requests exceed `synthesis.max_failed_fraction` "
-           "(everything else written); 130 interrupted (run the same command again to resume).", ""]
+           "(everything else written); 3 an `export --where` cut that takes back rows the run cannot export as "
+           "it is (nothing written; the message gives the rerun's command, `--partial` exports the rest); "
+           "130 interrupted (run the same command again to resume).", ""]
     for name, text in usage.items():
         out += [f"### `mmcurate {name}`", "", "```", text, "```", ""]
     defaults = Config.model_validate({"input": {"path": "-"}}).resolved()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import ipaddress
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -137,6 +138,17 @@ def shapes_clip(tmp_path_factory) -> tuple[Path, dict]:
     return shapes.ensure_model()
 
 
+@pytest.fixture(scope="session")
+def demo_run(shapes_clip, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """`mmcurate demo`, run once per session: every stage on, the run an auditor and a researcher
+    use in the README (its folder and the finished process). Tests read it; a test that changes a
+    run copies it first."""
+    run_dir = tmp_path_factory.mktemp("demo") / "demo"
+    proc = run_cli("demo", "--run-dir", str(run_dir), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    return run_dir, proc
+
+
 # Safety and privacy stages off: for tests about other stages (the default toxicity model is a
 # download, and these stages have their own tests).
 SAFETY_OFF = {
@@ -145,3 +157,27 @@ SAFETY_OFF = {
 }
 SAFETY_OFF_SET = ["--set", "safety.toxicity.enabled=false", "--set", "safety.nsfw.enabled=false",
                   "--set", "privacy.faces.enabled=false", "--set", "privacy.pii.enabled=false"]
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium (Debian's chromium + chromium-driver) driven by Selenium with an explicit
+    driver path: no downloads, no stats, the console logged. Skips where either is missing."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None or shutil.which("chromedriver") is None:
+        pytest.skip("Chromium and chromedriver are not installed (make test installs the Debian packages "
+                    "chromium and chromium-driver where it can)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.update(SE_OFFLINE="true", SE_AVOID_STATS="true")  # Selenium Manager: no downloads, no stats
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+                 "--window-size=1280,2000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    yield driver
+    driver.quit()

@@ -31,10 +31,8 @@ def _holding(run_dir: Path, secret: str) -> list[str]:
     return found
 
 
-def test_demo_end_to_end(tmp_path, shapes_clip):
-    run_dir = tmp_path / "demo"
-    proc = run_cli("demo", "--run-dir", str(run_dir), "--quiet")
-    assert proc.returncode == 0, proc.stderr
+def test_demo_end_to_end(demo_run):
+    run_dir, proc = demo_run
     # quiet is quiet: none of Ray's or datasets' lines
     for noise in ("core_worker", "max_restarts", "UserWarning", "examples/s", "Generating train split"):
         assert noise not in proc.stderr, proc.stderr

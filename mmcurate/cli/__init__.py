@@ -1,4 +1,5 @@
-"""The command line (DESIGN A.1): parses, prints, exits. Exit 0 ok, 2 bad config or input, 1 other."""
+"""The command line (DESIGN A.1): parses, prints, exits. Exit 0 ok, 2 bad config or input, 1 other,
+3 a `--where` cut the run cannot honour in full (nothing written)."""
 
 from __future__ import annotations
 
@@ -19,17 +20,21 @@ log = logging.getLogger("mmcurate")
 
 
 def _config(args):
-    """The validated config of `mmcurate run` (file plus --set overrides)."""
-    from mmcurate.schemas.config import load_config
+    """The validated config of `mmcurate run` (file plus --set overrides); a run dir in the config's
+    place gives the config its manifest recorded (and is the run dir, unless --run-dir says)."""
+    from mmcurate.schemas.config import config_from_dict, load_config
 
-    return load_config(args.config, args.set or [])
+    if not Path(args.config).is_dir():
+        return load_config(args.config, args.set or [])
+    manifest = _run_dir(args.config).read_manifest()
+    return config_from_dict(manifest.get("config") or {}, args.set or [], f"{args.config}/manifest.json")
 
 
 def cmd_run(args) -> int:
     from mmcurate.jobs.run import run
 
     config = _config(args)
-    run_dir = args.run_dir or Path("runs") / Path(args.config).stem
+    run_dir = args.run_dir or (args.config if Path(args.config).is_dir() else Path("runs") / Path(args.config).stem)
     with progress_of(args) as progress, without_ray_noise(args.verbose):
         result = run(config, run_dir, address=args.address, force=args.force, progress=progress,
                      retry_failed=args.retry_failed)
@@ -96,55 +101,15 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     from mmcurate.jobs.report import write_report
 
-    print(write_report(_run_dir(args.run_dir)))
+    print(write_report(_run_dir(args.run_dir), show_nsfw=args.show_nsfw))
     return 0
 
 
 def cmd_audit(args) -> int:
-    import polars as pl
+    from mmcurate.cli.audit import audit, check_flags
 
-    from mmcurate.jobs.audit import explain, query_ledger, sample_ledger, shown
-
-    if args.sample is not None and args.sample < 1:
-        raise ConfigError(f"--sample {args.sample}: the number of rows to sample, 1 or more")
-    if args.limit < 0:
-        raise ConfigError(f"--limit {args.limit}: the number of rows to show, or 0 for all")
-    run_dir = _run_dir(args.run_dir)
-    if args.explain:
-        found = explain(run_dir, args.explain)
-        if args.format == "json":
-            print(json.dumps(found, indent=2, default=str))
-            return 0
-        for row in found:
-            print(f"uid {row['uid']}  row {row['row']}  {row['status'].upper()}"
-                  + (f" by {row['stage']}: {row['reason']}" if row["stage"] else ""))
-            print(f"  url:     {row['url']}\n  caption: {row['caption']}")
-            for step in row["steps"]:
-                verdict = step["status"] + (f" ({step['reason']}: {step['detail']})" if step["reason"] else "")
-                print(f"  {step['stage']:<15} {verdict}")
-                for k, v in step["values"].items():
-                    if v is not None:
-                        print(f"  {'':<15}   {k} = {v}")
-                for k, v in step["settings"].items():
-                    print(f"  {'':<15}   setting {k} = {json.dumps(v)}")
-        return 0
-    filters, limit = {"stage": args.stage, "reason": args.reason, "uid": args.uid, "status": args.status}, args.limit or None
-    frame = (sample_ledger(run_dir, args.sample, args.seed, **filters) if args.sample is not None
-             else query_ledger(run_dir, **filters, limit=limit))
-    if args.format == "json":
-        print(json.dumps(frame.to_dicts(), indent=2, default=str))
-    elif args.format == "csv":  # CSV holds no lists: a list score (pii_types, face_boxes) as its JSON text
-        nested = [c for c, t in frame.schema.items() if t.is_nested()]
-        frame = frame.with_columns(pl.col(c).map_elements(lambda v: json.dumps(v.to_list() if hasattr(v, "to_list") else v),
-                                                          return_dtype=pl.String) for c in nested)
-        sys.stdout.write(frame.write_csv())
-    else:
-        columns = [c for c in ("uid", "row", "status", "stage", "reason", "detail", "url") if c in frame.columns]
-        with pl.Config(tbl_rows=-1, fmt_str_lengths=60, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
-            print(frame.select(columns) if frame.height else "no ledger rows match")
-    if args.sample is None and (cut := shown(run_dir, frame.height, limit, **filters)):
-        print(cut, file=sys.stdout if args.format == "table" else sys.stderr)  # JSON and CSV stay data
-    return 0
+    check_flags(args)
+    return audit(args, _run_dir(args.run_dir))
 
 
 def cmd_export(args) -> int:
@@ -160,9 +125,12 @@ def cmd_export(args) -> int:
     if manifest.get("status") != "finished":
         raise ConfigError(f"{run_dir.root}: the run has not finished (status {manifest.get('status')}); run it again to resume")
     out = Path(args.out)
-    count = export_all(run_dir, stages_of(manifest, str(run_dir.manifest)), args.format, out, where=args.where,
-                       samples_per_shard=args.samples_per_shard)
-    cut = f" where {args.where}" if args.where else ""
+    stages = stages_of(manifest, str(run_dir.manifest))
+    count, summary = export_all(run_dir, stages, args.format, out, where=args.where,
+                                samples_per_shard=args.samples_per_shard, partial=args.partial)
+    if summary is not None:
+        print("\n".join(summary.lines(run_dir.root, stages, manifest.get("config", {}))), file=sys.stderr)
+    cut = f" where {args.where}" + (" (partial: see above)" if summary and not summary.complete else "") if args.where else ""
     what = {"llava": "instruction records", "ids": "ids"}.get(args.format, "samples")
     print(f"exported {count:,} {what}{cut} as {args.format} to {out}")
     if not count:
@@ -178,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the pipeline (re-running the same run dir resumes)")
-    p.add_argument("config")
-    p.add_argument("--run-dir", help="default: runs/<config name>")
+    p.add_argument("config", help="a config file, or a run dir: the config its manifest recorded")
+    p.add_argument("--run-dir", help="default: runs/<config name>, or the run dir given as config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key by dotted path")
     p.add_argument("--address", help="attach to a Ray cluster: auto or ray://host:port (default: embedded Ray)")
     p.add_argument("--force", action="store_true", help="accept a changed config: redo what the change affects")
@@ -202,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="(re)build report/ from the ledger")
     p.add_argument("run_dir")
+    p.add_argument("--show-nsfw", action="store_true", help="show the images of NSFW drops (by default they are "
+                   "listed by uid only)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("audit", help="query the ledger: why was a sample dropped")
@@ -211,7 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uid", help="a uid, or any unambiguous start of one (the report shows 12 characters)")
     p.add_argument("--status", choices=["kept", "dropped", "failed"])
     p.add_argument("--limit", type=int, default=20, help="0 for all")
-    p.add_argument("--explain", metavar="UID", help="every stage's decision, scores and settings for this sample (a uid or its start)")
+    p.add_argument("--explain", metavar="UID", help="every stage's decision, scores, settings and model for this "
+                   "sample (a uid or its start), its exported caption and instruction records")
+    p.add_argument("--dump", metavar="DIR", help="with --explain: write decision.json and the images behind it (downloaded, "
+                   "exported, a duplicate's keeper) into DIR, a new or empty folder")
+    p.add_argument("--show-nsfw", action="store_true", help="with --dump: write the images of a row flagged NSFW too")
     p.add_argument("--sample", type=int, metavar="N", help="a reproducible random sample of N matching rows")
     p.add_argument("--seed", type=int, default=0, help="seed of --sample (same run + seed = same rows)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
@@ -225,7 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-per-shard", type=int, metavar="N",
                    help="webdataset, parquet: repack into files of N samples each (the last smaller), keys.parquet beside")
     p.add_argument("--where", help="another cut of the same run: a polars SQL expression over ledger columns, "
-                   "e.g. \"clip_score > 0.3 and caption_words >= 5\"")
+                   "e.g. \"clip_score > 0.3 and caption_words >= 5\"; it says how many rows match and can be "
+                   "exported, and exits 3 writing nothing when some it takes back need a rerun")
+    p.add_argument("--partial", action="store_true", help="with --where: export the rows that can be, when others "
+                   "need a rerun (the summary and the manifest say so)")
     p.set_defaults(func=cmd_export)
     return parser
 

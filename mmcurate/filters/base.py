@@ -43,6 +43,19 @@ class Histogram:
     threshold_score: str | None = None  # a score column holding the threshold the run chose (a percentile's value)
 
 
+@dataclass(frozen=True)
+class Threshold:
+    """A reason a score threshold decides: the score, the config key holding the threshold and
+    whether rows under (`min`) or over (`max`) it go. An `export --where` cut that names the score
+    takes such rows back; `unset` is a key that must be cleared to set this one (a percentile)."""
+
+    reason: str
+    score: str
+    key: str | None = None  # None: no single key decides it (a cluster)
+    kind: str = "min"
+    unset: str | None = None
+
+
 class Filter:
     """Base of every filter; a subclass sets the class attributes and `apply`, and nothing else."""
 
@@ -56,7 +69,7 @@ class Filter:
     columns_when_off: ClassVar[bool] = False
     needs: ClassVar[tuple[str, ...]] = ()  # data columns of earlier stages it reads
     settings: ClassVar[tuple[str, ...] | None] = None  # dotted keys it decides by (audit --explain); None: section
-    threshold_reasons: ClassVar[frozenset[str]] = frozenset()  # reasons a score threshold decides (export --where)
+    thresholds: ClassVar[tuple[Threshold, ...]] = ()  # reasons a score threshold decides (export --where)
     histograms: ClassVar[tuple[Histogram, ...]] = ()  # scores the report draws
 
     def __init__(self, config: Config):

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from mmcurate.algos.embeddings import embeddings_of
-from mmcurate.filters.base import Filter, Histogram, Verdicts
+from mmcurate.filters.base import Filter, Histogram, Threshold, Verdicts
 from mmcurate.filters.weights import file_sha256
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.errors import ModelError
@@ -134,7 +134,7 @@ class AestheticFilter(_HeadFilter):
     order = 10
     fields = (pa.field(C.AESTHETIC, pa.float32()),)
     settings = ("quality.aesthetic.min_score",)
-    threshold_reasons = frozenset({"low_aesthetic_score"})
+    thresholds = (Threshold("low_aesthetic_score", C.AESTHETIC, "quality.aesthetic.min_score", "min"),)
     histograms = (Histogram(C.AESTHETIC, "quality.aesthetic.min_score", "min"),)
     column, label, limit, reason = C.AESTHETIC, "aesthetic score", "min_score", "low_aesthetic_score"
 
@@ -147,7 +147,7 @@ class WatermarkFilter(_HeadFilter):
     order = 20
     fields = (pa.field(C.WATERMARK, pa.float32()),)
     settings = ("quality.watermark.max_score",)
-    threshold_reasons = frozenset({"watermark"})
+    thresholds = (Threshold("watermark", C.WATERMARK, "quality.watermark.max_score", "max"),)
     histograms = (Histogram(C.WATERMARK, "quality.watermark.max_score", "max"),)
     column, label, limit, reason = C.WATERMARK, "watermark probability", "max_score", "watermark"
     probability = True

@@ -14,7 +14,7 @@ import re
 
 import pyarrow as pa
 
-from mmcurate.filters.base import Filter, Histogram, Verdicts
+from mmcurate.filters.base import Filter, Histogram, Threshold, Verdicts
 from mmcurate.schemas import columns as C
 
 EMOJI_FRACTION = "caption_emoji_fraction"  # this filter's score: emoji / visible characters
@@ -46,7 +46,7 @@ class EmojiFilter(Filter):
     section = "quality.emoji"
     order = 15  # after boilerplate captions, before DataComp's word counts (emoji are no words there)
     fields = (pa.field(EMOJI_FRACTION, pa.float32()),)
-    threshold_reasons = frozenset({"emoji_caption"})
+    thresholds = (Threshold("emoji_caption", EMOJI_FRACTION, "quality.emoji.max_fraction", "max"),)
     histograms = (Histogram(EMOJI_FRACTION, "quality.emoji.max_fraction", "max"),)
 
     def apply(self, rows: pa.Table) -> Verdicts:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from mmcurate.filters.base import Filter, Histogram, Verdicts
+from mmcurate.filters.base import Filter, Histogram, Threshold, Verdicts
 from mmcurate.filters.images import decode_rgb
 from mmcurate.filters.weights import file_sha256
 from mmcurate.schemas import columns as C
@@ -100,7 +100,7 @@ class NsfwFilter(Filter):
     fields = (pa.field(C.NSFW, pa.float32()), pa.field(C.NSFW_CLASS, pa.string()))
     needs = (C.IMAGE,)
     settings = ("safety.nsfw.max_score",)
-    threshold_reasons = frozenset({"nsfw_image"})
+    thresholds = (Threshold("nsfw_image", C.NSFW, "safety.nsfw.max_score", "max"),)
     histograms = (Histogram(C.NSFW, "safety.nsfw.max_score", "max"),)
     weights: str | None = None
     sha256: str | None = None

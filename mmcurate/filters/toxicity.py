@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from mmcurate.filters.base import Filter, Histogram, Verdicts
+from mmcurate.filters.base import Filter, Histogram, Threshold, Verdicts
 from mmcurate.filters.weights import file_sha256
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.errors import ModelError
@@ -165,7 +165,7 @@ class ToxicityFilter(Filter):
     fields = (pa.field(C.TOXICITY, pa.float32()), pa.field(C.TOXICITY_CLASS, pa.string()),
               pa.field(C.TOXICITY_MODEL, pa.string()))
     settings = ("safety.toxicity.model", "safety.toxicity.max_score")
-    threshold_reasons = frozenset({"toxic_caption"})
+    thresholds = (Threshold("toxic_caption", C.TOXICITY, "safety.toxicity.max_score", "max"),)
     histograms = (Histogram(C.TOXICITY, "safety.toxicity.max_score", "max"),)
     model: ToxicityModel | None = None  # found on the driver by prepare()
     _scorer: ToxicityScorer | None = None

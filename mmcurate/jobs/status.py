@@ -7,6 +7,8 @@ import json
 from mmcurate.engine.rundir import INGEST, RunDir
 from mmcurate.schemas import columns as C
 
+WHOLE_EXPORTS = ("hf", "llava")  # one folder or file per run, not one per shard
+
 
 def run_status(run_dir: RunDir) -> dict:
     """Shards done / total and rows in / kept / dropped / failed, per stage."""
@@ -27,12 +29,19 @@ def run_status(run_dir: RunDir) -> dict:
             row.update(shards_done=total if run_dir.ingest_done().exists() else 0)
             for key in ("rows_in", C.KEPT, C.FAILED):
                 row[key] = info.get(key, 0)
+        elif name.startswith("export-") and name.removeprefix("export-") in WHOLE_EXPORTS:
+            # written whole, not shard by shard: the manifest says when it is done
+            export = manifest.get("exports", {}).get(name.removeprefix("export-"), {})
+            done = export.get("status") == "done"
+            row.update(shards_done=int(done), shards_total=1, rows_in=export.get("rows", 0) if done else 0)
+            row[C.KEPT] = row["rows_in"]
         else:
             for stats_file in sorted(run_dir.stage_dir(name).glob("*.stats.json")) if run_dir.stage_dir(name).exists() else []:
                 stats = json.loads(stats_file.read_text())
                 row["shards_done"] += 1
                 for key in ("rows_in", C.KEPT, C.DROPPED, C.FAILED):
                     row[key] += stats.get(key, 0)
-        row["status"] = "done" if total and row["shards_done"] == total else ("running" if row["shards_done"] else "pending")
+        done = row["shards_total"] and row["shards_done"] == row["shards_total"]
+        row["status"] = "done" if done else ("running" if row["shards_done"] else "pending")
         stages.append(row)
     return {"run_dir": str(run_dir.root), "status": manifest.get("status"), "ledger": manifest.get("ledger"), "stages": stages}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mmcurate.filters.base import Threshold
 from mmcurate.schemas.config import Config
 from mmcurate.stages.base import Stage
 from mmcurate.stages.clip import ClipFilterStage
@@ -63,6 +64,7 @@ def origin_columns(stages: Sequence[Stage]) -> list[str]:
     return list(dict.fromkeys(c for s in stages for c in s.origin_columns))
 
 
-def threshold_reasons(stages: Sequence[Stage]) -> frozenset[str]:
-    """Reasons that come from a score threshold: a `--where` cut may take such rows back in."""
-    return frozenset().union(*(s.threshold_reasons for s in stages))
+def thresholds(stages: Sequence[Stage]) -> dict[str, tuple[Stage, Threshold]]:
+    """Reasons that come from a score threshold, with the stage that gives each: a `--where` cut
+    that names the score may take such rows back in."""
+    return {t.reason: (s, t) for s in stages for t in s.thresholds}

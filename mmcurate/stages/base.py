@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from mmcurate.algos.parallel import Parallel, Tasks, serial
 from mmcurate.filters import filters_for
-from mmcurate.filters.base import Filter, Histogram, Verdicts
+from mmcurate.filters.base import Filter, Histogram, Threshold, Verdicts
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import Config, without_loopback_ports
 
@@ -74,7 +74,8 @@ class Stage:
     ingest_columns: tuple[str, ...] = ()  # ingest's columns it reads beside uid, row, url and caption
     origin_columns: tuple[str, ...] = ()  # ingest's columns naming a row's origin, for the ledger and exports
     settings: tuple[str, ...] = ()  # dotted config keys it decides by (audit --explain shows them)
-    threshold_reasons: frozenset[str] = frozenset()  # its reasons a score threshold decides (export --where)
+    thresholds: tuple[Threshold, ...] = ()  # its reasons a score threshold decides (export --where)
+    decides_samples: ClassVar[bool] = True  # False: it only adds data (synthesis); a sample need not pass it
     histograms: tuple[Histogram, ...] = ()  # scores the report draws
 
     def __init__(self, config: Config):
@@ -216,7 +217,7 @@ class FilterStage(Stage):
         needs = [*(cls.input_columns or ()), *(c for filt in self.filters for c in filt.needs)]
         self.input_columns = tuple(dict.fromkeys(needs))
         self.settings = (*cls.settings, *(key for f in self.active for key in f.explained_by()))
-        self.threshold_reasons = cls.threshold_reasons.union(*(f.threshold_reasons for f in self.filters))
+        self.thresholds = (*cls.thresholds, *(t for f in self.filters for t in f.thresholds))
         self.histograms = (*cls.histograms, *(h for f in self.filters for h in f.histograms))
 
     @classmethod

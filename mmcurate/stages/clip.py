@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from mmcurate.algos import quantile
 from mmcurate.algos.parallel import Parallel, Tasks
-from mmcurate.filters.base import Histogram, Verdicts
+from mmcurate.filters.base import Histogram, Threshold, Verdicts
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import Config
 from mmcurate.stages.base import GlobalStage, ShardIO, assemble
@@ -52,7 +52,7 @@ class ClipFilterStage(GlobalStage):
     score_columns = (C.CLIP_THRESHOLD,)
     input_columns = (C.CLIP_SCORE,)
     settings = ("clip.min_score", "clip.min_percentile")
-    threshold_reasons = frozenset({"low_clip_score"})
+    thresholds = (Threshold("low_clip_score", C.CLIP_SCORE, "clip.min_score", "min", unset="clip.min_percentile"),)
 
     def __init__(self, config: Config):
         super().__init__(config)

@@ -12,7 +12,7 @@ import pyarrow as pa
 from mmcurate.algos.embeddings import embeddings_of, nearest_centre
 from mmcurate.algos.parallel import Parallel, Tasks
 from mmcurate.filters import image_based
-from mmcurate.filters.base import Verdicts
+from mmcurate.filters.base import Threshold, Verdicts
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import Config
 from mmcurate.schemas.errors import ConfigError
@@ -30,7 +30,7 @@ class ImageBasedStage(GlobalStage):
     score_columns = (C.IMAGE_CLUSTER,)
     input_columns = (C.CLIP_EMBEDDING,)
     settings = ("quality.image_based",)
-    threshold_reasons = frozenset({"off_target_cluster"})
+    thresholds = (Threshold("off_target_cluster", C.IMAGE_CLUSTER),)
 
     @classmethod
     def enabled(cls, config: Config) -> bool:

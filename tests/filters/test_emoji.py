@@ -47,7 +47,7 @@ def test_the_quality_stage_drops_mostly_emoji_captions_and_scores_every_row():
     assert out[C.REASON].to_pylist() == [None, None, "emoji_caption", "emoji_caption", "emoji_caption", None, None]
     assert out[C.DETAIL][2].as_py() == "62% of the caption's characters are emoji (max 50%)"
     assert out[EMOJI_FRACTION].to_pylist()[:2] == [0.0, 0.25]
-    assert EMOJI_FRACTION in stage.score_columns and "emoji_caption" in stage.threshold_reasons
+    assert EMOJI_FRACTION in stage.score_columns and "emoji_caption" in {t.reason for t in stage.thresholds}
     assert stage.settings == ("quality.emoji",)
     # off by default: the quality stage does not run for it, nor gains a column when it runs for others
     assert not QualityStage.enabled(config_from_dict({"input": {"path": "x"}}))

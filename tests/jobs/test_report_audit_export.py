@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import numpy as np
@@ -177,44 +176,22 @@ def test_report_numbers_match_the_ledger(run):
     assert f"pHash distance {pair['distance']}<" in shown
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(_chromium() is None or shutil.which("chromedriver") is None,
-                    reason="Chromium and chromedriver are not installed (make test installs the Debian packages "
-                           "chromium and chromium-driver where it can)")
-def test_report_renders_in_headless_chromium(run, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
+def test_report_renders_in_headless_chromium(run, browser):
     _, run_dir, _, _ = run
-    os.environ.update(SE_OFFLINE="true", SE_AVOID_STATS="true")  # Selenium Manager: no downloads, no stats
-    options = webdriver.ChromeOptions()
-    options.binary_location = _chromium()
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-                 "--window-size=1280,2000"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    try:
-        driver.get((run_dir / "report" / "index.html").as_uri())
-        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        assert errors == [], errors
-        thumbs = driver.execute_script(
-            "return [...document.querySelectorAll('img.thumb')].map(i => i.complete && i.naturalWidth > 0)")
-        assert len(thumbs) >= 3 and all(thumbs)
-        pairs = driver.execute_script("return document.querySelectorAll('.pair img.thumb').length")
-        assert pairs >= 4  # the near and the exact duplicate, each beside its keeper
-        charts = driver.execute_script(
-            "return [...document.querySelectorAll('svg')].map(s => s.getBoundingClientRect().width)")
-        assert charts and all(w > 100 for w in charts)
-        lines = driver.execute_script("return document.querySelectorAll('line.threshold').length")
-        assert lines >= 1
-        driver.save_screenshot(str(run_dir / "report" / "screenshot.png"))
-    finally:
-        driver.quit()
+    browser.get((run_dir / "report" / "index.html").as_uri())
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors
+    thumbs = browser.execute_script(
+        "return [...document.querySelectorAll('img.thumb')].map(i => i.complete && i.naturalWidth > 0)")
+    assert len(thumbs) >= 3 and all(thumbs)
+    pairs = browser.execute_script("return document.querySelectorAll('.pair img.thumb').length")
+    assert pairs >= 4  # the near and the exact duplicate, each beside its keeper
+    charts = browser.execute_script(
+        "return [...document.querySelectorAll('svg')].map(s => s.getBoundingClientRect().width)")
+    assert charts and all(w > 100 for w in charts)
+    lines = browser.execute_script("return document.querySelectorAll('line.threshold').length")
+    assert lines >= 1
+    browser.save_screenshot(str(run_dir / "report" / "screenshot.png"))
     assert (run_dir / "report" / "screenshot.png").stat().st_size > 10_000
 
 

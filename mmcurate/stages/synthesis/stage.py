@@ -45,6 +45,7 @@ class SynthesisStage(Stage):
     name = "synthesis"
     version = "1"
     output_schema = C.SYNTHESIS_SCHEMA
+    decides_samples = False  # it adds instruction records; every sample it sees leaves it kept
     may_be_incomplete = True  # failed teacher requests: asked again by the next run
     score_columns = (C.SYNTH_ANSWERED, C.SYNTH_FAILED)
     input_columns = (C.CAPTION, C.IMAGE, C.IMAGE_FORMAT, C.CLIP_SCORE)
