@@ -95,6 +95,24 @@ def resolve_weights(model: str, pretrained: str | None) -> Weights:
     return Weights(model, pretrained, path, file_sha256(path))
 
 
+def embedding_dim(model: str) -> int | None:
+    """The image embedding's width from the model's config alone (no weights loaded); None where
+    only loading tells (an hf-hub: model, an unknown name)."""
+    import json
+
+    import open_clip
+
+    if model.startswith(HF_HUB):
+        return None
+    if model.startswith(LOCAL_DIR):
+        try:
+            config = json.loads((Path(model[len(LOCAL_DIR):]).expanduser() / "open_clip_config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return config.get("model_cfg", {}).get("embed_dim")
+    return (open_clip.get_model_config(model.replace("/", "-")) or {}).get("embed_dim")
+
+
 def pick_device(device: str) -> str:
     import torch
 

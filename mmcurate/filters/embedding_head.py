@@ -1,10 +1,13 @@
-"""Small heads on CLIP image embeddings: the LAION aesthetic predictor, watermark probes.
+"""Small heads on CLIP image embeddings: the LAION aesthetic predictor, watermark probes, NSFW heads.
 
-Weights are the user's files (LAION's are downloads, in no wheel). A head is rebuilt from its
-state dict alone, so both LAION formats load as published:
+Weights are the user's files (LAION's are downloads, in no wheel), a torch state dict saved by
+`torch.save` or as `.safetensors`. A head is rebuilt from its state dict alone, so both LAION
+aesthetic formats load as published:
 - a linear probe: `weight` (1 x d or 2 x d) and `bias` (LAION aesthetic v1, `sa_0_4_vit_l_14_linear.pth`);
 - LAION's aesthetic MLP v2 (`sac+logos+ava1-l14-linearMSE.pth`): `layers.{0,2,4,6,7}.weight/bias`,
   Linear layers with dropout between and no activations, on L2-normalised embeddings.
+Linear layers are applied in the order of their index; with `activation="relu"` a ReLU follows
+each but the last (the MLP of the NSFW heads: a `torch.nn.Sequential` of Linear and ReLU layers).
 A single output is the score (aesthetics: 1-10) or, with `probability=True`, its sigmoid; two
 outputs are classes and the score is the softmax of the second (watermark: P(watermark)).
 """
@@ -12,6 +15,7 @@ outputs are classes and the score is the softmax of the second (watermark: P(wat
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -25,48 +29,56 @@ from mmcurate.schemas.errors import ModelError
 LAYER = re.compile(r"^(?:layers\.)?(\d+)\.(weight|bias)$")
 
 
-def build(state: dict, key: str = "weights"):
+def build(state: dict, key: str = "weights", activation: str | None = None):
     """A torch module with the state dict's layout (see module doc)."""
     import torch
 
-    state = state.get("state_dict", state)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise ModelError(key, f"not a state dict (a {type(state).__name__})")
     if set(state) == {"weight", "bias"}:
-        layer = torch.nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
-        layer.load_state_dict(state)
-        return layer.eval()
+        state = {"0.weight": state["weight"], "0.bias": state["bias"]}
     indices = sorted({int(m.group(1)) for k in state if (m := LAYER.match(k))})
     if not indices or len(indices) * 2 != len(state):
-        raise ModelError(key, f"not a linear probe nor LAION's MLP layout (keys: {sorted(state)[:6]} ...)")
+        raise ModelError(key, f"not a linear probe nor Linear layers named layers.N or N "
+                              f"(keys: {sorted(state)[:6]} ...)")
     prefix = "layers." if any(k.startswith("layers.") for k in state) else ""
-    modules = []
-    for i in range(indices[-1] + 1):
-        if i in indices:
-            w = state[f"{prefix}{i}.weight"]
-            modules.append(torch.nn.Linear(w.shape[1], w.shape[0]))
-        else:
-            modules.append(torch.nn.Identity())  # dropout at inference
-    seq = torch.nn.Sequential(*modules)
-    seq.load_state_dict({k.removeprefix(prefix): v for k, v in state.items()})
-    return seq.eval()
+    modules, width = [], None
+    for n, i in enumerate(indices):
+        w, b = state.get(f"{prefix}{i}.weight"), state.get(f"{prefix}{i}.bias")
+        if w is None or b is None or w.ndim != 2 or (width is not None and w.shape[1] != width):
+            raise ModelError(key, f"layer {i} does not follow the layer before it (keys: {sorted(state)[:6]} ...)")
+        layer = torch.nn.Linear(w.shape[1], w.shape[0])
+        layer.load_state_dict({"weight": w, "bias": b})
+        modules.append(layer)
+        if activation == "relu" and n < len(indices) - 1:
+            modules.append(torch.nn.ReLU())
+        width = w.shape[0]
+    return torch.nn.Sequential(*modules).eval()  # dropout between layers: nothing at inference
 
 
 class EmbeddingHead:
     """Scores normalised CLIP image embeddings with a head loaded from `path`; errors name `key`."""
 
-    def __init__(self, path: str, probability: bool = False, key: str = "weights"):
-        self.path, self.probability, self.key = path, probability, key
+    def __init__(self, path: str, probability: bool = False, key: str = "weights", activation: str | None = None):
+        self.path, self.probability, self.key, self.activation = path, probability, key, activation
         self.module = None
 
     def load(self) -> None:
         import torch
 
+        if not Path(self.path).is_file():
+            raise ModelError(self.key, f"{self.path}: no such file")
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise ModelError(self.key, f"{self.path}: no such file") from None
+            if str(self.path).endswith(".safetensors"):
+                from safetensors.torch import load_file
+
+                state = load_file(self.path)
+            else:
+                state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as err:
             raise ModelError(self.key, f"{self.path}: not a torch state dict ({type(err).__name__}: {err})") from None
-        self.module = build(state, self.key)
+        self.module = build(state, self.key, self.activation)
         first = next(m for m in self.module.modules() if isinstance(m, torch.nn.Linear))
         self.in_features = first.in_features
 

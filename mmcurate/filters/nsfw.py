@@ -1,8 +1,14 @@
-"""NSFW images: NudeNet's 320n detector (its ONNX file ships in the `nudenet` wheel), batched.
+"""NSFW images: NudeNet's 320n detector (its ONNX file ships in the `nudenet` wheel), batched, or
+a head on the CLIP image embedding (`safety.nsfw.model: clip_head`).
 
-The score of an image is the highest confidence among the detector's exposed-body classes
+NudeNet's score of an image is the highest confidence among the detector's exposed-body classes
 (covered parts, faces, feet and bellies do not count); `top` names the class. NudeNet is an
 optional extra (`pip install 'mmcurate[nsfw]'`): its wheel carries an AGPL licence file.
+
+A head (`filters/embedding_head.py`: Linear layers with ReLU between, one logit out, as LAION's
+CLIP-based NSFW detector and NeMo Curator's NSFW classifier are once converted) scores the
+embedding `clip_embed` stored: no image is decoded. Its score is the logit's sigmoid, in the same
+`nsfw` column under the same threshold and reason as NudeNet's; `nsfw_class` says `clip_head`.
 """
 
 from __future__ import annotations
@@ -14,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from mmcurate.algos.embeddings import embeddings_of
 from mmcurate.filters.base import Filter, Histogram, Threshold, Verdicts
+from mmcurate.filters.clip_score import embedding_dim
+from mmcurate.filters.embedding_head import EmbeddingHead
 from mmcurate.filters.images import decode_rgb
 from mmcurate.filters.weights import file_sha256
 from mmcurate.schemas import columns as C
@@ -25,6 +34,7 @@ EXPOSED = frozenset({
     "BUTTOCKS_EXPOSED", "ANUS_EXPOSED",
 })
 INPUT_SIZE = 320
+HEAD = "clip_head"  # safety.nsfw.model's value for a head on the CLIP embedding, and its nsfw_class
 
 
 def default_weights() -> str:
@@ -90,7 +100,8 @@ class NsfwDetector:
 
 
 class NsfwFilter(Filter):
-    """Drops images NudeNet scores over `safety.nsfw.max_score`; an undecodable image fails."""
+    """Drops images NudeNet, or a head on their CLIP embedding, scores over `safety.nsfw.max_score`;
+    an image NudeNet cannot decode fails."""
 
     stage = "safety"
     columns_when_off = True
@@ -98,15 +109,22 @@ class NsfwFilter(Filter):
     section = "safety.nsfw"
     order = 20
     fields = (pa.field(C.NSFW, pa.float32()), pa.field(C.NSFW_CLASS, pa.string()))
-    needs = (C.IMAGE,)
     settings = ("safety.nsfw.max_score",)
     thresholds = (Threshold("nsfw_image", C.NSFW, "safety.nsfw.max_score", "max"),)
     histograms = (Histogram(C.NSFW, "safety.nsfw.max_score", "max"),)
     weights: str | None = None
     sha256: str | None = None
     _detector: NsfwDetector | None = None
+    _head: EmbeddingHead | None = None
+
+    @property
+    def needs(self) -> tuple[str, ...]:  # type: ignore[override]
+        """NudeNet reads the image; a head the embedding clip_embed stored."""
+        return (C.CLIP_EMBEDDING,) if self.enabled and self.options.model == HEAD else (C.IMAGE,)
 
     def prepare(self) -> dict:
+        if self.options.model == HEAD:
+            return self._prepare_head()
         try:
             self.weights = self.options.weights or default_weights()
         except ImportError:
@@ -118,18 +136,36 @@ class NsfwFilter(Filter):
         self.sha256 = file_sha256(self.weights)
         return {"model": "nudenet-320n", "weights": self.weights, "sha256": self.sha256}
 
+    def _prepare_head(self) -> dict:
+        """Load and hash the head on the driver; a missing file, another layout or another width
+        than the CLIP model's exits 2 naming safety.nsfw.weights."""
+        key, self.weights = "safety.nsfw.weights", self.options.weights
+        head = EmbeddingHead(self.weights, probability=True, key=key, activation="relu")
+        head.load()
+        dim = embedding_dim(self.config.clip.model)
+        if dim is not None and dim != head.in_features:
+            raise ModelError(key, f"{self.weights} expects {head.in_features}-d embeddings; clip.model "
+                                  f"{self.config.clip.model} gives {dim}-d (LAION's and NeMo Curator's "
+                                  "heads are for ViT-L-14)")
+        self._head, self.sha256 = head, file_sha256(self.weights)
+        return {"model": HEAD, "weights": self.weights, "sha256": self.sha256, "inputs": head.in_features}
+
     def fingerprint(self) -> dict:
         n = self.options
-        return {"nsfw": {**n.model_dump(exclude={"batch_size"}), "sha256": self.sha256} if n.enabled else None}
+        # `model` counts only when it is not NudeNet: runs from before it keep their fingerprint
+        skip = {"batch_size"} | ({"model"} if n.model == "nudenet" else set())
+        return {"nsfw": {**n.model_dump(exclude=skip), "sha256": self.sha256} if n.enabled else None}
 
     def setup(self) -> None:
         if self.weights is None:
             self.prepare()
-        if self._detector is None:
+        if self.options.model != HEAD and self._detector is None:
             self._detector = NsfwDetector(self.weights, self.options.batch_size)
 
     def apply(self, rows: pa.Table) -> Verdicts:
         limit = self.options.max_score
+        if self.options.model == HEAD:
+            return self._apply_head(rows, limit)
         results = self._detector.score(rows[C.IMAGE].to_pylist())
         reasons, details = [], []
         for r in results:
@@ -144,3 +180,12 @@ class NsfwFilter(Filter):
                 details.append(None)
         return Verdicts(scores={C.NSFW: [r.score for r in results], C.NSFW_CLASS: [r.top for r in results]},
                         reasons=reasons, details=details, failed=[r.error is not None for r in results])
+
+    def _apply_head(self, rows: pa.Table, limit: float) -> Verdicts:
+        """The head's probability for every row's embedding; no row fails."""
+        n = rows.num_rows
+        scores = self._head.score(embeddings_of(rows[C.CLIP_EMBEDDING])) if n else np.zeros(0, np.float32)
+        over = scores > limit
+        return Verdicts(scores={C.NSFW: pa.array(scores, pa.float32()), C.NSFW_CLASS: [HEAD] * n},
+                        reasons=["nsfw_image" if x else None for x in over],
+                        details=[f"nsfw {s:.4f} ({HEAD}) > {limit:g}" if x else None for s, x in zip(scores, over)])

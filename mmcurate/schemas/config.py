@@ -192,6 +192,14 @@ def _cross_checks(config: Config, source: str) -> None:
         if part.enabled and not part.weights:
             raise ConfigError(f"{source}: quality.{key}.weights: required when quality.{key} is enabled "
                               "(the weights are downloads; give a local path)")
+    nsfw = config.safety.nsfw
+    if nsfw.enabled and nsfw.model == "clip_head":
+        if not config.clip.enabled:
+            raise ConfigError(f"{source}: safety.nsfw.model: clip_head needs clip.enabled (it scores CLIP image "
+                              "embeddings); use nudenet, or turn clip on")
+        if not nsfw.weights:
+            raise ConfigError(f"{source}: safety.nsfw.weights: required with safety.nsfw.model: clip_head "
+                              "(a head's state dict; see the README on converting LAION's or NeMo Curator's)")
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:

@@ -206,8 +206,10 @@ class ToxicityConfig(_Section):
 
 class NsfwConfig(_Section):
     enabled: bool = True
+    model: Literal["nudenet", "clip_head"] = "nudenet"  # clip_head: a head on the CLIP image embedding
     max_score: float = Field(0.5, ge=0, le=1)
-    weights: str | None = None  # a NudeNet-format ONNX file; default: 320n.onnx from the nudenet wheel
+    # nudenet: its ONNX file (default: 320n.onnx from the wheel); clip_head: the head's state dict (required)
+    weights: str | None = None
     batch_size: int = Field(16, ge=1)
 
 

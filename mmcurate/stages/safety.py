@@ -1,5 +1,7 @@
 """Safety: its filters drop toxic captions (`filters/toxicity.py`: detoxify, or profanity-check
-offline) and NSFW images (`filters/nsfw.py`: NudeNet).
+offline) and NSFW images (`filters/nsfw.py`: NudeNet on the pixels, or with `safety.nsfw.model:
+clip_head` a head on the CLIP image embedding clip_embed stored, which this stage then reads
+instead of the image: the same `nsfw` score, threshold and `nsfw_image` reason either way).
 
 One actor-pool stage: each worker loads its models once. Every row scored gets its scores in
 the ledger, dropped or not, so a researcher can re-cut `toxicity` and `nsfw` later; an image
