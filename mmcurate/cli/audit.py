@@ -87,12 +87,9 @@ def ledger_csv(frame) -> str:
 
 def _text(value) -> str:
     """A value as the table shows it; a float32 score as its shortest decimal (0.7, not 0.699999988079071)."""
-    if isinstance(value, float):
-        import numpy as np
+    from mmcurate.jobs.report import shortest
 
-        if float(np.float32(value)) == value:
-            return str(np.float32(value))
-    return value if isinstance(value, str) else json.dumps(value, default=str)
+    return value if isinstance(value, str) else json.dumps(shortest(value), default=str)
 
 
 def _flat(data: dict, prefix: str = "") -> dict:

@@ -85,7 +85,7 @@ def build_report(run_dir: RunDir, run_stages: list[Stage] | None = None) -> dict
 BINS = 30
 
 
-def _shortest(value: object) -> object:
+def shortest(value: object) -> object:
     """A float32 score as the shortest decimal that is that float32 (0.7, not 0.699999988079071)."""
     if isinstance(value, float) and np.isfinite(value) and float(np.float32(value)) == value:
         return float(str(np.float32(value)))
@@ -120,7 +120,7 @@ def _histograms(ledger: pl.LazyFrame, config: dict, wanted: list[Histogram]) -> 
         threshold = lookup(config, h.threshold_key)
         if h.threshold_score is not None:
             thr = ledger.select(pl.col(C.SCORES).struct.field(h.threshold_score)).drop_nulls().head(1).collect()
-            threshold = _shortest(thr.item()) if thr.height else None
+            threshold = shortest(thr.item()) if thr.height else None
         lo, hi = float(stats["lo"]), float(stats["hi"])
         if threshold is not None:
             lo, hi = min(lo, float(threshold)), max(hi, float(threshold))
