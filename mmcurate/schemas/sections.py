@@ -103,6 +103,9 @@ class DownloadConfig(_Section):
     # to CONNECT_HOST:CONNECT_PORT (a mirror, a test server); the URLs, and so the uids, stay as
     # given, and the address connected to is still checked by the private-network guard
     connect_to: list[str] = Field(default_factory=list)
+    # a JPEG at least twice the stored size is decoded at 1/2, 1/4 or 1/8 DCT scale before the
+    # resizer (pixels within JPEG noise of a full decode); false: every image decoded at full size
+    reduced_decode: bool = True
 
     @field_validator("connect_to")
     @classmethod

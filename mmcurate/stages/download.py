@@ -53,9 +53,11 @@ class DownloadStage(Stage):
         d = self.config.download
         # timeouts, the deadline, retries and thread counts change how, not what: resuming with new
         # ones is fine. connect_to (where a host's requests go) counts only when set, so run dirs
-        # made before the key existed keep their fingerprints
+        # made before the key existed keep their fingerprints; reduced_decode counts only when off
+        # (its default changes bytes within JPEG noise, as a new libjpeg would: README)
         return d.model_dump(mode="json", exclude={"timeout_s", "deadline_s", "retries", "threads", "retry_reasons",
-                                                  *(() if d.connect_to else ("connect_to",))})
+                                                  *(() if d.connect_to else ("connect_to",)),
+                                                  *(("reduced_decode",) if d.reduced_decode else ())})
 
     def resources(self, cluster: Cluster) -> Resources:
         return Resources(num_cpus=1)
@@ -107,8 +109,9 @@ def outcome_scores(outcomes: list[Outcome], fmt: str) -> Verdicts:
 
 class ImageCheck:
     """An image's bytes checked and re-encoded as every stored image is: the header read for
-    non-images and decompression bombs before any decode, turned upright, 16-bit made 8-bit, then
-    img2dataset's resizer (`download.image_size`, `resize_mode`, `encode_format`)."""
+    non-images and decompression bombs before any decode, turned upright, 16-bit made 8-bit, a
+    JPEG twice the target size or more decoded at reduced scale (`drafted`), then img2dataset's
+    resizer (`download.image_size`, `resize_mode`, `encode_format`)."""
 
     def __init__(self, d) -> None:
         from img2dataset.resizer import Resizer
@@ -126,38 +129,96 @@ class ImageCheck:
             encode_quality=d.encode_quality if d.encode_format != "png" else 9,
             max_image_area=d.max_image_pixels,
         )
+        self._image_size, self._resize_mode, self._reduced = d.image_size, d.resize_mode, d.reduced_decode
 
     def __call__(self, body: bytes) -> Outcome:
         size = len(body)
-        problem = self._check_header(body)
+        problem, kind, full = self._check_header(body)
         if problem is not None:
             return Outcome(*problem, nbytes=size)
-        body = eight_bit(upright(body))
-        image, width, height, ow, oh, err = self._resizer(io.BytesIO(body))
+        turned = eight_bit(upright(body))
+        small = None
+        if self._reduced and turned is body and kind == "JPEG":  # untagged JPEG: maybe a reduced decode
+            target = scaled_size(*full, self._image_size, self._resize_mode)
+            small = drafted(body, full, target) if target else None
+        image, width, height, ow, oh, err = self._resizer(io.BytesIO(small or turned))
         if err is not None:
             reason = _RESIZER_REASONS.get(err, "resize_error")
             return Outcome(reason, f"img2dataset resizer: {err}", nbytes=size)
+        if small is not None:
+            ow, oh = full  # the resizer saw the drafted pixels; the source's size is the header's
         return Outcome(None, None, image, width, height, ow, oh, size)
 
-    def _check_header(self, body: bytes) -> tuple[str, str] | None:
-        """Refuse non-images and decompression bombs from the header alone, before decoding."""
+    def _check_header(self, body: bytes) -> tuple[tuple[str, str] | None, str | None, tuple[int, int]]:
+        """Refuse non-images and decompression bombs from the header alone, before decoding; else
+        (None, the format, the size)."""
         from PIL import Image, UnidentifiedImageError
 
         if not body:
-            return "not_an_image", "empty body"
+            return ("not_an_image", "empty body"), None, (0, 0)
         try:
             with Image.open(io.BytesIO(body)) as im:
                 width, height = im.size
                 kind = im.format
         except UnidentifiedImageError:
             head = body[:40].decode("latin-1").strip()
-            return "not_an_image", f"not a known image format; body starts {head[:32]!r}"
+            return ("not_an_image", f"not a known image format; body starts {head[:32]!r}"), None, (0, 0)
         except Exception as err:  # a header PIL cannot parse is no image we can use
-            return "not_an_image", f"unreadable image header: {type(err).__name__}: {err}"
+            return ("not_an_image", f"unreadable image header: {type(err).__name__}: {err}"), None, (0, 0)
         limit = self.max_image_pixels
         if width * height > limit:
-            return "image_too_large", f"{kind} {width}x{height} = {width * height} pixels > max_image_pixels {limit}"
+            detail = f"{kind} {width}x{height} = {width * height} pixels > max_image_pixels {limit}"
+            return ("image_too_large", detail), kind, (width, height)
+        return None, kind, (width, height)
+
+
+def scaled_size(width: int, height: int, size: int, mode: str) -> tuple[int, int] | None:
+    """The (width, height) img2dataset's resizer scales an image to before it crops or pads
+    (albumentations' Smallest/LongestMaxSize rounding); None where it does not scale (`no`)."""
+    if mode in ("keep_ratio", "center_crop"):
+        scale = size / min(width, height)
+    elif mode in ("border", "keep_ratio_largest"):
+        scale = size / max(width, height)
+    else:
         return None
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def drafted(body: bytes, size: tuple[int, int], target: tuple[int, int]) -> bytes | None:
+    """A JPEG of `size`, at least twice `target` on both sides, decoded at 1/2, 1/4 or 1/8 DCT scale
+    (libjpeg-turbo's scaled decode, never below `target`), area-resized to exactly `target` and
+    handed on losslessly (BMP); None otherwise.
+
+    The resizer then finds the image at its scaled size already (its own resize is a no-op) and
+    crops, pads and encodes it as ever, so the output's geometry is that of a full decode; its
+    pixels differ within JPEG noise (README, "Tests and benchmarks"). img2dataset decodes every
+    image at full size.
+    """
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    scale = next((s for s in (8, 4, 2) if size[0] // s >= target[0] and size[1] // s >= target[1]), 1)
+    if scale == 1:
+        return None
+    try:
+        with Image.open(io.BytesIO(body)) as im:
+            kind, mode = im.format, im.mode
+    except Exception:  # noqa: BLE001 - the full path judges what Pillow cannot read
+        return None
+    if kind != "JPEG" or mode not in ("RGB", "L"):  # CMYK and the rest: the full path, as ever
+        return None
+    reduced = {2: (cv2.IMREAD_REDUCED_COLOR_2, cv2.IMREAD_REDUCED_GRAYSCALE_2),
+               4: (cv2.IMREAD_REDUCED_COLOR_4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+               8: (cv2.IMREAD_REDUCED_COLOR_8, cv2.IMREAD_REDUCED_GRAYSCALE_8)}[scale][mode == "L"]
+    flags = reduced | cv2.IMREAD_IGNORE_ORIENTATION  # as the resizer's IMREAD_UNCHANGED: tags are upright()'s
+    pixels = cv2.imdecode(np.frombuffer(body, np.uint8), flags)
+    if pixels is None:
+        return None
+    if (pixels.shape[1], pixels.shape[0]) != target:
+        pixels = cv2.resize(pixels, target, interpolation=cv2.INTER_AREA)
+    ok, out = cv2.imencode(".bmp", pixels)
+    return out.tobytes() if ok else None
 
 
 def upright(body: bytes) -> bytes:

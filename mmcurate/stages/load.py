@@ -38,7 +38,8 @@ class LoadStage(Stage):
         i, d = self.config.input, self.config.download
         return {"input": {"format": i.kind, "image_col": i.image_col},
                 "download": d.model_dump(mode="json", include={"image_size", "resize_mode", "max_image_pixels", "max_image_bytes",
-                                                               "encode_format", "encode_quality"})}
+                                                               "encode_format", "encode_quality",
+                                                               *(() if d.reduced_decode else ("reduced_decode",))})}
 
     def resources(self, cluster: Cluster) -> Resources:
         return Resources(num_cpus=1)
