@@ -78,7 +78,8 @@ class ShardTask:
         if run_dir.is_done(self.stage.name, shard):  # a retried task after its output landed
             return run_dir.read_stats(self.stage.name, shard)
         start = (time.time(), time.perf_counter())
-        rows = alive_rows(run_dir, shard, self.upstream, self.stage.input_columns, self.stage.ingest_columns)
+        rows = alive_rows(run_dir, shard, self.upstream, self.stage.input_columns, self.stage.ingest_columns,
+                          self.stage.optional_inputs)
         return process_shard(run_dir, self.stage, shard, rows, start)
 
 

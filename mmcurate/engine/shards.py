@@ -27,17 +27,24 @@ from mmcurate.stages.base import Stage
 
 def alive_rows(
     run_dir: RunDir, shard: int, stages: Sequence[Stage], columns: Sequence[str] | None = None,
-    ingest_columns: Sequence[str] = (),
+    ingest_columns: Sequence[str] = (), optional: Sequence[str] = (),
 ) -> pa.Table:
     """Rows of `shard` that ingest and every stage in `stages` kept, with the stages' data columns
     (only those named in `columns`, when given: only they are read from disk), and any of
-    ingest's `ingest_columns` (a pool's: where each image lies)."""
+    ingest's `ingest_columns` (a pool's: where each image lies). Columns named in `optional` are
+    left out where a stage's shard, written by an earlier version, does not have them."""
     first = [C.UID, C.ROW, C.URL, C.CAPTION, *ingest_columns]
     table = run_dir.read_shard(INGEST, shard, columns=[*first, C.STATUS])
     table = table.filter(pc.equal(table[C.STATUS], C.KEPT)).select(first)
     for stage in stages:
         wanted = [c for c in stage.data_columns if columns is None or c in columns]
-        out = run_dir.read_shard(stage.name, shard, columns=[C.ROW, C.STATUS] + wanted)
+        try:
+            out = run_dir.read_shard(stage.name, shard, columns=[C.ROW, C.STATUS] + wanted)
+        except pa.ArrowInvalid:
+            if not set(wanted) & set(optional):
+                raise
+            wanted = [c for c in wanted if c not in optional]
+            out = run_dir.read_shard(stage.name, shard, columns=[C.ROW, C.STATUS] + wanted)
         check_aligned(stage.name, table, out)
         mask = pc.equal(out[C.STATUS], C.KEPT)
         table = table.filter(mask)

@@ -5,6 +5,8 @@ resize, same scipy DCT). The fast path decodes JPEGs at a reduced DCT scale (PIL
 keeping at least 2x the pixels the hash needs) and takes the DCT as two small matrix products;
 its hashes can differ from imagehash's by a bit or two where DCT coefficients sit near the
 median. On high-quality JPEGs entropy decoding, which draft mode cannot skip, dominates.
+`pixel_signals` is the fast path without any decode, from the pixels download (or load) resized
+just before it encoded them.
 """
 
 from __future__ import annotations
@@ -79,10 +81,32 @@ def signals(data: bytes, exact: bool = False) -> ImageSignals:
             if scale > 1:
                 im.draft("RGB", ((w + scale - 1) // scale, (h + scale - 1) // scale))
         im.load()
-        grey = im.convert("L")
-        rgb = im if im.mode == "RGB" else im.convert("RGB")
-        grey32 = grey.resize((PHASH_INPUT, PHASH_INPUT), Image.Resampling.LANCZOS)
-        colour = np.asarray(rgb.resize((COLOUR_GRID, COLOUR_GRID), Image.Resampling.BOX), dtype=np.uint8)
+        return _signals(im, data, exact)
+
+
+def pixel_signals(pixels: np.ndarray, data: bytes) -> ImageSignals:
+    """The fast path's signals of an image from the pixels it was encoded from (OpenCV's order:
+    BGR, or 2-d grey), `data` being the encoded bytes: no decode. Equal to `signals(data)` up to
+    what the encode changed (a bit or two of a hash, as the fast path's draft decode)."""
+    import cv2
+    from PIL import Image
+
+    h, w = pixels.shape[:2]
+    scale = max(1, min(8, min(w, h) // FAST_MIN_SIDE))
+    if scale > 1:  # as the fast path's draft decode: means of scale x scale blocks (OpenCV's fast path)
+        w, h = w // scale, h // scale
+        pixels = cv2.resize(pixels[:h * scale, :w * scale], (w, h), interpolation=cv2.INTER_AREA)
+    rgb = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+    return _signals(Image.fromarray(rgb), data, exact=False)
+
+
+def _signals(im, data: bytes, exact: bool) -> ImageSignals:
+    from PIL import Image
+
+    grey = im.convert("L")
+    rgb = im if im.mode == "RGB" else im.convert("RGB")
+    grey32 = grey.resize((PHASH_INPUT, PHASH_INPUT), Image.Resampling.LANCZOS)
+    colour = np.asarray(rgb.resize((COLOUR_GRID, COLOUR_GRID), Image.Resampling.BOX), dtype=np.uint8)
     return ImageSignals(
         sha256=hashlib.sha256(data).hexdigest(),
         phash=bits_to_hex(_phash_bits(grey32, exact)),

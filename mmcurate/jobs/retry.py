@@ -62,6 +62,9 @@ class RetryTask:
         out = run_dir.read_shard(self.stage.name, shard)
         if C.DOWNLOAD_ATTEMPTS not in out.column_names:  # written before attempts were counted: one each
             out = out.append_column(C.DOWNLOAD_ATTEMPTS, pa.array([1] * out.num_rows, pa.int16()))
+        for field in self.stage.output_schema:  # written before download handed on features: none
+            if field.name not in out.column_names:
+                out = out.append_column(field, pa.nulls(out.num_rows, field.type))
         reasons = self.stage.config.download.retry_reasons
         todo = [i for i, (s, r) in enumerate(zip(out[C.STATUS].to_pylist(), out[C.REASON].to_pylist()))
                 if s == C.FAILED and transient(r, reasons)]

@@ -71,6 +71,7 @@ class Stage:
     data_columns: tuple[str, ...] = ()  # flow on to later stages and exports
     # data columns of earlier stages this stage reads (None: all); url and caption always come
     input_columns: tuple[str, ...] | None = None
+    optional_inputs: tuple[str, ...] = ()  # of those, the ones shards of earlier versions may lack
     ingest_columns: tuple[str, ...] = ()  # ingest's columns it reads beside uid, row, url and caption
     origin_columns: tuple[str, ...] = ()  # ingest's columns naming a row's origin, for the ledger and exports
     settings: tuple[str, ...] = ()  # dotted config keys it decides by (audit --explain shows them)

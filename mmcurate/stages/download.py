@@ -12,7 +12,9 @@ import pyarrow as pa
 from mmcurate.clients.fetch import Fetcher, FetchError
 from mmcurate.clients.netguard import NetworkPolicy, guarded_opener
 from mmcurate.filters.base import Verdicts
+from mmcurate.filters.image_hash import ImageSignals, pixel_signals
 from mmcurate.schemas import columns as C
+from mmcurate.schemas.config import Config
 from mmcurate.stages.base import Cluster, Resources, Stage
 
 # img2dataset's resizer reports failures as text; these are the ones with a ledger reason of their own
@@ -32,9 +34,31 @@ class Outcome:
     original_width: int | None = None
     original_height: int | None = None
     nbytes: int | None = None
+    signals: ImageSignals | None = None  # for the features stage, from the pixels just encoded
 
 
-class DownloadStage(Stage):
+# the features stage's columns, handed on by download (or load) where it computes them
+FEATURE_FIELDS = list(C.FEATURES_SCHEMA)[len(C.IDENTITY_FIELDS) + len(C.DECISION_FIELDS):]
+
+
+def pixel_features(config: Config) -> bool:
+    """Whether download (or load) computes the features stage's signals from the pixels it has
+    just resized, so that the features stage decodes nothing: while dedup is on, and not in
+    `dedup.phash.exact` mode (whose pHash is imagehash's of the stored image, decoded)."""
+    return config.dedup.active and not config.dedup.phash.exact
+
+
+class HandsOnFeatures:
+    """A stage that stores images (download, load) and, under `pixel_features`, their signals."""
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        if pixel_features(config):
+            self.output_schema = pa.schema([*type(self).output_schema, *FEATURE_FIELDS])
+            self.data_columns = (*type(self).data_columns, *(f.name for f in FEATURE_FIELDS))
+
+
+class DownloadStage(HandsOnFeatures, Stage):
     """Downloads, checks and resizes every image of a shard; failures become ledger reasons."""
 
     name = "download"
@@ -64,7 +88,7 @@ class DownloadStage(Stage):
 
     def setup(self) -> None:
         d = self.config.download
-        self._check = ImageCheck(d)
+        self._check = ImageCheck(d, pixel_features(self.config))
         policy = NetworkPolicy.from_config(d.allow_private_networks, d.allow_networks, d.connect_to)
         self._fetcher = Fetcher(
             opener=guarded_opener(policy),
@@ -102,7 +126,9 @@ def outcome_scores(outcomes: list[Outcome], fmt: str) -> Verdicts:
             (C.WIDTH, "width"), (C.HEIGHT, "height"), (C.ORIGINAL_WIDTH, "original_width"),
             (C.ORIGINAL_HEIGHT, "original_height"), (C.DOWNLOAD_BYTES, "nbytes"))},
         data={C.IMAGE: [o.image for o in outcomes],
-              C.IMAGE_FORMAT: [fmt if o.image is not None else None for o in outcomes]},
+              C.IMAGE_FORMAT: [fmt if o.image is not None else None for o in outcomes],
+              **({f.name: [getattr(o.signals, f.name, None) for o in outcomes] for f in FEATURE_FIELDS}
+                 if any(o.signals for o in outcomes) else {})},
         reasons=[o.reason for o in outcomes], details=[o.detail for o in outcomes], failed=True,
     )
 
@@ -111,9 +137,10 @@ class ImageCheck:
     """An image's bytes checked and re-encoded as every stored image is: the header read for
     non-images and decompression bombs before any decode, turned upright, 16-bit made 8-bit, a
     JPEG twice the target size or more decoded at reduced scale (`drafted`), then img2dataset's
-    resizer (`download.image_size`, `resize_mode`, `encode_format`)."""
+    resizer (`download.image_size`, `resize_mode`, `encode_format`). With `features`, each image's
+    signals for the features stage too, from the pixels the resizer encoded (`stored_pixels`)."""
 
-    def __init__(self, d) -> None:
+    def __init__(self, d, features: bool = False) -> None:
         from img2dataset.resizer import Resizer
         from PIL import Image
 
@@ -128,7 +155,9 @@ class ImageCheck:
             encode_format=d.encode_format,
             encode_quality=d.encode_quality if d.encode_format != "png" else 9,
             max_image_area=d.max_image_pixels,
+            blurrer=_keep_pixels if features else None,
         )
+        self._features, self._finish = features, finishing(d.resize_mode, d.image_size) if features else None
         self._image_size, self._resize_mode, self._reduced = d.image_size, d.resize_mode, d.reduced_decode
 
     def __call__(self, body: bytes) -> Outcome:
@@ -141,13 +170,16 @@ class ImageCheck:
         if self._reduced and turned is body and kind == "JPEG":  # untagged JPEG: maybe a reduced decode
             target = scaled_size(*full, self._image_size, self._resize_mode)
             small = drafted(body, full, target) if target else None
-        image, width, height, ow, oh, err = self._resizer(io.BytesIO(small or turned))
+        tap = _Pixels() if self._features else None
+        image, width, height, ow, oh, err = self._resizer(io.BytesIO(small or turned), blurring_bbox_list=tap)
         if err is not None:
             reason = _RESIZER_REASONS.get(err, "resize_error")
             return Outcome(reason, f"img2dataset resizer: {err}", nbytes=size)
         if small is not None:
             ow, oh = full  # the resizer saw the drafted pixels; the source's size is the header's
-        return Outcome(None, None, image, width, height, ow, oh, size)
+        pixels = stored_pixels(tap.pixels, self._finish, (height, width)) if tap is not None else None
+        found = pixel_signals(pixels, image) if pixels is not None else None
+        return Outcome(None, None, image, width, height, ow, oh, size, found)
 
     def _check_header(self, body: bytes) -> tuple[tuple[str, str] | None, str | None, tuple[int, int]]:
         """Refuse non-images and decompression bombs from the header alone, before decoding; else
@@ -170,6 +202,44 @@ class ImageCheck:
             detail = f"{kind} {width}x{height} = {width * height} pixels > max_image_pixels {limit}"
             return ("image_too_large", detail), kind, (width, height)
         return None, kind, (width, height)
+
+
+class _Pixels(list):
+    """An empty list of boxes to blur, handed to img2dataset's resizer with `_keep_pixels` as its
+    blurrer: the resizer passes it the pixels it has resized (before it crops or pads)."""
+
+    pixels = None
+
+
+def _keep_pixels(img, bbox_list: _Pixels):
+    bbox_list.pixels = img
+    return img
+
+
+def finishing(mode: str, size: int):
+    """What img2dataset's resizer does to an image after its blurrer (the same albumentations
+    transform: a centre crop, a white border), or None where it does nothing more."""
+    if mode not in ("center_crop", "border"):
+        return None
+    import albumentations as A
+    import cv2
+
+    with warnings.catch_warnings():  # `value` as the resizer gives it (newer albumentations: `fill`)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if mode == "center_crop":
+            return A.CenterCrop(height=size, width=size)
+        return A.PadIfNeeded(min_height=size, min_width=size, border_mode=cv2.BORDER_CONSTANT, value=[255, 255, 255],
+                             p=1.0)
+
+
+def stored_pixels(pixels, finish, shape: tuple[int, int]):
+    """The pixels the resizer encoded, from those it handed its blurrer and its `finishing` step;
+    None unless they come out at the stored (height, width) in 8 bits."""
+    if pixels is None or pixels.dtype.name != "uint8" or not (pixels.ndim == 2 or pixels.shape[2] == 3):
+        return None
+    if finish is not None:
+        pixels = finish(image=pixels)["image"]
+    return pixels if pixels.shape[:2] == shape else None
 
 
 def scaled_size(width: int, height: int, size: int, mode: str) -> tuple[int, int] | None:

@@ -13,10 +13,10 @@ from mmcurate.ingest import pools
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import Config
 from mmcurate.stages.base import Cluster, Resources, Stage
-from mmcurate.stages.download import DownloadStage, ImageCheck, Outcome, outcome_scores
+from mmcurate.stages.download import DownloadStage, HandsOnFeatures, ImageCheck, Outcome, outcome_scores, pixel_features
 
 
-class LoadStage(Stage):
+class LoadStage(HandsOnFeatures, Stage):
     """Reads, checks and resizes every image of a shard from the pool; failures become ledger reasons."""
 
     name = "load"
@@ -49,7 +49,7 @@ class LoadStage(Stage):
         return {}
 
     def setup(self) -> None:
-        self._check = ImageCheck(self.config.download)
+        self._check = ImageCheck(self.config.download, pixel_features(self.config))
 
     def judge(self, rows: pa.Table) -> Verdicts:
         limit = self.config.download.max_image_bytes

@@ -9,7 +9,7 @@ from PIL import Image
 
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import config_from_dict
-from mmcurate.stages.download import DownloadStage
+from mmcurate.stages.download import FEATURE_FIELDS, DownloadStage
 from tests.conftest import EXPECTED
 
 
@@ -24,7 +24,7 @@ def test_every_route_maps_to_its_reason(image_server, tripwire):
     rows = pa.table({C.UID: paths, C.ROW: list(range(len(paths))), C.URL: [image_server.url(p) for p in paths],
                      C.CAPTION: ["c"] * len(paths)})
     out = stage.process(rows)
-    assert out.schema == C.DOWNLOAD_SCHEMA
+    assert out.schema == pa.schema([*C.DOWNLOAD_SCHEMA, *FEATURE_FIELDS])  # dedup on: download hands on features
     got = dict(zip(paths, out[C.REASON].to_pylist()))
     assert got == EXPECTED
     for record in out.to_pylist():
