@@ -1,7 +1,7 @@
 """Writes docs/reference.md: the contract the README relies on, from the code that defines it.
 
 The command line from the argument parser, the config keys (type, default, and the comment beside
-the key in `mmcurate/schemas/sections.py`) from the config models, the ledger's columns from its
+the key in `mmcurate/schemas/sections.py` and `synthesis_section.py`) from the config models, the ledger's columns from its
 Arrow schema and the stages' score fields. `tests/test_reference.py` fails when the file and the
 code disagree; run `.venv/bin/python docs/reference.py` to write it again.
 """
@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from mmcurate.cli import build_parser
 from mmcurate.schemas import columns as C
-from mmcurate.schemas import sections
+from mmcurate.schemas import sections, synthesis_section
 from mmcurate.schemas.config import Config, config_from_dict
 from mmcurate.schemas.reasons import REASONS  # the reasons table: also what audit --reason accepts
 from mmcurate.stages import build_stages
@@ -150,7 +150,7 @@ def render() -> str:
             "YAML, validated; an unknown key is an error naming it. `--set KEY=VALUE` overrides any key by its "
             "dotted path. The `engine` section changes how fast, never what: a run resumes under other engine "
             "settings.", "", "| key | type | default | note |", "|---|---|---|---|"]
-    out += _keys(Config, defaults, _comments(sections)) + [""]
+    out += _keys(Config, defaults, _comments(sections) | _comments(synthesis_section)) + [""]
     out += ["## Run directory", "", RUN_DIR, "## Ledger", "",
             "`ledger.parquet`: one row per input row, never more, never fewer. Checked at the end of every run: "
             "rows in = kept + dropped + failed.", "", "| column | type | meaning |", "|---|---|---|"]

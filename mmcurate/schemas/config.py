@@ -27,9 +27,9 @@ from mmcurate.schemas.sections import (
     PrivacyConfig,
     QualityConfig,
     SafetyConfig,
-    SynthesisConfig,
     _Section,
 )
+from mmcurate.schemas.synthesis_section import SynthesisConfig
 
 # Sections that change how a run goes, not what it makes: a change to them is no change of the run.
 RUNTIME_SECTIONS = ("engine",)

@@ -13,7 +13,7 @@ import json
 
 from mmcurate.filters import instructions as V
 from mmcurate.schemas import columns as C
-from mmcurate.schemas.sections import SynthesisConfig
+from mmcurate.schemas.synthesis_section import SynthesisConfig
 from mmcurate.stages.synthesis.templates import Template
 
 
