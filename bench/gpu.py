@@ -1,5 +1,5 @@
-"""One table of the model-bound scorers on one device: CLIP end to end vs forward-only, JPEG decode
-on the GPU vs PIL, the NSFW head and NudeNet, CenterFace and detoxify.
+"""One table of the model-bound scorers on one device: CLIP end to end vs forward-only, the scorer's
+JPEG decode and preprocessing on the GPU vs PIL, the NSFW head and NudeNet, CenterFace and detoxify.
 
 Every row calls mmcurate's scorer directly (no Ray): `ClipScorer` with random weights
 (`pretrained=None`: nothing is downloaded), `EmbeddingHead` with a random head of the published
@@ -150,8 +150,9 @@ def rate(fn: Callable[[], object], items: int, seconds: float, warm_up: Callable
 
 
 def clip_rows(args, device: str, images: list[bytes], captions: list[str], model: str) -> list[Row]:
-    """End to end (JPEG bytes -> decode + preprocess in threads -> both towers -> embeddings and
-    scores) vs the towers alone on ready tensors, same scorer, same batch size, alternating passes."""
+    """End to end (JPEG bytes -> decode + preprocess by `clip.decode: auto`'s path: on the device on
+    CUDA, else in threads -> both towers -> embeddings and scores) vs the towers alone on ready
+    tensors, same scorer, same batch size, alternating passes."""
     clip = scorer_module("clip_score")
     scorer = clip.ClipScorer(clip.resolve_weights(model, None), device, args.batch, args.decode_threads)
     scorer.load()
@@ -173,42 +174,36 @@ def clip_rows(args, device: str, images: list[bytes], captions: list[str], model
         fwd += timed(forward)
         passes += 1
     n = len(images) * passes
-    label = f"{scorer.device}, batch {args.batch}, {args.decode_threads} decode threads"
+    label = f"{scorer.device}, batch {args.batch}, decode {scorer.decode}, {args.decode_threads} decode threads"
     return [(f"CLIP {model}: end to end", label, f"{n / e2e:,.1f}",
              f"**{fwd / e2e:.2f}×** forward-only (goal ≥ 0.7)"),
             (f"CLIP {model}: forward only", scorer.device, f"{n / fwd:,.1f}", "ready tensors, both towers")]
 
 
 def decode_rows(args, device: str, images: list[bytes]) -> list[Row]:
-    """PIL in the scorer's thread pool vs torchvision's batched decode_jpeg on the GPU."""
-    from concurrent.futures import ThreadPoolExecutor
+    """The scorer's two decode paths, JPEG bytes to the first model's input, a batch at a time as
+    `ClipScorer.score` prepares them: `clip.decode: cpu` (PIL and open_clip's transform in its
+    thread pool) vs `gpu` (batched decode_jpeg and the preprocessing on the device)."""
+    clip = scorer_module("clip_score")
+    model = args.models.split(",")[0]
+    weights = clip.resolve_weights(model, None)
 
-    from PIL import Image
+    def prepare(decode: str) -> Callable[[], object]:
+        scorer = clip.ClipScorer(weights, device, args.batch, args.decode_threads, decode=decode)
+        scorer.load()
+        return lambda: [scorer._prepare(images[i:i + args.batch]) for i in range(0, len(images), args.batch)]
 
-    def pil(data: bytes) -> None:
-        with Image.open(io.BytesIO(data)) as im:
-            im.convert("RGB")
-
-    with ThreadPoolExecutor(args.decode_threads) as pool:
-        cpu = rate(lambda: list(pool.map(pil, images)), len(images), args.seconds_per_row)
-    rows: list[Row] = [("decode: PIL", f"cpu, {args.decode_threads} threads", f"{cpu:,.1f}", "RGB, full size")]
+    cpu = rate(prepare("cpu"), len(images), args.seconds_per_row)
+    rows: list[Row] = [("decode: PIL + preprocess (clip.decode: cpu)", f"cpu, {args.decode_threads} threads",
+                        f"{cpu:,.1f}", f"to {model}'s input")]
+    name = "decode: torchvision decode_jpeg, batched + preprocess (clip.decode: gpu)"
     try:
         if device != "cuda":
             raise Skip("no CUDA device" if device == "cpu" else device)
-        import torch
-        from torchvision.io import decode_jpeg
-
-        raw = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in images]
-
-        def gpu() -> None:
-            for i in range(0, len(raw), args.batch):
-                decode_jpeg(raw[i:i + args.batch], device="cuda")
-            torch.cuda.synchronize()
-
-        speed = rate(gpu, len(raw), args.seconds_per_row)
-        rows.append(("decode: torchvision decode_jpeg, batched", "cuda", f"{speed:,.1f}", f"{speed / cpu:.2f}× PIL"))
+        speed = rate(prepare("gpu"), len(images), args.seconds_per_row)  # _prepare waits for its stream
+        rows.append((name, "cuda", f"{speed:,.1f}", f"{speed / cpu:.2f}× PIL"))
     except Exception as err:  # noqa: BLE001 - the PIL row above stands either way
-        rows += failed("decode: torchvision decode_jpeg, batched", "cuda", err)
+        rows += failed(name, "cuda", err)
     return rows
 
 
@@ -247,32 +242,35 @@ def head_rows(args, device: str) -> list[Row]:
     except Exception as err:  # noqa: BLE001 - the CPU row above stands either way
         return rows + failed("NSFW head on embeddings, module on CUDA", "cuda", err)
     return rows + [("NSFW head on embeddings, module on CUDA", "cuda", f"{fast:,.0f}",
-                    f"{fast / speed:.1f}× CPU (the filter runs it on CPU today)")]
+                    f"{fast / speed:.1f}× CPU (the filter's head on a safety actor with a GPU)")]
 
 
 def nudenet_row(args, images: list[bytes]) -> Row:
     nsfw = scorer_module("nsfw")
     try:
-        detector = nsfw.NsfwDetector(batch_size=16)
+        detector = nsfw.NsfwDetector(batch_size=16, device="auto")  # CUDA where onnxruntime-gpu sees a GPU
     except ImportError as err:
         raise Skip(f"NudeNet not installed ({err}); carry its wheel") from None
     providers = ",".join(p.replace("ExecutionProvider", "") for p in detector.session.get_providers())
     sample = images[:CPU_SAMPLE]
     speed = rate(lambda: detector.score(sample), len(sample), args.seconds_per_row, lambda: detector.score(sample[:16]))
-    return ("NSFW: NudeNet 320n, batch 16", f"onnxruntime {providers}", f"{speed:,.1f}", "decode + detect")
+    return ("NSFW: NudeNet 320n, batch 16", f"onnxruntime {providers}", f"{speed:,.1f}",
+            "decode + detect, each image at its size (≤ 320)")
 
 
 def faces_row(args, images: list[bytes]) -> Row:
     faces = scorer_module("faces")
     decode_rgb = scorer_module("images").decode_rgb
     try:
-        detector = faces.FaceDetector(*faces.resolve("centerface", None))
-    except FileNotFoundError as err:
+        detector = faces.FaceDetector(*faces.resolve("centerface", None), device="auto")  # CUDA as NudeNet
+    except (FileNotFoundError, ImportError) as err:
         raise Skip(str(err)) from None
+    providers = ",".join(p.replace("ExecutionProvider", "") for p in detector.session.get_providers())
     sample = images[:CPU_SAMPLE]
-    speed = rate(lambda: [detector.detect(decode_rgb(b)) for b in sample], len(sample), args.seconds_per_row,
-                 lambda: [detector.detect(decode_rgb(b)) for b in sample[:4]])
-    return ("faces: CenterFace", "cpu (OpenCV DNN)", f"{speed:,.1f}", "decode + detect; faces.py has no GPU path")
+    speed = rate(lambda: detector.detect_many([decode_rgb(b) for b in sample]), len(sample), args.seconds_per_row,
+                 lambda: detector.detect_many([decode_rgb(b) for b in sample[:16]]))
+    return ("faces: CenterFace", f"onnxruntime {providers}, batch 16", f"{speed:,.1f}",
+            "decode + detect, each image at its size (≤ 384)")
 
 
 def toxicity_row(args, device: str, captions: list[str]) -> Row:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmcurate.filters.clip_decode import Prepared, prepare_on_device, preprocess_cfg, supported
 from mmcurate.filters.weights import file_sha256, hub_unreachable
 from mmcurate.schemas.errors import ModelError
 
@@ -123,19 +124,33 @@ def pick_device(device: str) -> str:
     return device
 
 
+def pick_decode(decode: str, device: str) -> str:
+    """Where images decode and preprocess: `gpu` (JPEGs on the CUDA device) or `cpu` (PIL in threads)."""
+    if decode == "auto":
+        return "gpu" if device == "cuda" else "cpu"
+    if decode == "gpu" and device != "cuda":
+        raise ModelError("clip.decode", f"gpu decodes on the CUDA device, but this worker's device is {device} "
+                                        "(use auto or cpu)")
+    return decode
+
+
 class ClipScorer:
     """Scores image-caption pairs: cosine similarity of the two towers' normalised embeddings.
 
-    Decoding and preprocessing run in a thread pool one batch ahead of the model, so the towers
-    (which release the GIL) are not kept waiting on PIL. On CUDA the towers run under autocast
-    (bf16 where supported, else fp16); on CPU in fp32.
+    Decoding and preprocessing run one batch ahead of the model: with `decode="cpu"` in a thread
+    pool (PIL and open_clip's transform), so the towers (which release the GIL) are not kept
+    waiting on PIL; with `gpu` (auto's choice on CUDA) JPEGs in batches on the device, on a CUDA
+    stream of their own, the other images through the CPU path (`clip_decode.prepare_on_device`).
+    On CUDA the towers run under autocast (bf16 where supported, else fp16); on CPU in fp32.
     """
 
-    def __init__(self, weights: Weights, device: str = "auto", batch_size: int = 256, decode_threads: int = 4):
+    def __init__(self, weights: Weights, device: str = "auto", batch_size: int = 256, decode_threads: int = 4,
+                 decode: str = "auto"):
         self.weights = weights
         self.device_setting = device
         self.batch_size = batch_size
         self.decode_threads = decode_threads
+        self.decode_setting = decode
         self.model = None
         self.dim: int | None = None  # known once loaded
 
@@ -144,6 +159,7 @@ class ClipScorer:
         import torch
 
         self.device = pick_device(self.device_setting)
+        self.decode = pick_decode(self.decode_setting, self.device)  # refused before any weights load
         w = self.weights
         schema = w.model.startswith((LOCAL_DIR, HF_HUB))
         model, _, preprocess = open_clip.create_model_and_transforms(
@@ -151,6 +167,13 @@ class ClipScorer:
         )
         model.eval()
         self.model, self.preprocess = model, preprocess
+        self.preprocess_cfg = preprocess_cfg(model)  # what `preprocess` is built from: the device path's too
+        why = supported(self.preprocess_cfg)
+        if why and self.decode_setting == "gpu":
+            raise ModelError("clip.decode", f"gpu cannot preprocess for {w.model}: {why} (use auto or cpu)")
+        if why:
+            self.decode = "cpu"
+        log.info("clip: %s on %s, images decoded on %s", w.label, self.device, self.decode)
         self.tokenizer = open_clip.get_tokenizer(w.model)
         from PIL import Image
 
@@ -161,8 +184,9 @@ class ClipScorer:
             self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="clip-decode")
         self._ahead = ThreadPoolExecutor(1, thread_name_prefix="clip-prefetch")  # waits on _pool, never in it
+        self._stream = torch.cuda.Stream(self.device) if self.decode == "gpu" and self.device == "cuda" else None
 
-    def _decode(self, data: bytes):
+    def _decode(self, data: bytes) -> Prepared:
         """(tensor, None) or (None, error text) for one image."""
         from PIL import Image
 
@@ -172,8 +196,18 @@ class ClipScorer:
         except Exception as err:  # stored bytes that do not decode: a ledger reason, not a crash
             return None, f"{type(err).__name__}: {err}"
 
-    def _prepare(self, images: list[bytes]):
-        return list(self._pool.map(self._decode, images))
+    def _prepare(self, images: list[bytes]) -> list[Prepared]:
+        """(model input, None) or (None, error text) per image, by the scorer's decode path."""
+        if self.decode == "cpu":
+            return list(self._pool.map(self._decode, images))
+        if self._stream is None:  # the device path on a CPU: what tests check it with
+            return prepare_on_device(images, self.preprocess_cfg, self.device, self._decode, self._pool.map)
+        import torch
+
+        with torch.cuda.stream(self._stream):
+            prepared = prepare_on_device(images, self.preprocess_cfg, self.device, self._decode, self._pool.map)
+        self._stream.synchronize()  # whole before the towers' stream reads it
+        return prepared
 
     def encode(self, tensors: list, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Normalised image embeddings and per-pair cosine scores for ready tensors."""
@@ -182,6 +216,10 @@ class ClipScorer:
         import torch
 
         with torch.inference_mode():
+            if tensors[0].is_cuda:  # made on the decode stream: its memory is not reused while this one reads it
+                stream = torch.cuda.current_stream(tensors[0].device)
+                for tensor in tensors:
+                    tensor.record_stream(stream)
             x = torch.stack(tensors).to(self.device, non_blocking=True)
             t = self.tokenizer(captions).to(self.device, non_blocking=True)
             ctx = (torch.autocast("cuda", dtype=self.autocast_dtype) if self.device == "cuda"

@@ -10,6 +10,7 @@ Linear layers are applied in the order of their index; with `activation="relu"` 
 each but the last (the MLP of the NSFW heads: a `torch.nn.Sequential` of Linear and ReLU layers).
 A single output is the score (aesthetics: 1-10) or, with `probability=True`, its sigmoid; two
 outputs are classes and the score is the softmax of the second (watermark: P(watermark)).
+A head runs on the CPU, or on the GPU of a worker its stage gave one (`device`, `to`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pyarrow as pa
 
 from mmcurate.algos.embeddings import embeddings_of
 from mmcurate.filters.base import Filter, Histogram, Threshold, Verdicts
+from mmcurate.filters.hardware import torch_device
 from mmcurate.filters.weights import file_sha256
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.errors import ModelError
@@ -63,6 +65,15 @@ class EmbeddingHead:
     def __init__(self, path: str, probability: bool = False, key: str = "weights", activation: str | None = None):
         self.path, self.probability, self.key, self.activation = path, probability, key, activation
         self.module = None
+        self.device = "cpu"
+
+    def to(self, device: str) -> EmbeddingHead:
+        """Run on `device` (`auto`: cuda where this worker sees a GPU); loads the head if needed."""
+        if self.module is None:
+            self.load()
+        self.device = torch_device(device)
+        self.module.to(self.device)
+        return self
 
     def load(self) -> None:
         import torch
@@ -91,11 +102,11 @@ class EmbeddingHead:
             raise ModelError(self.key, f"{self.path} expects {self.in_features}-d embeddings; the CLIP model gives "
                             f"{embeddings.shape[1]}-d (LAION's heads are for ViT-L-14)")
         with torch.inference_mode():
-            out = self.module(torch.from_numpy(np.ascontiguousarray(embeddings, np.float32)))
-        if out.shape[1] == 2:
-            return torch.softmax(out, dim=1)[:, 1].numpy()
-        out = out[:, 0]
-        return (torch.sigmoid(out) if self.probability else out).numpy()
+            out = self.module(torch.from_numpy(np.ascontiguousarray(embeddings, np.float32)).to(self.device))
+            if out.shape[1] == 2:
+                return torch.softmax(out, dim=1)[:, 1].cpu().numpy()
+            out = out[:, 0]
+            return (torch.sigmoid(out) if self.probability else out).cpu().numpy()
 
 
 class _HeadFilter(Filter):
@@ -111,6 +122,7 @@ class _HeadFilter(Filter):
     reason: str
     head: EmbeddingHead | None = None
     sha256: str | None = None
+    device = "cpu"  # `auto` where the stage's workers have a GPU (its stage sets it before setup)
 
     def prepare(self) -> dict:
         """Load and hash the head once on the driver: a bad file exits 2 naming its key."""
@@ -126,6 +138,7 @@ class _HeadFilter(Filter):
     def setup(self) -> None:
         if self.head is None:
             self.prepare()
+        self.head.to(self.device)
 
     def apply(self, rows: pa.Table) -> Verdicts:
         limit = getattr(self.options, self.limit)

