@@ -1,7 +1,7 @@
 """Writes docs/reference.md: the contract the README relies on, from the code that defines it.
 
 The command line from the argument parser, the config keys (type, default, and the comment beside
-the key in `mmcurate/schemas/sections.py` and `synthesis_section.py`) from the config models, the ledger's columns from its
+the key in `mmcurate/schemas/sections.py`, `synthesis_section.py` and `documents_section.py`) from the config models, the ledger's columns from its
 Arrow schema and the stages' score fields. `tests/test_reference.py` fails when the file and the
 code disagree; run `.venv/bin/python docs/reference.py` to write it again.
 """
@@ -14,11 +14,12 @@ import re
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 from pydantic import BaseModel
 
 from mmcurate.cli import build_parser
 from mmcurate.schemas import columns as C
-from mmcurate.schemas import sections, synthesis_section
+from mmcurate.schemas import documents_section, sections, synthesis_section
 from mmcurate.schemas.config import Config, config_from_dict
 from mmcurate.schemas.reasons import REASONS  # the reasons table: also what audit --reason accepts
 from mmcurate.stages import build_stages
@@ -34,9 +35,12 @@ RUN_DIR/
   stages/<stage>/      per-shard outputs NNNNNN.parquet and stats NNNNNN.stats.json (the resume
                        marker), each written atomically (temp file + rename; on a bucket one PUT)
   stages/ingest/       the input cut into shards; _SUCCESS.json holds its fingerprint
+  stages/ingest/documents/  input.format mmc4, obelics: the documents as read (id, URL, texts and
+                       their positions, image positions), UUUUUU-CCCCCC.parquet in document order
   stages/synthesis/    per-row teacher outcome + records-NNNNNN.parquet (synthesis on)
   ledger.parquet       one row per input row (below): a file, or at scale a directory of parts
   ledger_index/        at scale: a uid index beside the parts (audit --uid reads a row group)
+  documents.parquet    input.format mmc4, obelics: one row per input document (below)
   shards/<format>/     the kept samples: webdataset/NNNNNN.tar, parquet/NNNNNN.parquet, hf/
   instructions/        llava.json, NNNNNN.parquet (records with provenance), summary.json,
                        cache/NNNNNN.jsonl (teacher answers by request hash), images/
@@ -59,6 +63,21 @@ CORE_COLUMNS = {
     C.DETAIL: "human-readable detail: score and threshold, duplicate-of uid, error text; a kept row's "
               "changes (faces blurred, PII redacted)",
     C.SCORES: "a struct of every score the run computed for the row (fields below)",
+    C.DOCUMENT: "mmc4, obelics: the image's document, by number (0-based, in input order; documents.parquet's)",
+    C.DOCUMENT_ID: "mmc4, obelics: the document's id (input.id_col, else a hash of its URL and content)",
+    C.POSITION: "mmc4, obelics: the image's place in its document (obelics: in the aligned lists; mmc4: in image_info)",
+}
+DOCUMENT_COLUMNS = {
+    C.DOCUMENT: "the document's number (0-based, in input order): unique, even for repeated documents",
+    C.DOCUMENT_ID: "input.id_col's value, else a hash of the document's URL and content",
+    C.SOURCE: "the input file it came from", C.SOURCE_LINE: "its line (or row) in that file",
+    C.URL: "the document's URL (mmc4: `url`; obelics: `general_metadata.url`)",
+    C.STATUS: "`kept`, `dropped` or `failed`",
+    C.STAGE: "`ingest` (a document that could not be read) or `documents` (a document rule); null when kept",
+    C.REASON: "machine-readable reason (the documents reasons below); null when kept",
+    C.DETAIL: "human-readable detail; a kept document's removed images and why",
+    C.IMAGES_IN: "its image rows in the ledger", C.IMAGES_KEPT: "of those, kept by every image stage",
+    C.WORDS: "whitespace-separated words of its texts",
 }
 
 
@@ -150,13 +169,18 @@ def render() -> str:
             "YAML, validated; an unknown key is an error naming it. `--set KEY=VALUE` overrides any key by its "
             "dotted path. The `engine` section changes how fast, never what: a run resumes under other engine "
             "settings.", "", "| key | type | default | note |", "|---|---|---|---|"]
-    out += _keys(Config, defaults, _comments(sections) | _comments(synthesis_section)) + [""]
+    out += _keys(Config, defaults, _comments(sections) | _comments(synthesis_section) | _comments(documents_section)) + [""]
     out += ["## Run directory", "", RUN_DIR, "## Ledger", "",
             "`ledger.parquet`: one row per input row, never more, never fewer. Checked at the end of every run: "
             "rows in = kept + dropped + failed.", "", "| column | type | meaning |", "|---|---|---|"]
-    for f in C.LEDGER_BASE_FIELDS[:6] + C.ORIGIN_FIELDS + C.LEDGER_BASE_FIELDS[6:] + [C.ledger_schema([]).field(C.SCORES)]:
+    origins = [*C.ORIGIN_FIELDS, *(pa.field(n, C.ORIGIN_TYPES[n]) for n in C.DOCUMENT_COLUMNS)]
+    for f in C.LEDGER_BASE_FIELDS[:6] + origins + C.LEDGER_BASE_FIELDS[6:] + [C.ledger_schema([]).field(C.SCORES)]:
         kind = "struct" if f.name == C.SCORES else str(f.type)
         out.append(f"| `{f.name}` | {kind} | {CORE_COLUMNS[f.name]} |")
+    out += ["", "`documents.parquet` (input.format mmc4, obelics): one row per input document, decided after the image "
+            "stages by the `documents` section. Checked at the end of every such run: documents in = kept + dropped + "
+            "failed.", "", "| column | type | meaning |", "|---|---|---|"]
+    out += [f"| `{f.name}` | {f.type} | {DOCUMENT_COLUMNS[f.name]} |" for f in C.DOCUMENT_LEDGER_SCHEMA]
     out += ["", "Score fields (the stages a config runs add theirs; aesthetic and watermark heads add "
             "`aesthetic_score`, `watermark_score`):", "", "| score | type | stage |", "|---|---|---|"] + _scores()
     out += ["", "## Reasons", "", "| stage | reason | meaning |", "|---|---|---|"]

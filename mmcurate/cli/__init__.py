@@ -41,6 +41,10 @@ def cmd_run(args) -> int:
     led = result.ledger
     print(f"run dir: {result.run_dir}")
     print(f"ledger:  {led['rows']:,} rows = {led['kept']:,} kept + {led['dropped']:,} dropped + {led['failed']:,} failed")
+    if result.documents is not None:
+        docs = result.documents
+        print(f"documents: {docs['documents']:,} = {docs['kept']:,} kept + {docs['dropped']:,} dropped + "
+              f"{docs['failed']:,} failed")
     print(f"report:  {result.report}")
     _notes(result)
     return 0

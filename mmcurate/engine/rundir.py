@@ -162,6 +162,24 @@ class RunDir:
     def ingest_done(self) -> Path:
         return self.stage_dir(INGEST) / "_SUCCESS.json"
 
+    @property
+    def documents_table(self) -> Path:
+        """Interleaved documents as ingest read them (input.format mmc4, obelics): their ids, URLs,
+        texts and image positions, in files whose names sort in document order."""
+        return self.stage_dir(INGEST) / "documents"
+
+    def documents_file(self, unit: int, chunk: int) -> Path:
+        return self.documents_table / f"{unit:06d}-{chunk:06d}.parquet"
+
+    def documents_files(self) -> list[Path]:
+        """The documents table's files in document order; [] for an input of no documents."""
+        return [self.documents_table / n for n in sorted(paths.names(self.documents_table)) if n.endswith(".parquet")]
+
+    @property
+    def documents_ledger(self) -> Path:
+        """Beside the ledger: one row per input document, kept, dropped or failed, with its reason."""
+        return self.root / "documents.parquet"
+
     def is_done(self, stage: str, shard: int) -> bool:
         return self.stats_file(stage, shard).exists()
 

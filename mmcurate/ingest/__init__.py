@@ -13,8 +13,9 @@ from mmcurate.ingest.files import (
     stat_of,
     units,
 )
+from mmcurate.ingest.documents import Document, read_documents
 from mmcurate.ingest.readers import read_rows
 from mmcurate.ingest.rows import RawRow, ShardBuffer, check_row, uid_of
 
-__all__ = ["RawRow", "ShardBuffer", "Unit", "check_row", "combined_fingerprint", "file_record", "fingerprint", "format_of",
-           "read_rows", "resolve_inputs", "stat_of", "uid_of", "units"]
+__all__ = ["Document", "RawRow", "ShardBuffer", "Unit", "check_row", "combined_fingerprint", "file_record", "fingerprint", "format_of",
+           "read_documents", "read_rows", "resolve_inputs", "stat_of", "uid_of", "units"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mmcurate.ingest import pools
 from mmcurate.schemas.config import InputConfig
+from mmcurate.schemas.sections import DOCUMENT_FORMATS
 from mmcurate.schemas.errors import InputError
 from mmcurate.storage import paths
 
@@ -36,6 +37,9 @@ def resolve_inputs(source: str | InputConfig) -> list[Path]:
     for f in files:
         if kind == "urls":
             format_of(f)
+        elif kind in DOCUMENT_FORMATS:
+            if format_of(f) not in ("jsonl", "parquet"):
+                raise InputError(f"input.path: {f}: input.format {kind} reads JSONL or parquet files")
         elif f.suffix.lower() != _POOL_SUFFIX[kind]:
             raise InputError(f"input.path: {f}: input.format {kind} reads {_POOL_SUFFIX[kind]} files")
     return files

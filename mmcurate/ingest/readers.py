@@ -90,7 +90,7 @@ def _read_jsonl(path: Path, cfg: InputConfig) -> Iterator[RawRow]:
     held: list[RawRow] = []  # the first rows, until their objects show the keys are there
     keys: set[str] = set()
     objects, checked = 0, False
-    for row, obj in _jsonl_rows(path, cfg):
+    for row, obj in jsonl_rows(path, cfg):
         if checked:
             yield row
             continue
@@ -118,7 +118,7 @@ def _require_keys(path: Path, keys: set[str], cfg: InputConfig) -> None:
             raise InputError(f"{key}: key {col!r} in none of the first objects of {path} (keys found: {found})")
 
 
-def _jsonl_rows(path: Path, cfg: InputConfig) -> Iterator[tuple[RawRow, dict | None]]:
+def jsonl_rows(path: Path, cfg: InputConfig) -> Iterator[tuple[RawRow, dict | None]]:
     """Each line's row, with its object when the line is one."""
     with _open_binary(path) as f:
         for line_no, raw in enumerate(_bounded_lines(f, MAX_FIELD_BYTES), start=1):

@@ -30,6 +30,7 @@ class RawRow:
     caption: object
     problem: tuple[str, str] | None = None
     pool: dict | None = None  # a pool's row: its origin and the image's place (columns.POOL_INGEST_SCHEMA)
+    document: dict | None = None  # a document's image: its document's number and id, its position (C.DOCUMENT_COLUMNS)
 
 
 def uid_of(url: object, caption: object) -> str:
@@ -141,9 +142,10 @@ class ShardBuffer:
     failed: int = 0
     source: str | None = None  # the ledger's source for every row, when it differs from the path read
     pool: bool = False  # a pool's rows: no URL to check (it is never fetched), their origin beside
+    documents: bool = False  # a document's image rows: where in which document each stands, beside
 
     def __post_init__(self) -> None:
-        self.schema = C.ingest_schema(self.pool)
+        self.schema = C.ingest_schema(self.pool, self.documents)
         self._cols: dict[str, list] = {f.name: [] for f in self.schema}
 
     def add(self, raw: RawRow) -> None:
@@ -156,6 +158,8 @@ class ShardBuffer:
         url = masked_url(raw.url)  # no credentials at rest: the uid (a hash one could guess at) is of this too
         if self.pool and (url is not None or key is not None):  # the pair's uid, as a list of it would give
             uid = uid_of(url if url is not None else key, raw.caption)
+        elif raw.problem is not None and raw.document is not None:  # one of a document's images: its place
+            uid = uid_of(f"{raw.source}:{raw.line}:{raw.document[C.POSITION]}", None)
         elif raw.problem is not None or self.pool:  # no values could be read: the uid names the place instead
             uid = uid_of(f"{raw.source}:{raw.line}", None)
         else:
@@ -173,6 +177,8 @@ class ShardBuffer:
         }
         if self.pool:  # names from a tar or a folder may hold any bytes: stored as text, as captions are
             values.update({k: _text(v) if isinstance(v, str) else v for k, v in raw.pool.items()})
+        if self.documents:
+            values.update(raw.document)
         for name, value in values.items():
             self._cols[name].append(value)
         self.rows += 1

@@ -133,7 +133,7 @@ def _with_writers(chosen: pl.DataFrame, run_dir: RunDir, shard: int, stages: Seq
 def empty_schema(stages: Sequence[Stage]) -> pa.Schema:
     """The columns of a sample export of a run with no shards (an input with no rows)."""
     names = [*EXPORT_COLUMNS, *origin_columns(stages)]
-    types = {C.ROW: pa.int64(), C.IMAGE: pa.binary()}
+    types = {**C.ORIGIN_TYPES, C.ROW: pa.int64(), C.IMAGE: pa.binary()}
     return pa.schema([pa.field(n, types.get(n, pa.string())) for n in names])
 
 

@@ -82,7 +82,7 @@ def ledger_shard(run_dir: RunDir, shard: int, stages: Sequence[Stage]) -> pa.Tab
             C.SCORES: struct,
         }
     )
-    return table.cast(C.ledger_schema(fields, bool(origin)))
+    return table.cast(C.ledger_schema(fields, origin))
 
 
 def _decisions(run_dir: RunDir, stage: Stage, shard: int) -> pa.Table:
@@ -110,7 +110,7 @@ def write_ledger_file(run_dir: RunDir, stages: Sequence[Stage], shards: range, t
     """Write the ledger rows of `shards` (one row group per shard) and, given `index`, their
     (uid, row) sorted by uid; return the file's aggregate: first row, rows, rows per status.
     Memory: one shard's rows, plus the part's uids and rows for the index."""
-    schema = C.ledger_schema(score_fields(stages), bool(origin_columns(stages)))
+    schema = C.ledger_schema(score_fields(stages), origin_columns(stages))
     agg: dict = {"shards": [shards.start, shards.stop], "first_row": None, "rows": 0, **{s: 0 for s in C.STATUSES}}
     keys: list[pa.Table] = []
 

@@ -79,6 +79,8 @@ def build_report(run_dir: RunDir, run_stages: list[Stage] | None = None) -> dict
         "versions": manifest.get("versions", {}),
         "input": manifest.get("input", {}),
         "synthesis": manifest.get("instructions"),
+        # an interleaved input's documents: in, kept, dropped, failed (a pairs run's report is as it was)
+        **({"documents": manifest["documents"]} if manifest.get("documents") else {}),
     }
 
 

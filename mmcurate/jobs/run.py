@@ -17,6 +17,7 @@ from mmcurate.engine.plan import segments
 from mmcurate.engine.rundir import INGEST, RunDir, RunLock
 from mmcurate.engine.runner import NoProgress, Progress, prepare_stage, run_segment, run_shards
 from mmcurate.jobs import manifest as M
+from mmcurate.jobs.documents import build_documents
 from mmcurate.jobs.export import FORMATS as EXPORT_FORMATS
 from mmcurate.jobs.export import ExportTask, export_hf, write_empty
 from mmcurate.jobs.ingest import FINGERPRINT_VERSION, fingerprint_input, ingest_input
@@ -41,6 +42,7 @@ class RunResult:
     report: Path
     stages: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the person who ran it should know
+    documents: dict[str, int] | None = None  # an interleaved input's documents: in, kept, dropped, failed
 
 
 class Job:
@@ -280,6 +282,8 @@ class Job:
                     manifest["stages"].setdefault(section, {"status": "unavailable", "note": "stage not in this version"})
                 ledger = build_ledger(self.run_dir, self.stages, self.config.engine.ledger_part_rows, self.ray.tasks)
                 manifest["ledger"] = ledger
+                if self.config.input.documents:  # documents.parquet, beside the ledger it is decided from
+                    manifest["documents"] = build_documents(self.run_dir, self.config.documents, done["documents"])
                 if self.config.synthesis.enabled:
                     manifest["instructions"] = self._instructions(done["rows"])
                 if self.retry is not None:
@@ -291,7 +295,7 @@ class Job:
                 manifest["runs"][-1]["finished"] = M.now()
                 M.save(self.run_dir, manifest)
                 report = write_report(self.run_dir)
-                result = RunResult(self.run_dir.root, ledger, report, manifest["stages"])
+                result = RunResult(self.run_dir.root, ledger, report, manifest["stages"], documents=manifest.get("documents"))
                 if not ledger[C.KEPT]:
                     result.notes.append("the input has no rows: the exports are empty datasets" if not ledger["rows"] else
                                         "no sample was kept: the exports are empty datasets (the ledger says why)")

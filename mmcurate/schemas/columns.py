@@ -25,6 +25,12 @@ MEMBER = "member"  # the image's name: a tar member, or a file under input.path
 MEMBER_OFFSET = "member_offset"  # where its bytes start in the tar
 MEMBER_SIZE = "member_size"  # how many there are
 
+# interleaved documents (input.format mmc4, obelics): each image is a row of its own, naming its document
+DOCUMENT = "document"  # the document's number (0-based, in input order): unique, even for repeated documents
+DOCUMENT_ID = "document_id"  # the input's id of the document (input.id_col), else a hash of its URL and content
+POSITION = "position"  # the image's place in its document (obelics: in the aligned lists; mmc4: in image_info)
+DOCUMENT_COLUMNS = (DOCUMENT, DOCUMENT_ID, POSITION)
+
 # a stage's decision about a row
 STATUS = "status"
 STAGE = "stage"
@@ -133,8 +139,63 @@ POOL_INGEST_SCHEMA = pa.schema(
 )
 
 
-def ingest_schema(pool: bool) -> pa.Schema:
-    return POOL_INGEST_SCHEMA if pool else INGEST_SCHEMA
+# an image row of a document: the rows as a URL list's, then where in which document it stands
+DOCUMENT_INGEST_SCHEMA = pa.schema(
+    list(INGEST_SCHEMA)
+    + [pa.field(DOCUMENT, pa.int64()), pa.field(DOCUMENT_ID, pa.string()), pa.field(POSITION, pa.int32())]
+)
+
+
+def ingest_schema(pool: bool, documents: bool = False) -> pa.Schema:
+    return DOCUMENT_INGEST_SCHEMA if documents else POOL_INGEST_SCHEMA if pool else INGEST_SCHEMA
+
+
+# the documents table ingest keeps (stages/ingest/documents/): one row per input document
+FIRST_ROW = "first_row"  # the `row` of its first image (its images are the rows after it, in order)
+IMAGES_IN = "images_in"  # image rows it has
+IMAGES_KEPT = "images_kept"  # of those, kept by every image stage
+WORDS = "words"  # whitespace-separated words of its texts
+TEXTS = "texts"  # its texts, in order
+TEXT_POSITIONS = "text_positions"  # each text's place (obelics: in the aligned lists; mmc4: in text_list)
+IMAGE_POSITIONS = "image_positions"  # each image's place (the `position` of its row)
+IMAGE_TEXTS = "image_texts"  # the text position each image was paired with (its row's caption)
+IMAGE_SIMILARITY = "image_similarity"  # mmc4's matched_sim of each image; null for obelics
+
+DOCUMENT_IDENTITY = [
+    pa.field(DOCUMENT, pa.int64(), nullable=False),
+    pa.field(DOCUMENT_ID, pa.string()),
+    pa.field(SOURCE, pa.string()),
+    pa.field(SOURCE_LINE, pa.int64()),
+    pa.field(URL, pa.string()),
+]
+DOCUMENTS_SCHEMA = pa.schema(
+    DOCUMENT_IDENTITY
+    + DECISION_FIELDS
+    + [
+        pa.field(FIRST_ROW, pa.int64()),
+        pa.field(IMAGES_IN, pa.int32()),
+        pa.field(WORDS, pa.int32()),
+        pa.field(TEXTS, pa.list_(pa.large_string())),
+        pa.field(TEXT_POSITIONS, pa.list_(pa.int32())),
+        pa.field(IMAGE_POSITIONS, pa.list_(pa.int32())),
+        pa.field(IMAGE_TEXTS, pa.list_(pa.int32())),
+        pa.field(IMAGE_SIMILARITY, pa.list_(pa.float32())),
+    ]
+)
+
+# documents.parquet: one row per input document, decided after the image stages
+DOCUMENT_LEDGER_SCHEMA = pa.schema(
+    DOCUMENT_IDENTITY
+    + [
+        pa.field(STATUS, pa.string(), nullable=False),
+        pa.field(STAGE, pa.string()),  # ingest (a document that could not be read) or documents
+        pa.field(REASON, pa.string()),
+        pa.field(DETAIL, pa.string()),
+        pa.field(IMAGES_IN, pa.int32()),
+        pa.field(IMAGES_KEPT, pa.int32()),
+        pa.field(WORDS, pa.int32()),
+    ]
+)
 
 
 LOAD_SCHEMA = pa.schema(  # images read from a pool (the load stage)
@@ -253,8 +314,15 @@ def sample_key(row: int) -> str:
     return f"{row:012d}"
 
 
-def ledger_schema(score_fields: list[pa.Field], origin: bool = False) -> pa.Schema:
-    """The ledger's schema: fixed columns (a pool's rows: their origin after the caption) plus a
+ORIGIN_TYPES = {SOURCE_KEY: pa.string(), SOURCE_UID: pa.string(), DOCUMENT: pa.int64(), DOCUMENT_ID: pa.string(),
+                POSITION: pa.int32()}
+
+
+def ledger_schema(score_fields: list[pa.Field], origin: bool | list[str] | tuple[str, ...] = ()) -> pa.Schema:
+    """The ledger's schema: fixed columns (the origin columns the run's stages name after the
+    caption: a pool's key and uid, a document's number, id and position; True: a pool's) plus a
     `scores` struct of every score the run computed."""
-    base = LEDGER_BASE_FIELDS[:6] + ORIGIN_FIELDS + LEDGER_BASE_FIELDS[6:] if origin else LEDGER_BASE_FIELDS
+    names = [f.name for f in ORIGIN_FIELDS] if origin is True else list(origin or ())
+    fields = [pa.field(n, ORIGIN_TYPES[n]) for n in names]
+    base = LEDGER_BASE_FIELDS[:6] + fields + LEDGER_BASE_FIELDS[6:]
     return pa.schema(base + [pa.field(SCORES, pa.struct(score_fields))])

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
+from mmcurate.schemas.documents_section import DocumentsConfig
 from mmcurate.schemas.errors import ConfigError
 from mmcurate.schemas.sections import (
     ClipConfig,
@@ -58,6 +59,7 @@ class Config(_Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    documents: DocumentsConfig = Field(default_factory=DocumentsConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
 

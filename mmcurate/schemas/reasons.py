@@ -46,6 +46,13 @@ REASONS = {
     "clip_heads": {"low_aesthetic_score": "under quality.aesthetic's threshold", "watermark": "a watermark head's score over its threshold"},
     "safety": {"toxic_caption": "toxicity over safety.toxicity.max_score", "nsfw_image": "NSFW over safety.nsfw.max_score"},
     "privacy": {"contains_face": "faces with privacy.faces.action: drop", "contains_pii": "PII with privacy.pii.action: drop"},
+    "documents": {  # documents.parquet's (input.format mmc4, obelics); a failed document's stage is ingest
+        "malformed_document": "a document whose lists cannot be read (not lists, of unequal length, both an image and a text at a position)",
+        "empty_document": "a document with neither an image nor a text",
+        "nsfw_document": "one of its images was dropped as nsfw_image (documents.nsfw_drops_document)",
+        "too_few_images": "fewer images kept than documents.min_images",
+        "too_few_words": "fewer words in its texts than documents.min_words",
+    },
 }
 
 

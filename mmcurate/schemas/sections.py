@@ -27,11 +27,13 @@ class InputConfig(_Section):
     max_url_chars: int = Field(8_192, ge=1)  # longer URLs fail as url_too_long (never requested)
     # what input.path holds: a URL list (csv, tsv, jsonl, parquet; the `download` stage fetches it)
     # or a pool already downloaded (the `load` stage reads its images in place). auto: webdataset
-    # when the path names .tar files, otherwise a URL list
-    format: Literal["auto", "urls", "webdataset", "img2dataset_parquet", "image_folder"] = "auto"
+    # when the path names .tar files, otherwise a URL list. mmc4, obelics: interleaved documents
+    # (JSONL, or parquet), each image a row of its own (downloaded), each document kept by ingest
+    format: Literal["auto", "urls", "webdataset", "img2dataset_parquet", "image_folder", "mmc4", "obelics"] = "auto"
     image_col: str | None = None  # img2dataset_parquet: the image bytes column (null: jpg, png or webp)
     captions: str | None = None  # image_folder: a CSV/JSONL naming each image and its caption (null: sidecar .txt)
     file_col: str = "file"  # the captions file's column naming the image, relative to input.path
+    id_col: str | None = None  # mmc4, obelics: the key holding a document's id (null, or absent: a hash of its URL and content)
 
     @field_validator("path")
     @classmethod
@@ -47,6 +49,8 @@ class InputConfig(_Section):
             raise ValueError("input.captions applies to input.format: image_folder only")
         if self.captions is not None:
             check_location(self.captions, "input.captions")
+        if self.id_col is not None and not self.documents:
+            raise ValueError("input.id_col applies to input.format: mmc4 or obelics only")
         return self
 
     @property
@@ -60,7 +64,12 @@ class InputConfig(_Section):
     @property
     def pool(self) -> bool:
         """Whether the input is a pool already downloaded (its images are read, not fetched)."""
-        return self.kind != "urls"
+        return self.kind not in ("urls", *DOCUMENT_FORMATS)
+
+    @property
+    def documents(self) -> bool:
+        """Whether the input is interleaved documents (each image a row, each document kept beside)."""
+        return self.kind in DOCUMENT_FORMATS
 
     def ingest_key(self) -> dict:
         """What of this section ingest's output depends on, beside the files: keys added after a run
@@ -76,7 +85,8 @@ TRANSIENT_REASONS = ("timeout", "connection_error", "dns_error", "tls_error", "h
 # what a retry may be asked for: a host that was slow, unreachable or busy (a body cut short, a
 # 408); never what the host answered for good (404, 403, not an image, a private address)
 RETRYABLE = (*TRANSIENT_REASONS, "truncated", "http_408", "http_425")
-_POOL_DEFAULTS = {"format": "auto", "image_col": None, "captions": None, "file_col": "file"}
+_POOL_DEFAULTS = {"format": "auto", "image_col": None, "captions": None, "file_col": "file", "id_col": None}
+DOCUMENT_FORMATS = ("mmc4", "obelics")
 
 
 class DownloadConfig(_Section):

@@ -69,6 +69,11 @@ class DownloadStage(HandsOnFeatures, Stage):
     input_columns = ()
     settings = ("download.image_size", "download.max_image_bytes", "download.timeout_s", "download.retries")
 
+    def __init__(self, config: Config):
+        super().__init__(config)
+        if config.input.documents:  # each image row names its document and position, in the ledger and exports
+            self.origin_columns = C.DOCUMENT_COLUMNS
+
     @classmethod
     def enabled(cls, config) -> bool:
         return not config.input.pool  # a pool already downloaded is read by `load`
