@@ -23,6 +23,7 @@ about the same time. Dedup is a barrier (it must see every shard), so here it is
 
     python bench/pipeline.py [--rows 10000] [--rss-rows 2000]
     python bench/pipeline.py --latency-ms 300 --rows 1000 [--threads 4] [--dedup]
+    python bench/pipeline.py --before REV [--rows 2000]   # the same pipeline under an older mmcurate
 """
 
 from __future__ import annotations
@@ -77,11 +78,14 @@ class StoreWatch(threading.Thread):
                 raylet = None
 
 
-def run(config: Path, run_dir: Path, *extra: str) -> tuple[float, int, int]:
-    """Run the CLI; return (seconds, the driver's peak RSS, the object store's peak, in bytes)."""
+def run(config: Path, run_dir: Path, *extra: str, tree: Path | None = None) -> tuple[float, int, int]:
+    """Run the CLI (mmcurate as `tree`, a checkout, has it, if given); return (seconds, the driver's
+    peak RSS, the object store's peak, in bytes)."""
     start = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": str(tree)} if tree else None
     proc = subprocess.Popen([sys.executable, "-m", "mmcurate", "run", str(config), "--run-dir", str(run_dir),
-                             "--quiet", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             "--quiet", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=tree)
     watch = StoreWatch(proc.pid)
     watch.start()
     peak = 0
@@ -130,6 +134,37 @@ def mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 2**10:,.1f} KiB"
 
 
+def before_and_after(args, tmp: Path) -> None:
+    """The pipeline of `tmp/c.yaml` under mmcurate at `args.before` (a git worktree of it), then
+    as it is here; each stage's span and the whole run's, and the ratios."""
+    root = Path(__file__).resolve().parents[1]
+    tree = tmp / "before"
+    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-q", str(tree), args.before], check=True)
+    try:
+        runs = {}
+        for label, where in (("before", tree), ("after", None)):
+            run_dir = tmp / label
+            seconds, _, _ = run(tmp / "c.yaml", run_dir, tree=where)
+            manifest = json.loads((run_dir / "manifest.json").read_text())
+            stages = [s for s in manifest["stage_order"] if s != "ingest" and not s.startswith("export-")]
+            runs[label] = (seconds, span(run_dir, stages), {s: span(run_dir, [s]) for s in stages},
+                           {s: manifest["stages"][s]["rows_in"] for s in stages})
+    finally:
+        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], check=False)
+    (b_wall, b_span, b_stages, _), (a_wall, a_span, a_stages, rows_in) = runs["before"], runs["after"]
+    print(f"{args.rows:,} rows from a loopback server, {args.shard_size}-row shards, {os.cpu_count()} cores; "
+          f"mmcurate at {args.before} (before) and as checked out (after), one run each\n")
+    print("| stage | rows in | s before | s after | before / after |")
+    print("|---|---|---|---|---|")
+    for name, after in a_stages.items():
+        before = b_stages.get(name)
+        ratio = f"{before / after:.2f}x" if before and after else "-"
+        print(f"| {name} | {rows_in[name]:,} | {'-' if before is None else f'{before:.1f}'} | {after:.1f} | {ratio} |")
+    print(f"\nstages of the whole run: before {b_span:.1f} s, after {a_span:.1f} s: **{b_span / a_span:.2f}x**; "
+          f"wall clock with Ray's start, ingest, ledger, exports, report: {b_wall:.1f} s and {a_wall:.1f} s "
+          f"({b_wall / a_wall:.2f}x). A stage's span overlaps its neighbours' where they stream.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=10_000)
@@ -140,6 +175,8 @@ def main() -> None:
     parser.add_argument("--dedup", action="store_true", help="keep dedup on with --latency-ms (a barrier)")
     parser.add_argument("--skip-alone", action="store_true")
     parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--before", metavar="REV", help="only this: the same pipeline, rows and machine under "
+                        "mmcurate as it was at git revision REV, then as it is; both times and their ratio")
     args = parser.parse_args()
     from mmcurate.demo import shapes
 
@@ -168,6 +205,12 @@ def main() -> None:
         return config
 
     server, lines = serve(args.rows, latency)
+    if args.before:
+        with server:
+            (tmp / "c.yaml").write_text(yaml.safe_dump(pipeline(write_input(tmp, lines))))
+            before_and_after(args, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     with server:
         (tmp / "c.yaml").write_text(yaml.safe_dump(pipeline(write_input(tmp, lines))))
         whole_dir, barrier_dir = tmp / "whole", tmp / "barrier"
