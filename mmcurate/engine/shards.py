@@ -32,12 +32,14 @@ def alive_rows(
     """Rows of `shard` that ingest and every stage in `stages` kept, with the stages' data columns
     (only those named in `columns`, when given: only they are read from disk), and any of
     ingest's `ingest_columns` (a pool's: where each image lies). Columns named in `optional` are
-    left out where a stage's shard, written by an earlier version, does not have them."""
+    left out where a stage's shard, written by an earlier version, does not have them. A column
+    is read from the last of `stages` that writes it (whose value it has), from no other."""
     first = [C.UID, C.ROW, C.URL, C.CAPTION, *ingest_columns]
     table = run_dir.read_shard(INGEST, shard, columns=[*first, C.STATUS])
     table = table.filter(pc.equal(table[C.STATUS], C.KEPT)).select(first)
+    writer = {column: stage.name for stage in stages for column in stage.data_columns}
     for stage in stages:
-        wanted = [c for c in stage.data_columns if columns is None or c in columns]
+        wanted = [c for c in stage.data_columns if (columns is None or c in columns) and writer[c] == stage.name]
         try:
             out = run_dir.read_shard(stage.name, shard, columns=[C.ROW, C.STATUS] + wanted)
         except pa.ArrowInvalid:

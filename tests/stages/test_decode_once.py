@@ -103,3 +103,8 @@ def test_a_download_shard_from_before_gives_the_features_stage_images_to_decode(
     assert features.process(rows)[C.PHASH].to_pylist() == [signals(x).phash for x in images]
     with pytest.raises(pa.ArrowInvalid):  # a column that is not optional is still required
         alive_rows(run_dir, 0, [download], features.input_columns)
+    # dedup, after features, reads the signals from features alone: never from the older download shard
+    run_dir.stage_dir("features").mkdir(parents=True)
+    pq.write_table(features.process(rows), run_dir.shard_file("features", 0))
+    after = alive_rows(run_dir, 0, [download, features], [C.SHA256, C.PHASH])
+    assert after[C.PHASH].to_pylist() == [signals(x).phash for x in images]
