@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmcurate.ingest import pools
-from mmcurate.ingest.readers import KEY_CHECK_OBJECTS, jsonl_rows
+from mmcurate.ingest.readers import checked_jsonl
 from mmcurate.ingest.rows import RawRow
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import InputConfig
@@ -82,24 +82,9 @@ def _objects(path: Path, cfg: InputConfig, row_groups: list[int] | None, line: i
                 line += 1
                 yield line, record, None
         return
-    held, seen, objects, checked = [], set(), 0, False
-    for row, obj in jsonl_rows(path, cfg):
-        item = (row.line, obj, row.problem)
-        if checked:
-            yield item
-            continue
-        held.append(item)
-        if obj is not None:
-            objects += 1
-            seen.update(obj)
-        if objects >= KEY_CHECK_OBJECTS or any(k in seen for k in keys):
-            _require(path, cfg, seen)
-            checked = True
-            yield from held
-            held = []
-    if objects and not checked:
-        _require(path, cfg, seen)
-    yield from held
+    for row, obj in checked_jsonl(path, cfg, lambda seen: any(k in seen for k in keys),
+                                  lambda seen: _require(path, cfg, seen)):
+        yield row.line, obj, row.problem
 
 
 def _require(path: Path, cfg: InputConfig, found: set[str]) -> None:

@@ -87,24 +87,34 @@ def _decoded(value: object) -> object:
 def _read_jsonl(path: Path, cfg: InputConfig) -> Iterator[RawRow]:
     """The rows of a JSONL file; when none of its first objects has the url or caption key, exit 2
     naming the key and the keys found, as a CSV without the column does (not a file of failed rows)."""
-    held: list[RawRow] = []  # the first rows, until their objects show the keys are there
+    for row, _ in checked_jsonl(path, cfg, lambda keys: {cfg.url_col, cfg.caption_col} <= keys,
+                                lambda keys: _require_keys(path, keys, cfg)):
+        yield row
+
+
+def checked_jsonl(path: Path, cfg: InputConfig, found: Callable[[set[str]], bool],
+                  require: Callable[[set[str]], None]) -> Iterator[tuple[RawRow, dict | None]]:
+    """`jsonl_rows`, passed on once the file's keys are checked: the first rows are held until the
+    keys seen `found` what the format needs, or KEY_CHECK_OBJECTS objects have come; then
+    `require(keys seen)` raises where the file is of another kind. The rest go straight through."""
+    held: list[tuple[RawRow, dict | None]] = []
     keys: set[str] = set()
     objects, checked = 0, False
     for row, obj in jsonl_rows(path, cfg):
         if checked:
-            yield row
+            yield row, obj
             continue
-        held.append(row)
+        held.append((row, obj))
         if obj is not None:
             objects += 1
             keys.update(obj)
-        if objects >= KEY_CHECK_OBJECTS or {cfg.url_col, cfg.caption_col} <= keys:
-            _require_keys(path, keys, cfg)
+        if objects >= KEY_CHECK_OBJECTS or found(keys):
+            require(keys)
             checked = True
             yield from held
             held = []
     if objects and not checked:
-        _require_keys(path, keys, cfg)
+        require(keys)
     yield from held
 
 
