@@ -135,7 +135,10 @@ def cmd_export(args) -> int:
     if summary is not None:
         print("\n".join(summary.lines(run_dir.root, stages, manifest.get("config", {}))), file=sys.stderr)
     cut = f" where {args.where}" + (" (partial: see above)" if summary and not summary.complete else "") if args.where else ""
-    what = {"llava": "instruction records", "ids": "ids"}.get(args.format, "samples")
+    from mmcurate.jobs.document_export import FORMATS, is_documents_run
+
+    documents = args.format in FORMATS and is_documents_run(stages)
+    what = "documents" if documents else {"llava": "instruction records", "ids": "ids"}.get(args.format, "samples")
     print(f"exported {count:,} {what}{cut} as {args.format} to {out}")
     if not count:
         print(f"note:    nothing {'matched' if args.where else 'to export'}: {out} holds an empty dataset "
@@ -197,11 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write the kept samples in a format")
     p.add_argument("run_dir")
-    p.add_argument("--format", required=True, choices=["webdataset", "parquet", "hf", "llava", "ids"],
-                   help="ids: the kept rows' ids only (ids.parquet; ids.npy of a pool's 128-bit uids, as DataComp reads)")
+    p.add_argument("--format", required=True, choices=["webdataset", "parquet", "hf", "llava", "ids", "mmc4", "obelics"],
+                   help="ids: the kept rows' ids only (ids.parquet; ids.npy of a pool's 128-bit uids, as DataComp reads); "
+                        "mmc4, obelics: a documents run's kept documents (webdataset too: one sample per document)")
     p.add_argument("--out", required=True)
     p.add_argument("--samples-per-shard", type=int, metavar="N",
-                   help="webdataset, parquet: repack into files of N samples each (the last smaller), keys.parquet beside")
+                   help="webdataset, parquet: repack into files of N samples each (the last smaller), keys.parquet beside; "
+                        "mmc4, webdataset, obelics of a documents run: N documents a file")
     p.add_argument("--where", help="another cut of the same run: a polars SQL expression over ledger columns, "
                    "e.g. \"clip_score > 0.3 and caption_words >= 5\"; it says how many rows match and can be "
                    "exported, and exits 3 writing nothing when some it takes back need a rerun")

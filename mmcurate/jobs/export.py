@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from mmcurate.engine import atomic
 from mmcurate.engine.rundir import RunDir
 from mmcurate.engine.shards import utc
-from mmcurate.jobs import cuts, described, recut
+from mmcurate.jobs import cuts, described, document_export, recut
 from mmcurate.jobs.instructions import export_llava, require_instructions
 from mmcurate.jobs.ledger import ledger_shard
 from mmcurate.schemas import columns as C
@@ -41,7 +41,7 @@ EXPORT_COLUMNS = (KEY, C.UID, C.ROW, C.URL, C.CAPTION, C.DETAIL, C.IMAGE, C.IMAG
 
 EXPORT_MARKER = "mmcurate_export.json"
 # what an export folder may hold: shard files, the marker, temp files, hf's dataset files, llava's
-_EXPORT_FILE = re.compile(r"\d{6}\.(tar|parquet)|mmcurate_export\.json|\..+\.tmp|llava\.json|dataset_info\.json|"
+_EXPORT_FILE = re.compile(r"\d{6}\.(tar|parquet|jsonl)|mmcurate_export\.json|\..+\.tmp|llava\.json|dataset_info\.json|"
                           r"state\.json|data-\d{5}-of-\d{5}\.arrow|keys\.parquet|ids\.(npy|parquet)")
 _EXPORT_IMAGE = re.compile(r"\d{12}\.[a-z]{3,4}|\..+\.tmp")
 
@@ -267,7 +267,8 @@ def export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Path
     record = {"out": str(out_dir), "format": fmt, "where": where, "rows": count,
               "created": datetime.now(UTC).isoformat(timespec="seconds"),
               **({"cut": summary.as_json(), "partial": not summary.complete} if summary else {}),
-              **({"samples_per_shard": samples_per_shard, "keys": cuts.KEYS_FILE} if samples_per_shard else {})}
+              **({"samples_per_shard": samples_per_shard} if samples_per_shard else {}),
+              **({"keys": cuts.KEYS_FILE} if samples_per_shard and (out_dir / cuts.KEYS_FILE).exists() else {})}
     manifest = run_dir.read_manifest()
     atomic.write_json(out_dir / EXPORT_MARKER, {"run_dir": str(run_dir.root), "config_hash": manifest.get("config_hash"),
                                                 **record})
@@ -281,6 +282,11 @@ def export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Path
 
 def _export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Path, where: str | None,
                 samples_per_shard: int | None = None) -> int:
+    if fmt in document_export.INPUT_FORMATS or (fmt == "webdataset" and document_export.is_documents_run(stages)):
+        document_export.check(stages, fmt, samples_per_shard)  # before the claim: a refusal leaves --out as it was
+        claim_out_dir(out_dir)
+        return document_export.export_documents(run_dir, stages, lambda s, w: kept_samples(run_dir, s, stages, w), fmt,
+                                                out_dir, where, samples_per_shard)
     if fmt == "llava" and where is not None:
         raise ConfigError("--where: cuts apply to sample exports (webdataset, parquet, hf, ids), not to llava")
     if fmt not in FORMATS and fmt not in ("llava", "ids"):
