@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import pyarrow as pa
 
 from mmcurate.engine import atomic
 from mmcurate.engine.rundir import RunDir
+from mmcurate.jobs.hf_folder import save_dataset
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.errors import ConfigError, LedgerError
 from mmcurate.stages.base import Stage
@@ -200,8 +199,7 @@ def export_obelics(docs: Callable[[], Iterator[tuple[int, dict]]], out_dir: Path
     """An OBELICS-style `datasets` folder (`load_from_disk`) of the documents `docs()` gives: `images`
     (a `datasets.Image` or None at each position) and `texts` (a text or None) aligned, `metadata` and
     `general_metadata` as JSON strings, `document_id`, `document`. With `per_file`, in
-    ceil(documents / per_file) arrow files. Built through `Dataset.from_generator` (which hashes the
-    generator, so it is given a factory, not a live iterator)."""
+    ceil(documents / per_file) arrow files (`hf_folder.save_dataset`)."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -214,19 +212,7 @@ def export_obelics(docs: Callable[[], Iterator[tuple[int, dict]]], out_dir: Path
     def generate():
         yield from _obelics_rows(docs())
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-") as tmp:
-        if first is None:  # from_generator refuses a generator without rows
-            ds = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
-        else:
-            ds = datasets.Dataset.from_generator(generate, features=features, cache_dir=str(Path(tmp) / "cache"))
-        count = ds.num_rows
-        shards = 1 if not count else math.ceil(count / per_file) if per_file else None
-        ds.save_to_disk(str(Path(tmp) / "dataset"), num_shards=shards)
-        del ds
-        atomic.remove(out_dir)
-        (Path(tmp) / "dataset").rename(out_dir)
-    return count
+    return save_dataset(features, None if first is None else generate, out_dir, per_file)
 
 
 def check(stages: Sequence[Stage], fmt: str, per_file: int | None) -> None:

@@ -22,13 +22,13 @@ from mmcurate.engine import atomic
 from mmcurate.engine.rundir import RunDir
 from mmcurate.engine.shards import utc
 from mmcurate.jobs import cuts, described, document_export, recut
+from mmcurate.jobs.hf_folder import save_dataset
 from mmcurate.jobs.instructions import export_llava, require_instructions
 from mmcurate.jobs.ledger import ledger_shard
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.errors import ConfigError
 from mmcurate.stages import last_writer, origin_columns
 from mmcurate.stages.base import Stage
-from mmcurate.storage import paths
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +208,6 @@ def export_hf(run_dir: RunDir, stages: Sequence[Stage], out_dir: Path, where: st
     Built shard by shard through `Dataset.from_generator`, so the export never holds more than
     one shard in memory; written to a temp folder and renamed into place.
     """
-    import tempfile
-
     import datasets
 
     datasets.disable_progress_bars()  # the command line draws progress; datasets' bars would mix into it
@@ -228,23 +226,7 @@ def export_hf(run_dir: RunDir, stages: Sequence[Stage], out_dir: Path, where: st
                 record[C.IMAGE] = {"bytes": record[C.IMAGE], "path": f"{record[KEY]}.{record[C.IMAGE_FORMAT] or 'jpg'}"}
                 yield record
 
-    remote = paths.is_remote(out_dir)
-    if not remote:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=None if remote else out_dir.parent, prefix=f".{out_dir.name}.tmp-") as tmp:
-        if first is None:  # from_generator refuses a generator without rows
-            ds = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
-        else:
-            ds = datasets.Dataset.from_generator(rows, features=features, cache_dir=str(Path(tmp) / "cache"))
-        ds.save_to_disk(str(Path(tmp) / "dataset"), num_shards=1 if first is None else None)  # 0 files would not load
-        count = ds.num_rows
-        del ds
-        atomic.remove(out_dir)
-        if remote:  # its done marker is written after it: a crash between leaves it to be made again
-            paths.put_folder(Path(tmp) / "dataset", out_dir)
-        else:
-            (Path(tmp) / "dataset").rename(out_dir)
-    return count
+    return save_dataset(features, None if first is None else rows, out_dir)
 
 
 def export_all(run_dir: RunDir, stages: Sequence[Stage], fmt: str, out_dir: Path, where: str | None = None,
