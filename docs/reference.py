@@ -78,6 +78,11 @@ DOCUMENT_COLUMNS = {
     C.DETAIL: "human-readable detail; a kept document's removed images and why",
     C.IMAGES_IN: "its image rows in the ledger", C.IMAGES_KEPT: "of those, kept by every image stage",
     C.WORDS: "whitespace-separated words of its texts",
+    C.TEXTS_IN: "its texts (paragraphs; mmc4: sentences)",
+    C.TEXTS_KEPT: "of those, left by the paragraph rules (`documents.paragraphs`)",
+    C.WORDS_KEPT: "words of the texts left: what `documents.min_words` and `max_words` cut on",
+    C.DUP_OF: "`near_duplicate_document`: the `document_id` of the kept document with the same images",
+    C.DUP_SIMILARITY: "`near_duplicate_document`: the Jaccard similarity of the two texts' word 3-grams",
 }
 
 

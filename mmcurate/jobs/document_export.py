@@ -7,8 +7,10 @@ of its images that `jobs/export.kept_samples` exports (the kept ones, or those o
 an image removed from it leaves its position out, its text stays. A cut leaving a document fewer
 images than `documents.min_images` leaves the document out too.
 
-The documents table (`stages/ingest/documents/`), `documents.parquet` and the image samples are
-all in document order; they are read side by side (memory: one run shard's samples, one file of
+A document's texts are those the documents step left (`stages/documents/`: the paragraph rules
+applied, personal data redacted), its images paired as that step says (the input's pairing, or
+the assignment's: an image paired with no text is left out). The step's files, `documents.parquet`
+and the image samples are all in document order; they are read side by side (memory: one run shard's samples, one file of
 documents, one output file's documents).
 """
 
@@ -24,6 +26,7 @@ import pyarrow as pa
 
 from mmcurate.engine import atomic
 from mmcurate.engine.rundir import RunDir
+from mmcurate.jobs.documents import STEP
 from mmcurate.jobs.hf_folder import save_dataset
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.errors import ConfigError, LedgerError
@@ -69,14 +72,15 @@ def documents(run_dir: RunDir, stages: Sequence[Stage], samples: Samples, where:
     pending = next(images, None)
     min_images = stages[0].config.documents.min_images if where is not None else 0
     fmt = stages[0].config.input.format
-    for number, path in enumerate(run_dir.documents_files()):
-        for doc in paths.read_table(path, columns=_TEXT_COLUMNS).to_pylist():
+    for number in range(len(run_dir.documents_files())):
+        for doc in run_dir.read_shard(STEP, number, columns=_TEXT_COLUMNS).to_pylist():
             listed, status = next(statuses, (None, None))
             if listed != doc[C.DOCUMENT]:
                 raise LedgerError(f"{run_dir.documents_ledger}: document {listed} where {doc[C.DOCUMENT]} was expected")
-            mine = {}
+            mine, paired = {}, dict(zip(doc[C.IMAGE_POSITIONS], doc[C.IMAGE_TEXTS]))
             while pending is not None and pending[C.DOCUMENT] <= doc[C.DOCUMENT]:
-                if pending[C.DOCUMENT] == doc[C.DOCUMENT]:  # the images of documents not kept are passed over
+                # the images of documents not kept are passed over, and those paired with no text
+                if pending[C.DOCUMENT] == doc[C.DOCUMENT] and paired.get(pending[C.POSITION]) is not None:
                     mine[pending[C.POSITION]] = pending
                 pending = next(images, None)
             if status == C.KEPT and len(mine) >= min_images:

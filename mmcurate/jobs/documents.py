@@ -1,145 +1,315 @@
-"""The documents ledger (`documents.parquet`, beside `ledger.parquet`): one row per input document of
-an interleaved input (input.format mmc4, obelics), decided from its images' ledger rows by the
-`documents` section's rules. Invariant: documents in = kept + dropped + failed.
+"""The documents of an interleaved input (input.format mmc4, obelics), after the image stages and the
+image ledger: three steps, none of which holds every document.
 
-A document's images are consecutive rows of the ledger, from its `first_row` on (ingest numbers
-them so), and the documents table is in document order: both are read once, side by side, a file of
-the documents table at a time (memory: one such file's documents and their image rows).
+1. **The documents step** (`DocumentsTask`, a worker task per file of the documents table, resumable
+   as a stage: `stages/documents/NNNNNN.parquet` and its stats): a file's documents, their images'
+   ledger rows (a document's images are consecutive rows from its `first_row` on), the paragraph
+   rules on their texts (`filters/paragraphs.py`), the image-text assignment where it is on
+   (`filters/assignment.py`, from the clip stage's stored image embeddings), and each document's
+   verdict (`jobs/document_rules.py`). It keeps what the exports read: the texts left, the text each
+   image is paired with, and a signature of the document's images.
+2. **Near-duplicate documents**: kept documents with the same signature (the same images) and
+   mostly the same text (`algos/near_text.py`), grouped by signature in hash partitions of at most
+   `engine.rows_per_partition` documents, each a worker task; the first in input order stays.
+3. **documents.parquet** beside the ledger, one row per input document, written a step file at a
+   time; invariant: documents in = kept + dropped + failed, else LedgerError.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mmcurate.algos.near_text import first_copies
+from mmcurate.algos.parallel import Tasks, runner
 from mmcurate.engine import atomic
-from mmcurate.engine.rundir import INGEST, RunDir
+from mmcurate.engine.rundir import RunDir
+from mmcurate.engine.shards import utc
+from mmcurate.filters.paragraphs import Outcome, ParagraphRules
+from mmcurate.jobs.audit import ledger_rows
+from mmcurate.jobs.document_rules import STAGE, UNASSIGNED, verdict
 from mmcurate.schemas import columns as C
-from mmcurate.schemas.documents_section import DocumentsConfig
+from mmcurate.schemas.config import Config
 from mmcurate.schemas.errors import LedgerError
 from mmcurate.storage import paths
 
-STAGE = "documents"  # the ledger's stage of a document a document rule dropped
-IMAGE_COLUMNS = [C.ROW, C.DOCUMENT, C.POSITION, C.STATUS, C.REASON]  # what of an image's ledger row decides
-_READ = [f.name for f in C.DOCUMENTS_SCHEMA if f.name not in (C.TEXTS, C.TEXT_POSITIONS, C.IMAGE_TEXTS, C.IMAGE_SIMILARITY)]
+STEP = STAGE  # the documents step's folder under stages/ and its name in progress lines
+NEAR_DUPLICATE = "near_duplicate_document"
+EMBED_STAGE = "clip_embed"
 
 
-def decide(documents: pa.Table, images: pa.Table, cfg: DocumentsConfig) -> pa.Table:
-    """The documents ledger's rows of `documents` (rows of the documents table), given their images'
-    ledger rows (`IMAGE_COLUMNS`, in row order: each document's `images_in` rows after the last's).
+class DocumentsTask:
+    """A picklable task: the documents step on one file of the documents table (`shard` is its index)."""
 
-    A document ingest could not read stays failed. One whose image was dropped as nsfw_image is
-    dropped whole (`documents.nsfw_drops_document`); any other image that failed or was dropped is
-    removed from it, its text kept; one left with fewer than `documents.min_images` images, or
-    fewer than `documents.min_words` words, is dropped."""
-    counts = documents[C.IMAGES_IN].to_numpy(zero_copy_only=False).astype(np.int64)
-    if int(counts.sum()) != images.num_rows:
-        raise LedgerError(f"documents ledger: {int(counts.sum())} image rows expected, {images.num_rows} found")
-    number = documents[C.DOCUMENT].to_numpy(zero_copy_only=False)
-    if not np.array_equal(images[C.DOCUMENT].to_numpy(zero_copy_only=False), np.repeat(number, counts)):
-        raise LedgerError("documents ledger: image rows do not follow their documents in order")
-    status, reason = images[C.STATUS].to_pylist(), images[C.REASON].to_pylist()
-    position = images[C.POSITION].to_pylist()
-    out = {C.STATUS: [], C.STAGE: [], C.REASON: [], C.DETAIL: [], C.IMAGES_KEPT: []}
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    for i, doc in enumerate(documents.select([C.STATUS, C.REASON, C.DETAIL, C.WORDS]).to_pylist()):
-        lo, hi = int(starts[i]), int(starts[i + 1])
-        kept = sum(s == C.KEPT for s in status[lo:hi])
-        verdict = _verdict(doc, kept, hi - lo, [(position[j], reason[j]) for j in range(lo, hi) if status[j] != C.KEPT], cfg)
-        for name, value in zip((C.STATUS, C.STAGE, C.REASON, C.DETAIL), verdict):
-            out[name].append(value)
-        out[C.IMAGES_KEPT].append(kept if doc[C.STATUS] != C.FAILED else 0)
-    table = pa.table({
-        **{f.name: documents[f.name] for f in C.DOCUMENT_IDENTITY},
-        **{k: pa.array(v, pa.string()) for k, v in out.items() if k != C.IMAGES_KEPT},
-        C.IMAGES_IN: documents[C.IMAGES_IN], C.IMAGES_KEPT: pa.array(out[C.IMAGES_KEPT], pa.int32()),
-        C.WORDS: documents[C.WORDS],
-    })
-    return table.select(C.DOCUMENT_LEDGER_SCHEMA.names).cast(C.DOCUMENT_LEDGER_SCHEMA)
+    def __init__(self, root: str, config: Config, rules: ParagraphRules, weights=None):
+        self.root, self.config, self.rules, self.weights = root, config, rules, weights
+        self.scorer = None
+
+    def setup(self) -> None:
+        self.rules.setup()
+        if self.weights is not None and self.scorer is None:
+            from mmcurate.filters.clip_score import ClipScorer
+
+            c = self.config.clip
+            self.scorer = ClipScorer(self.weights, c.device, c.batch_size, decode="cpu")
+
+    def __call__(self, shard: int) -> dict:
+        run_dir = RunDir.at(self.root)
+        marker = run_dir.stats_file(STEP, shard)
+        if marker.exists():
+            import json
+
+            return json.loads(marker.read_text())
+        started = time.time()
+        self.setup()
+        docs = paths.read_table(run_dir.documents_files()[shard])
+        table = self.decide(run_dir, docs)
+        atomic.write_parquet(run_dir.shard_file(STEP, shard), table)
+        statuses = table[C.STATUS].to_pylist()
+        reasons = Counter(r for r, s in zip(table[C.REASON].to_pylist(), statuses) if s != C.KEPT)
+        stats = {"stage": STEP, "shard": shard, "rows_in": table.num_rows,
+                 **{s: statuses.count(s) for s in C.STATUSES}, "reasons": dict(sorted(reasons.items())),
+                 "seconds": round(time.time() - started, 3), "started": utc(started), "finished": utc(time.time())}
+        atomic.write_json(marker, stats)
+        return stats
+
+    def decide(self, run_dir: RunDir, docs: pa.Table) -> pa.Table:
+        """The step's rows (`C.DOCUMENT_STEP_SCHEMA`) of one file's documents."""
+        counts = docs[C.IMAGES_IN].to_numpy(zero_copy_only=False).astype(np.int64)
+        lo = int(docs[C.FIRST_ROW][0].as_py()) if docs.num_rows else 0
+        images = _image_rows(run_dir, lo, int(counts.sum()))
+        if not np.array_equal(images[C.DOCUMENT].to_numpy(zero_copy_only=False),
+                              np.repeat(docs[C.DOCUMENT].to_numpy(zero_copy_only=False), counts)):
+            raise LedgerError("documents: image rows of the ledger do not follow their documents in order")
+        rows = docs.to_pylist()
+        texts = [r[C.TEXTS] or [] for r in rows]
+        outcomes = (self.rules.apply(texts) if self.rules.active else
+                    [Outcome(list(range(len(t))), list(t)) for t in texts])
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+        image = images.to_pylist()
+        pairing = self._pairing(run_dir, rows, image, starts, outcomes)
+        out = []
+        for i, (doc, texts_left) in enumerate(zip(rows, outcomes)):
+            mine = image[starts[i]:starts[i + 1]]
+            paired, similarity = pairing[i]
+            states = [(r[C.POSITION], r[C.STATUS], r[C.REASON]) if r[C.STATUS] != C.KEPT or paired[k] is not None
+                      else (r[C.POSITION], C.DROPPED, UNASSIGNED) for k, r in enumerate(mine)]
+            v = verdict(doc, states, texts_left, self.config.documents)
+            positions = doc[C.TEXT_POSITIONS] or []
+            out.append({
+                **{f.name: doc[f.name] for f in C.DOCUMENT_IDENTITY},
+                C.STATUS: v.status, C.STAGE: v.stage, C.REASON: v.reason, C.DETAIL: v.detail,
+                C.IMAGES_IN: doc[C.IMAGES_IN], C.IMAGES_KEPT: v.images_kept, C.WORDS: doc[C.WORDS],
+                C.TEXTS_IN: len(texts[i]), C.TEXTS_KEPT: len(texts_left.kept), C.WORDS_KEPT: v.words_kept,
+                C.DUP_OF: None, C.DUP_SIMILARITY: None,
+                C.TEXTS: texts_left.texts, C.TEXT_POSITIONS: [positions[k] for k in texts_left.kept],
+                C.IMAGE_POSITIONS: [r[C.POSITION] for r in mine], C.IMAGE_TEXTS: paired, C.IMAGE_SIMILARITY: similarity,
+                C.SIGNATURE: _signature(mine) if v.status == C.KEPT else None,
+            })
+        return pa.Table.from_pylist(out, schema=C.DOCUMENT_STEP_SCHEMA)
+
+    def _pairing(self, run_dir: RunDir, rows: list[dict], image: list[dict], starts: np.ndarray,
+                 outcomes: list[Outcome]) -> list[tuple[list, list | None]]:
+        """Per document: the text position each image is paired with (None: none) and the similarity.
+        Without the assignment, as the input paired them (a paragraph the rules removed leaves its
+        images unpaired only under the assignment, which pairs with the texts left)."""
+        if self.scorer is None:
+            return [(list(r[C.IMAGE_TEXTS] or []), r[C.IMAGE_SIMILARITY]) for r in rows]
+        from mmcurate.filters.assignment import match_documents
+
+        wanted = [r[C.ROW] for r in image if r[C.STATUS] == C.KEPT]
+        embedding = _embeddings(run_dir, wanted, self.config.input.shard_size)
+        batch = [([embedding.get(r[C.ROW]) if r[C.STATUS] == C.KEPT else None for r in image[starts[i]:starts[i + 1]]],
+                  o.texts) for i, o in enumerate(outcomes)]
+        out = []
+        for (indices, sims), doc, o in zip(match_documents(batch, self.scorer, self.config.documents.assignment.min_similarity),
+                                           rows, outcomes):
+            positions = [(doc[C.TEXT_POSITIONS] or [])[k] for k in o.kept]
+            out.append(([positions[j] if j >= 0 else None for j in indices],
+                        [None if j < 0 else float(s) for j, s in zip(indices, sims)]))
+        return out
 
 
-def _verdict(doc: dict, kept: int, images: int, removed: list[tuple[int, str]], cfg: DocumentsConfig
-             ) -> tuple[str, str | None, str | None, str | None]:
-    """(status, stage, reason, detail) of one document."""
-    if doc[C.STATUS] == C.FAILED:
-        return C.FAILED, INGEST, doc[C.REASON], doc[C.DETAIL]
-    why = Counter(r for _, r in removed)
-    lost = f"{len(removed)} of {images} images removed ({', '.join(f'{n} {r}' for r, n in why.most_common())})" if removed else ""
-    nsfw = [p for p, r in removed if r == "nsfw_image"]
-    if cfg.nsfw_drops_document and nsfw:
-        shown = ", ".join(map(str, nsfw[:5])) + (" ..." if len(nsfw) > 5 else "")
-        return C.DROPPED, STAGE, "nsfw_document", f"image at position {shown} dropped as nsfw_image: the document goes whole"
-    if kept < cfg.min_images:
-        return C.DROPPED, STAGE, "too_few_images", f"{kept} images kept < documents.min_images {cfg.min_images}" + (
-            f"; {lost}" if lost else "")
-    words = doc[C.WORDS] or 0
-    if words < cfg.min_words:
-        return C.DROPPED, STAGE, "too_few_words", f"{words} words < documents.min_words {cfg.min_words}"
-    return C.KEPT, None, None, lost or None
+def _image_rows(run_dir: RunDir, lo: int, n: int) -> pa.Table:
+    """The ledger rows lo .. lo + n - 1, in row order: row, document, position, status, reason, url and
+    the stored image's sha256 (null where the run has none)."""
+    if not n:
+        return pa.table({C.ROW: pa.array([], pa.int64()), C.DOCUMENT: pa.array([], pa.int64()),
+                         C.POSITION: pa.array([], pa.int32()), C.STATUS: pa.array([], pa.string()),
+                         C.REASON: pa.array([], pa.string()), C.URL: pa.array([], pa.string()),
+                         C.SHA256: pa.array([], pa.string())})
+    table = ledger_rows(run_dir, list(range(lo, lo + n)))
+    table = table.sort_by(C.ROW)
+    if table.num_rows != n:
+        raise LedgerError(f"documents: rows {lo}..{lo + n - 1} expected in the ledger, {table.num_rows} found")
+    scores = table[C.SCORES].type if C.SCORES in table.column_names else None
+    sha = (pc.struct_field(table[C.SCORES], C.SHA256) if scores is not None and scores.get_field_index(C.SHA256) >= 0
+           else pa.nulls(n, pa.string()))
+    return table.select([C.ROW, C.DOCUMENT, C.POSITION, C.STATUS, C.REASON, C.URL]).append_column(C.SHA256, sha)
 
 
-class _LedgerRows:
-    """The image ledger's rows (`IMAGE_COLUMNS`), in row order, taken a run of rows at a time."""
-
-    def __init__(self, run_dir: RunDir):
-        self._batches = self._read(run_dir)
-        self._held: list[pa.RecordBatch] = []
-        self._count = 0
-
-    @staticmethod
-    def _read(run_dir: RunDir) -> Iterator[pa.RecordBatch]:
-        for path in run_dir.ledger_files():
-            yield from paths.parquet_file(path).iter_batches(batch_size=65_536, columns=IMAGE_COLUMNS)
-
-    def take(self, n: int) -> pa.Table:
-        while self._count < n:
-            batch = next(self._batches, None)
-            if batch is None:
-                raise LedgerError(f"documents ledger: the ledger ends {n - self._count} image rows early")
-            self._held.append(batch)
-            self._count += batch.num_rows
-        table = pa.Table.from_batches(self._held, schema=self._held[0].schema) if self._held else _empty()
-        self._held, self._count = list(table.slice(n).to_batches()), self._count - n
-        return table.slice(0, n)
-
-    def rest(self) -> int:
-        return self._count + sum(b.num_rows for b in self._batches)
+def _embeddings(run_dir: RunDir, rows: list[int], shard_size: int) -> dict[int, np.ndarray]:
+    """The clip stage's stored image embedding of each of `rows` that has one."""
+    out: dict[int, np.ndarray] = {}
+    wanted = pa.array(rows, pa.int64())
+    for shard in sorted({r // shard_size for r in rows}):
+        table = run_dir.read_shard(EMBED_STAGE, shard, columns=[C.ROW, C.CLIP_EMBEDDING])
+        table = table.filter(pc.is_in(table[C.ROW], wanted))
+        for row, emb in zip(table[C.ROW].to_pylist(), table[C.CLIP_EMBEDDING].to_pylist()):
+            if emb is not None:
+                out[row] = np.asarray(emb, np.float32)
+    return out
 
 
-def _empty() -> pa.Table:
-    types = {C.ROW: pa.int64(), C.DOCUMENT: pa.int64(), C.POSITION: pa.int32()}
-    return pa.table({c: pa.array([], types.get(c, pa.string())) for c in IMAGE_COLUMNS})
+def _signature(images: list[dict]) -> str | None:
+    """A hash of the multiset of a document's images (each by its stored bytes' sha256, else its URL);
+    None for a document without images: near-duplicate documents share their images."""
+    if not images:
+        return None
+    names = sorted(r[C.SHA256] or f"url:{r[C.URL]}" for r in images)
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:32]
 
 
-def build_documents(run_dir: RunDir, cfg: DocumentsConfig, expected: int) -> dict[str, int]:
-    """Write documents.parquet from the documents table and the ledger; check documents in = kept +
-    dropped + failed (one row per input document, none repeated or missing), else LedgerError."""
+# ----------------------------------------------------------------------------- near-duplicates
+
+def _partition_of(signatures: pa.Array, parts: int) -> np.ndarray:
+    heads = pc.utf8_slice_codeunits(signatures, 0, 8).to_pylist()
+    return np.array([int(h, 16) % parts for h in heads], np.int64)
+
+
+def _near_duplicates_in(shared: tuple, part: int) -> list[tuple[int, str, float]]:
+    """A task: the near-duplicate documents among the kept ones whose signature falls in `part`."""
+    root, files, parts, threshold = shared
+    run_dir = RunDir.at(root)
+    found = []
+    for k in range(files):
+        t = run_dir.read_shard(STEP, k, columns=[C.DOCUMENT, C.SIGNATURE])
+        t = t.filter(pc.is_valid(t[C.SIGNATURE]))
+        if t.num_rows:
+            found.append(t.filter(pa.array(_partition_of(t[C.SIGNATURE], parts) == part)))
+    if not found:
+        return []
+    table = pa.concat_tables(found)
+    groups = table.group_by(C.SIGNATURE).aggregate([(C.DOCUMENT, "list")])
+    wanted = sorted(d for docs in groups[f"{C.DOCUMENT}_list"].to_pylist() if len(docs) > 1 for d in docs)
+    if not wanted:
+        return []
+    texts, ids = {}, {}
+    for k in range(files):
+        t = run_dir.read_shard(STEP, k, columns=[C.DOCUMENT, C.DOCUMENT_ID, C.TEXTS])
+        t = t.filter(pc.is_in(t[C.DOCUMENT], pa.array(wanted, pa.int64())))
+        for doc, doc_id, words in zip(t[C.DOCUMENT].to_pylist(), t[C.DOCUMENT_ID].to_pylist(), t[C.TEXTS].to_pylist()):
+            texts[doc], ids[doc] = "\n".join(words or []), doc_id
+    out = []
+    for docs in groups[f"{C.DOCUMENT}_list"].to_pylist():
+        if len(docs) < 2:
+            continue
+        docs = sorted(docs)
+        for doc, copy in zip(docs, first_copies([texts[d] for d in docs], threshold)):
+            if copy is not None:
+                out.append((doc, ids[docs[copy[0]]], copy[1]))
+    return out
+
+
+def near_duplicates(run_dir: RunDir, files: int, threshold: float | None, per_partition: int,
+                    tasks: Callable[[], Tasks] | None) -> dict[int, tuple[str, float]]:
+    """{document: (document_id of the kept one it nearly repeats, similarity)} over every step file."""
+    if threshold is None or not files:
+        return {}
+    kept = sum(run_dir.read_stats(STEP, k).get(C.KEPT, 0) for k in range(files))
+    parts = max(1, math.ceil(kept / per_partition))
+    shared = (str(run_dir.root), files, parts, threshold)
+    found = runner(tasks, parts).parallel(_near_duplicates_in, list(range(parts)), shared)
+    return {doc: (of, sim) for part in found for doc, of, sim in part}
+
+
+# ----------------------------------------------------------------------------- documents.parquet
+
+def write_ledger(run_dir: RunDir, files: int, dups: dict[int, tuple[str, float]], expected: int) -> dict[str, int]:
+    """documents.parquet from the step's files, near-duplicates dropped; checks the invariant."""
     counts = {"documents": 0, **{s: 0 for s in C.STATUSES}}
-    rows = _LedgerRows(run_dir)
+    reasons: Counter = Counter()
 
     def write(tmp) -> None:
         with pq.ParquetWriter(tmp, C.DOCUMENT_LEDGER_SCHEMA, compression="zstd") as writer:
-            for path in run_dir.documents_files():
-                documents = paths.read_table(path, columns=_READ)
-                images = rows.take(int(documents[C.IMAGES_IN].to_numpy(zero_copy_only=False).sum()))
-                table = decide(documents, images, cfg)
+            for k in range(files):
+                table = run_dir.read_shard(STEP, k, columns=C.DOCUMENT_LEDGER_SCHEMA.names)
                 numbers = table[C.DOCUMENT].to_numpy(zero_copy_only=False)
                 if len(numbers) and not np.array_equal(numbers, np.arange(counts["documents"], counts["documents"] + len(numbers))):
-                    raise LedgerError(f"documents ledger: documents are not numbered in order at {path.name}")
+                    raise LedgerError(f"documents ledger: documents are not numbered in order at step file {k}")
+                table = _mark(table, dups) if dups else table
                 counts["documents"] += table.num_rows
-                for s, n in Counter(table[C.STATUS].to_pylist()).items():
-                    counts[s] += n
-                writer.write_table(table)
+                for s, r in zip(table[C.STATUS].to_pylist(), table[C.REASON].to_pylist()):
+                    counts[s] += 1
+                    if s != C.KEPT:
+                        reasons[r] += 1
+                writer.write_table(table.cast(C.DOCUMENT_LEDGER_SCHEMA))
 
     atomic.write_with(run_dir.documents_ledger, write)
-    left = rows.rest()
-    if left or counts["documents"] != expected or sum(counts[s] for s in C.STATUSES) != expected:
+    if counts["documents"] != expected or sum(counts[s] for s in C.STATUSES) != expected:
         raise LedgerError(
             f"documents invariant broken: {expected} input documents but the documents ledger has {counts['documents']}, "
-            f"kept {counts[C.KEPT]} + dropped {counts[C.DROPPED]} + failed {counts[C.FAILED]}"
-            + (f"; {left} image rows of the ledger belong to no document" if left else ""))
-    return counts
+            f"kept {counts[C.KEPT]} + dropped {counts[C.DROPPED]} + failed {counts[C.FAILED]}")
+    return {**counts, "reasons": dict(sorted(reasons.items()))}
+
+
+def _mark(table: pa.Table, dups: dict[int, tuple[str, float]]) -> pa.Table:
+    rows = table.to_pylist()
+    for r in rows:
+        hit = dups.get(r[C.DOCUMENT])
+        if hit is not None:
+            r.update({C.STATUS: C.DROPPED, C.STAGE: STAGE, C.REASON: NEAR_DUPLICATE, C.DUP_OF: hit[0],
+                      C.DUP_SIMILARITY: hit[1],
+                      C.DETAIL: f"the same images as document {hit[0]} and {hit[1]:.0%} of its text's word 3-grams"})
+    return pa.Table.from_pylist(rows, schema=table.schema)
+
+
+def build_documents(run_dir: RunDir, config: Config, expected: int, map_files: Callable[[DocumentsTask, list[int]], None],
+                    progress, fingerprint: str, rules: ParagraphRules, weights=None,
+                    tasks: Callable[[], Tasks] | None = None) -> dict:
+    """The three steps; returns the manifest's `documents` entry."""
+    from mmcurate.engine.runner import run_shards
+
+    files = len(run_dir.documents_files())
+    task = DocumentsTask(str(run_dir.root), config, rules, weights)
+    step = run_shards(run_dir, STEP, lambda pending, on_done: map_files(task, pending, on_done), fingerprint, files,
+                      progress)
+    dups = near_duplicates(run_dir, files, config.documents.near_duplicate_similarity,
+                           config.engine.rows_per_partition, tasks)
+    out = write_ledger(run_dir, files, dups, expected)
+    out["seconds"] = step.get("seconds_this_run")
+    return out
+
+
+def step_fingerprint(chain: str, config: Config, rules: ParagraphRules, weights) -> str:
+    """What the documents step's files depend on: the image stages' chain, the section, the rules."""
+    import json
+
+    what = {"chain": chain, "documents": config.documents.model_dump(mode="json"), "rules": rules.fingerprint(),
+            "clip": getattr(weights, "sha256", None), "shard_size": config.input.shard_size}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def documents_rules(config: Config, stages: Sequence) -> tuple[ParagraphRules, object]:
+    """The paragraph rules (their models found and hashed: exit 2 naming the key) and, where the
+    assignment is on, the CLIP weights the clip stage found."""
+    from mmcurate.schemas.errors import ConfigError
+
+    rules = ParagraphRules(config)
+    rules.prepare()
+    weights = None
+    if config.documents.assignment.enabled:
+        embed = next((s for s in stages if s.name == EMBED_STAGE), None)
+        if embed is None or getattr(embed, "weights", None) is None:
+            raise ConfigError("documents.assignment.enabled: the assignment needs the images' CLIP embeddings "
+                              "(clip.enabled: true)")
+        weights = embed.weights
+    return rules, weights

@@ -17,7 +17,7 @@ from mmcurate.engine.plan import segments
 from mmcurate.engine.rundir import INGEST, RunDir, RunLock
 from mmcurate.engine.runner import NoProgress, Progress, prepare_stage, run_segment, run_shards
 from mmcurate.jobs import manifest as M
-from mmcurate.jobs.documents import build_documents
+from mmcurate.jobs.documents import build_documents, documents_rules, step_fingerprint
 from mmcurate.jobs.export import FORMATS as EXPORT_FORMATS
 from mmcurate.jobs.export import ExportTask, export_hf, write_empty
 from mmcurate.jobs.ingest import FINGERPRINT_VERSION, fingerprint_input, ingest_input
@@ -258,6 +258,8 @@ class Job:
                     model = stage.prepare()
                     if model:
                         manifest["models"][stage.name] = model
+                if self.config.input.documents:  # the paragraph rules' models, the assignment's CLIP
+                    self.documents = documents_rules(self.config, self.stages)
                 manifest["input"] = {k: done[k] for k in ("files", "input_fingerprint", "rows", "shards")}
                 manifest["stages"][INGEST] = {
                     "status": "done",
@@ -283,7 +285,11 @@ class Job:
                 ledger = build_ledger(self.run_dir, self.stages, self.config.engine.ledger_part_rows, self.ray.tasks)
                 manifest["ledger"] = ledger
                 if self.config.input.documents:  # documents.parquet, beside the ledger it is decided from
-                    manifest["documents"] = build_documents(self.run_dir, self.config.documents, done["documents"])
+                    rules, weights = self.documents
+                    manifest["documents"] = build_documents(
+                        self.run_dir, self.config, done["documents"],
+                        lambda task, pending, on_done: self.ray.map_shards(task, pending, Resources(num_cpus=1), on_done),
+                        self.progress, step_fingerprint(chain, self.config, rules, weights), rules, weights, self.ray.tasks)
                 if self.config.synthesis.enabled:
                     manifest["instructions"] = self._instructions(done["rows"])
                 if self.retry is not None:

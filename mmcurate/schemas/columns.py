@@ -160,6 +160,10 @@ TEXT_POSITIONS = "text_positions"  # each text's place (obelics: in the aligned 
 IMAGE_POSITIONS = "image_positions"  # each image's place (the `position` of its row)
 IMAGE_TEXTS = "image_texts"  # the text position each image was paired with (its row's caption)
 IMAGE_SIMILARITY = "image_similarity"  # mmc4's matched_sim of each image; null for obelics
+TEXTS_IN = "texts_in"  # texts (paragraphs, sentences) the document has
+TEXTS_KEPT = "texts_kept"  # of those, left by the paragraph rules (documents.paragraphs)
+WORDS_KEPT = "words_kept"  # words of the texts left: what documents.min_words and max_words cut on
+DUP_SIMILARITY = "dup_similarity"
 
 DOCUMENT_IDENTITY = [
     pa.field(DOCUMENT, pa.int64(), nullable=False),
@@ -194,7 +198,22 @@ DOCUMENT_LEDGER_SCHEMA = pa.schema(
         pa.field(IMAGES_IN, pa.int32()),
         pa.field(IMAGES_KEPT, pa.int32()),
         pa.field(WORDS, pa.int32()),
+        pa.field(TEXTS_IN, pa.int32()),
+        pa.field(TEXTS_KEPT, pa.int32()),
+        pa.field(WORDS_KEPT, pa.int32()),
+        pa.field(DUP_OF, pa.string()),  # near_duplicate_document: the document_id of the kept one
+        pa.field(DUP_SIMILARITY, pa.float32()),  # and the Jaccard similarity of their texts' word 3-grams
     ]
+)
+
+# a file of the documents step (stages/documents/): the ledger's rows, and what the exports read: the
+# texts left (redacted), every image's position, the text it is paired with (null: none, and so not
+# exported) and its similarity, and the signature near-duplicate documents are grouped by
+SIGNATURE = "signature"  # a hash of the document's images' stored bytes (null: an image without them)
+DOCUMENT_STEP_SCHEMA = pa.schema(
+    list(DOCUMENT_LEDGER_SCHEMA)
+    + [f for f in DOCUMENTS_SCHEMA if f.name in (TEXTS, TEXT_POSITIONS, IMAGE_POSITIONS, IMAGE_TEXTS, IMAGE_SIMILARITY)]
+    + [pa.field(SIGNATURE, pa.string())]
 )
 
 

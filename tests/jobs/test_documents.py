@@ -5,6 +5,7 @@ server, with both invariants. A pairs input's run is as it was: no document colu
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,7 +13,9 @@ import pytest
 import yaml
 
 from mmcurate.demo.server import ImageServer, Route
-from mmcurate.jobs.documents import decide
+from mmcurate.algos.near_text import first_copies, jaccard, shingles
+from mmcurate.filters.paragraphs import Outcome, ParagraphRules, describe
+from mmcurate.jobs.document_rules import verdict
 from mmcurate.jobs.ledger import score_fields
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import config_from_dict
@@ -23,46 +26,69 @@ from tests.conftest import SAFETY_OFF, make_image, run_cli
 WORDS = "enough words in this paragraph to pass the document rule easily"
 
 
-def documents(*docs: tuple[int, int, str]) -> pa.Table:
-    """(images, words, status) per document, numbered from 0."""
-    return pa.Table.from_pylist([
-        {C.DOCUMENT: i, C.DOCUMENT_ID: f"d{i}", C.SOURCE: "x.jsonl", C.SOURCE_LINE: i + 1, C.URL: None, C.STATUS: status,
-         C.REASON: "malformed_document" if status == C.FAILED else None, C.DETAIL: None, C.FIRST_ROW: 0,
-         C.IMAGES_IN: n, C.WORDS: words} for i, (n, words, status) in enumerate(docs)],
-        schema=pa.schema([f for f in C.DOCUMENTS_SCHEMA if f.name in (*C.DOCUMENT_LEDGER_SCHEMA.names, C.FIRST_ROW)]))
+def doc(words: int = 50, status: str = C.KEPT, texts: int = 1) -> dict:
+    return {C.STATUS: status, C.REASON: "malformed_document" if status == C.FAILED else None, C.DETAIL: None,
+            C.TEXTS: [" ".join(["word"] * words)] + ["x"] * (texts - 1)}
 
 
-def images(*rows: tuple[int, int, str, str | None]) -> pa.Table:
-    """(document, position, status, reason) per image row, in row order."""
-    return pa.table({C.ROW: pa.array(range(len(rows)), pa.int64()), C.DOCUMENT: pa.array([r[0] for r in rows], pa.int64()),
-                     C.POSITION: pa.array([r[1] for r in rows], pa.int32()), C.STATUS: [r[2] for r in rows],
-                     C.REASON: pa.array([r[3] for r in rows], pa.string())})
+def left(d: dict, removed: dict | None = None) -> Outcome:
+    """What paragraph rules that removed `removed` ({reason: count}, from the end) left of `d`'s texts."""
+    gone = sum((removed or {}).values())
+    kept = list(range(len(d[C.TEXTS]) - gone))
+    return Outcome(kept, [d[C.TEXTS][k] for k in kept], Counter(removed or {}))
 
 
-def test_rules_on_a_hand_made_image_ledger():
-    docs = documents((3, 50, C.KEPT), (2, 50, C.KEPT), (1, 50, C.KEPT), (0, 50, C.KEPT), (1, 3, C.KEPT), (0, 0, C.FAILED))
-    imgs = images((0, 0, C.KEPT, None), (0, 2, C.DROPPED, "nsfw_image"), (0, 4, C.FAILED, "http_404"),
-                  (1, 1, C.KEPT, None), (1, 3, C.DROPPED, "exact_duplicate"),
-                  (2, 0, C.DROPPED, "low_clip_score"), (4, 0, C.KEPT, None))
-    out = decide(docs, imgs, DocumentsConfig()).to_pylist()
-    got = [(r[C.STATUS], r[C.STAGE], r[C.REASON], r[C.IMAGES_KEPT]) for r in out]
-    assert got == [(C.DROPPED, "documents", "nsfw_document", 1), (C.KEPT, None, None, 1),
-                   (C.DROPPED, "documents", "too_few_images", 0), (C.DROPPED, "documents", "too_few_images", 0),
-                   (C.DROPPED, "documents", "too_few_words", 1), (C.FAILED, "ingest", "malformed_document", 0)]
-    assert "position 2" in out[0][C.DETAIL] and out[1][C.DETAIL] == "1 of 2 images removed (1 exact_duplicate)"
-    assert out[2][C.DETAIL] == "0 images kept < documents.min_images 1; 1 of 1 images removed (1 low_clip_score)"
-    assert out[4][C.DETAIL] == "3 words < documents.min_words 10"
-
-    relaxed = decide(docs, imgs, DocumentsConfig(nsfw_drops_document=False, min_images=0, min_words=0)).to_pylist()
-    assert [r[C.STATUS] for r in relaxed] == [C.KEPT] * 5 + [C.FAILED]
-    assert relaxed[0][C.DETAIL] == "2 of 3 images removed (1 nsfw_image, 1 http_404)"
+def decided(d: dict, images: list[tuple[int, str, str | None]], cfg=None, removed=None) -> tuple:
+    v = verdict(d, images, left(d, removed), cfg or DocumentsConfig())
+    return v.status, v.reason, v.images_kept, v.detail
 
 
-def test_image_rows_out_of_step_with_their_documents_are_refused():
-    from mmcurate.schemas.errors import LedgerError
+def test_rules_on_hand_made_image_rows():
+    assert decided(doc(), [(0, C.KEPT, None), (2, C.DROPPED, "nsfw_image"), (4, C.FAILED, "http_404")])[:3] == (
+        C.DROPPED, "nsfw_document", 1)
+    assert decided(doc(), [(1, C.KEPT, None), (3, C.DROPPED, "exact_duplicate")]) == (
+        C.KEPT, None, 1, "1 of 2 images removed (1 exact_duplicate)")
+    assert decided(doc(), [(0, C.DROPPED, "low_clip_score")]) == (
+        C.DROPPED, "too_few_images", 0, "0 images kept < documents.min_images 1; 1 of 1 images removed (1 low_clip_score)")
+    assert decided(doc(), [])[:2] == (C.DROPPED, "too_few_images")
+    assert decided(doc(3), [(0, C.KEPT, None)]) == (C.DROPPED, "too_few_words", 1, "3 words < documents.min_words 10")
+    assert decided(doc(0, C.FAILED), [])[:2] == (C.FAILED, "malformed_document")
+    # the upper cuts, OBELICS's: 30 images, 2,000 words
+    assert decided(doc(), [(p, C.KEPT, None) for p in range(31)])[:2] == (C.DROPPED, "too_many_images")
+    assert decided(doc(2001), [(0, C.KEPT, None)])[:2] == (C.DROPPED, "too_many_words")
+    # words are counted on the texts the paragraph rules left; their removals are said
+    assert decided(doc(50, texts=3), [(0, C.KEPT, None)], removed={"url_caption": 1}) == (
+        C.KEPT, None, 1, "1 of 3 texts removed (1 url_caption)")
+    assert decided(doc(50, texts=2), [(0, C.KEPT, None)], removed={"toxic_caption": 1, "url_caption": 1})[:2] == (
+        C.DROPPED, "too_few_words")
+    relaxed = DocumentsConfig(nsfw_drops_document=False, min_images=0, min_words=0, max_images=None, max_words=None)
+    assert decided(doc(2001), [(p, C.KEPT, None) for p in range(31)] + [(40, C.DROPPED, "nsfw_image")], relaxed) == (
+        C.KEPT, None, 31, "1 of 32 images removed (1 nsfw_image)")
 
-    with pytest.raises(LedgerError, match="do not follow"):
-        decide(documents((1, 50, C.KEPT), (1, 50, C.KEPT)), images((1, 0, C.KEPT, None), (0, 0, C.KEPT, None)), DocumentsConfig())
+
+def test_paragraph_rules_use_the_runs_text_filters():
+    config = config_from_dict({"input": {"path": "x.jsonl", "format": "obelics"}, **SAFETY_OFF,
+                               "quality": {"text": {"enabled": True}},
+                               "privacy": {"faces": {"enabled": False}, "pii": {"enabled": True}}})
+    rules = ParagraphRules(config)
+    assert [f.name for f in rules.filters] == ["text", "pii"] and rules.active
+    a, b = rules.apply([[WORDS, "https://example.com/a.jpg", f"mail me at jane.doe@example.com, {WORDS}"], ["IMG_0042.JPG"]])
+    assert a.kept == [0, 2] and a.removed == Counter({"url_caption": 1}) and a.rewritten == Counter({"redacted": 1})
+    assert "jane.doe@example.com" not in a.texts[1] and a.texts[0] == WORDS
+    assert b.kept == [] and b.removed == Counter({"filename_caption": 1})
+    assert describe(a, 3) == "1 of 3 texts removed (1 url_caption); 1 redacted"
+    off = config.model_copy(update={"documents": DocumentsConfig(paragraphs={"enabled": False})})
+    assert not ParagraphRules(off).active
+
+
+def test_near_duplicate_texts():
+    base = " ".join(f"w{i}" for i in range(60))
+    edited = base.replace("w30", "changed")  # 3 of 58 word 3-grams differ
+    other = " ".join(f"v{i}" for i in range(60))
+    assert jaccard(shingles(base), shingles(edited)) > 0.8
+    assert first_copies([base, other, edited, base, "short text"], 0.8) == [
+        None, None, (0, pytest.approx(jaccard(shingles(base), shingles(edited)))), (0, 1.0), None]
+    assert first_copies([base, edited], 0.99) == [None, None]
 
 
 def test_a_pairs_run_has_no_document_column():
@@ -98,7 +124,8 @@ def run(tmp_path, fmt: str, path: str):
 
 def check_invariants(proc, ledger, docs, manifest) -> None:
     n = {s: sum(r[C.STATUS] == s for r in docs) for s in C.STATUSES}
-    assert manifest["documents"] == {"documents": len(docs), **n}
+    assert {k: manifest["documents"][k] for k in ("documents", *C.STATUSES)} == {"documents": len(docs), **n}
+    assert sum(manifest["documents"]["reasons"].values()) == n["dropped"] + n["failed"]
     assert [r[C.DOCUMENT] for r in docs] == list(range(len(docs)))
     assert f"documents: {len(docs)} = {n['kept']} kept + {n['dropped']} dropped + {n['failed']} failed" in proc.stdout
     assert manifest["ledger"]["rows"] == len(ledger) == sum(manifest["ledger"][s] for s in C.STATUSES)

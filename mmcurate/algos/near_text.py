@@ -1,0 +1,65 @@
+"""Near-duplicate texts: Jaccard similarity of word 3-gram sets, found through MinHash bands.
+
+Within a group of documents (those with the same images), each is compared with the ones kept
+before it; MinHash (32 permutations, 16 bands of 2) proposes the candidates, so a group of
+thousands of documents with different texts costs a few hash lookups each, not a comparison with
+every earlier one, and the exact Jaccard similarity confirms each candidate. At a similarity of
+0.8 a pair is proposed with probability 1 - (1 - 0.8**2)**16 > 0.9999.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+
+N = 3  # words per shingle
+PERMUTATIONS, BANDS = 32, 16
+_PRIME = np.uint64((1 << 61) - 1)
+_RNG = np.random.default_rng(20261205)
+_A = _RNG.integers(1, 1 << 31, PERMUTATIONS, dtype=np.uint64)
+_B = _RNG.integers(0, 1 << 31, PERMUTATIONS, dtype=np.uint64)
+
+
+def shingles(text: str) -> frozenset[str]:
+    """The word 3-grams of `text`, lowercased (a text of fewer words: its words joined, once)."""
+    words = text.lower().split()
+    if len(words) < N:
+        return frozenset([" ".join(words)]) if words else frozenset()
+    return frozenset(" ".join(words[i:i + N]) for i in range(len(words) - N + 1))
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
+
+
+def _minhash(grams: frozenset[str]) -> np.ndarray:
+    if not grams:
+        return np.zeros(PERMUTATIONS, np.uint64)
+    x = np.array([int.from_bytes(hashlib.blake2b(g.encode(), digest_size=4).digest(), "little") for g in grams],
+                 np.uint64)
+    return ((x[:, None] * _A[None, :] + _B[None, :]) % _PRIME).min(axis=0)
+
+
+def first_copies(texts: Sequence[str], threshold: float) -> list[tuple[int, float] | None]:
+    """For each text, in order: None when it is kept, else (the index of the earlier kept text it
+    nearly repeats, their similarity), the most similar such one."""
+    buckets: dict[tuple[int, bytes], list[int]] = {}
+    grams = [shingles(t) for t in texts]
+    out: list[tuple[int, float] | None] = []
+    rows = PERMUTATIONS // BANDS
+    for i, g in enumerate(grams):
+        sig = _minhash(g)
+        keys = [(b, sig[b * rows:(b + 1) * rows].tobytes()) for b in range(BANDS)]
+        candidates = {j for key in keys for j in buckets.get(key, ())}
+        best = max(((jaccard(g, grams[j]), -j) for j in candidates), default=None)
+        if best is not None and best[0] >= threshold:
+            out.append((-best[1], best[0]))
+            continue
+        out.append(None)
+        for key in keys:
+            buckets.setdefault(key, []).append(i)
+    return out
