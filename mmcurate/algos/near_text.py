@@ -44,9 +44,11 @@ def _minhash(grams: frozenset[str]) -> np.ndarray:
     return ((x[:, None] * _A[None, :] + _B[None, :]) % _PRIME).min(axis=0)
 
 
-def first_copies(texts: Sequence[str], threshold: float) -> list[tuple[int, float] | None]:
-    """For each text, in order: None when it is kept, else (the index of the earlier kept text it
-    nearly repeats, their similarity), the most similar such one."""
+def first_copies(texts: Sequence[str], threshold: float, kept: Sequence[bool] | None = None
+                 ) -> list[tuple[int, float] | None]:
+    """For each text, in order: None when it repeats no earlier kept text, else (the index of the
+    earlier kept text it nearly repeats, their similarity), the most similar such one. A text is
+    kept unless it repeats one, or `kept` says it is not (it may then repeat one, never be repeated)."""
     buckets: dict[tuple[int, bytes], list[int]] = {}
     grams = [shingles(t) for t in texts]
     out: list[tuple[int, float] | None] = []
@@ -60,6 +62,8 @@ def first_copies(texts: Sequence[str], threshold: float) -> list[tuple[int, floa
             out.append((-best[1], best[0]))
             continue
         out.append(None)
+        if kept is not None and not kept[i]:
+            continue
         for key in keys:
             buckets.setdefault(key, []).append(i)
     return out

@@ -8,9 +8,12 @@ image ledger: three steps, none of which holds every document.
    (`filters/assignment.py`, from the clip stage's stored image embeddings), and each document's
    verdict (`jobs/document_rules.py`). It keeps what the exports read: the texts left, the text each
    image is paired with, and a signature of the document's images.
-2. **Near-duplicate documents**: kept documents with the same signature (the same images) and
-   mostly the same text (`algos/near_text.py`), grouped by signature in hash partitions of at most
-   `engine.rows_per_partition` documents, each a worker task; the first in input order stays.
+2. **Near-duplicate documents**: documents with the same signature (the same images, as the input
+   had them: a copied page's images are duplicates the image stages removed) and mostly the same
+   text as an earlier kept one (`algos/near_text.py`), grouped by signature in hash partitions of
+   at most `engine.rows_per_partition` documents, each a worker task. Such a document is dropped as
+   near_duplicate_document (naming the kept one) whatever the step said of it: that it lost its
+   images as duplicates is what a copy does, and the copy is the better reason.
 3. **documents.parquet** beside the ledger, one row per input document, written a step file at a
    time; invariant: documents in = kept + dropped + failed, else LedgerError.
 """
@@ -112,7 +115,7 @@ class DocumentsTask:
                 C.DUP_OF: None, C.DUP_SIMILARITY: None,
                 C.TEXTS: texts_left.texts, C.TEXT_POSITIONS: [positions[k] for k in texts_left.kept],
                 C.IMAGE_POSITIONS: [r[C.POSITION] for r in mine], C.IMAGE_TEXTS: paired, C.IMAGE_SIMILARITY: similarity,
-                C.SIGNATURE: _signature(mine) if v.status == C.KEPT else None,
+                C.SIGNATURE: _signature(mine) if v.status != C.FAILED and v.reason != "nsfw_document" else None,
             })
         return pa.Table.from_pylist(out, schema=C.DOCUMENT_STEP_SCHEMA)
 
@@ -191,13 +194,14 @@ def _near_duplicates_in(shared: tuple, part: int) -> list[tuple[int, str, float]
     run_dir = RunDir.at(root)
     found = []
     for k in range(files):
-        t = run_dir.read_shard(STEP, k, columns=[C.DOCUMENT, C.SIGNATURE])
+        t = run_dir.read_shard(STEP, k, columns=[C.DOCUMENT, C.SIGNATURE, C.STATUS])
         t = t.filter(pc.is_valid(t[C.SIGNATURE]))
         if t.num_rows:
             found.append(t.filter(pa.array(_partition_of(t[C.SIGNATURE], parts) == part)))
     if not found:
         return []
     table = pa.concat_tables(found)
+    kept = set(table.filter(pc.equal(table[C.STATUS], C.KEPT))[C.DOCUMENT].to_pylist())
     groups = table.group_by(C.SIGNATURE).aggregate([(C.DOCUMENT, "list")])
     wanted = sorted(d for docs in groups[f"{C.DOCUMENT}_list"].to_pylist() if len(docs) > 1 for d in docs)
     if not wanted:
@@ -213,7 +217,7 @@ def _near_duplicates_in(shared: tuple, part: int) -> list[tuple[int, str, float]
         if len(docs) < 2:
             continue
         docs = sorted(docs)
-        for doc, copy in zip(docs, first_copies([texts[d] for d in docs], threshold)):
+        for doc, copy in zip(docs, first_copies([texts[d] for d in docs], threshold, [d in kept for d in docs])):
             if copy is not None:
                 out.append((doc, ids[docs[copy[0]]], copy[1]))
     return out
@@ -224,8 +228,8 @@ def near_duplicates(run_dir: RunDir, files: int, threshold: float | None, per_pa
     """{document: (document_id of the kept one it nearly repeats, similarity)} over every step file."""
     if threshold is None or not files:
         return {}
-    kept = sum(run_dir.read_stats(STEP, k).get(C.KEPT, 0) for k in range(files))
-    parts = max(1, math.ceil(kept / per_partition))
+    stats = [run_dir.read_stats(STEP, k) for k in range(files)]
+    parts = max(1, math.ceil(sum(s["rows_in"] - s.get(C.FAILED, 0) for s in stats) / per_partition))
     shared = (str(run_dir.root), files, parts, threshold)
     found = runner(tasks, parts).parallel(_near_duplicates_in, list(range(parts)), shared)
     return {doc: (of, sim) for part in found for doc, of, sim in part}

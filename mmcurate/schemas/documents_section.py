@@ -50,8 +50,8 @@ class DocumentsConfig(_Section):
     # number_words_doc_level_max_cutoff; null: no upper cut
     max_words: int | None = Field(2000, ge=1)
     paragraphs: ParagraphsConfig = Field(default_factory=ParagraphsConfig)
-    # a kept document with the same images (the same stored bytes, every one) as an earlier kept one and
-    # mostly the same text (Jaccard similarity of their word 3-grams at least this) is dropped
-    # (near_duplicate_document, naming the earlier one); null: no near-duplicate documents check
+    # a document with the same images as an earlier kept one (the same stored bytes, every one, before
+    # the image stages removed duplicates) and mostly the same text (Jaccard similarity of their word
+    # 3-grams at least this) is dropped (near_duplicate_document, naming the kept one); null: no check
     near_duplicate_similarity: float | None = Field(0.8, gt=0, le=1)
     assignment: AssignmentConfig = Field(default_factory=AssignmentConfig)

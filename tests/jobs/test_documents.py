@@ -89,6 +89,9 @@ def test_near_duplicate_texts():
     assert first_copies([base, other, edited, base, "short text"], 0.8) == [
         None, None, (0, pytest.approx(jaccard(shingles(base), shingles(edited)))), (0, 1.0), None]
     assert first_copies([base, edited], 0.99) == [None, None]
+    # a text that is not kept (its document dropped) may repeat a kept one, and is never repeated
+    assert first_copies([other, base, edited], 0.8, [True, False, True]) == [None, None, None]
+    assert first_copies([base, edited], 0.8, [True, False])[1][0] == 0
 
 
 def test_a_pairs_run_has_no_document_column():
@@ -108,11 +111,11 @@ def serve():
     return ImageServer(routes)
 
 
-def run(tmp_path, fmt: str, path: str):
+def run(tmp_path, fmt: str, path: str, **more):
     config = {"input": {"path": path, "format": fmt, "shard_size": 3},
               "download": {"allow_networks": ["127.0.0.1/32"], "threads": 4, "retries": 0, "image_size": 48},
               "dedup": {"exact": True, "phash": {"enabled": False, "keep": "first"}},
-              "clip": {"enabled": False}, **SAFETY_OFF, "export": {"formats": ["parquet"]}}
+              "clip": {"enabled": False}, **SAFETY_OFF, "export": {"formats": ["parquet"]}, **more}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     proc = run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "run"), "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -190,15 +193,30 @@ def test_obelics_run(tmp_path):
             doc("https://s.example/b", [WORDS, "img:/img/2.jpg", "img:/img/0.jpg", "img:/copy/2.jpg"]),
             {"images": [None, server.url("/img/3.jpg")], "texts": [WORDS], "general_metadata": "{}"},  # unequal
             doc("https://s.example/d", [WORDS, "no image here"]),
+            # a page copied from the first (the same images, a word of its text changed), with a URL for a
+            # paragraph and an e-mail address in another: the paragraph rules remove one, redact the other
+            doc("https://s.example/e", ["img:/img/0.jpg", WORDS.replace("easily", "simply"), "img:/missing.jpg",
+                                        "img:/img/1.jpg"]),
+            doc("https://s.example/f", ["img:/img/4.jpg", WORDS, "https://s.example/f/photo.jpg",
+                                        f"write to jane.doe@example.com for {WORDS}"]),
         ]
         pq.write_table(pa.Table.from_pylist(docs_in), tmp_path / "docs.parquet")
-        proc, ledger, docs, manifest = run(tmp_path, "obelics", str(tmp_path / "docs.parquet"))
+        proc, ledger, docs, manifest = run(
+            tmp_path, "obelics", str(tmp_path / "docs.parquet"), quality={"text": {"enabled": True}},
+            privacy={"faces": {"enabled": False}, "pii": {"enabled": True}},
+            documents={"near_duplicate_similarity": 0.5})
     check_invariants(proc, ledger, docs, manifest)
     assert [(d[C.STATUS], d[C.REASON], d[C.IMAGES_IN], d[C.IMAGES_KEPT]) for d in docs] == [
         (C.KEPT, None, 3, 2), (C.KEPT, None, 3, 1), (C.FAILED, "malformed_document", 0, 0),
-        (C.DROPPED, "too_few_images", 0, 0)]
+        (C.DROPPED, "too_few_images", 0, 0), (C.DROPPED, "near_duplicate_document", 3, 0), (C.KEPT, None, 1, 1)]
     assert docs[1][C.DETAIL] == "2 of 3 images removed (2 exact_duplicate)"
-    got = [(r[C.DOCUMENT], r[C.POSITION], r[C.STATUS], r[C.REASON], r[C.CAPTION]) for r in ledger]
+    # the copy lost its images as duplicates, and is named for what it is: a copy of the first page
+    assert docs[4][C.DUP_OF] == docs[0][C.DOCUMENT_ID] and 0.5 <= docs[4][C.DUP_SIMILARITY] < 1
+    assert docs[5][C.DETAIL] == "1 of 3 texts removed (1 url_caption); 1 redacted"
+    assert (docs[5][C.TEXTS_IN], docs[5][C.TEXTS_KEPT], docs[5][C.WORDS]) == (3, 2, 27) and docs[5][C.WORDS_KEPT] == 26
+    step = [r for f in sorted((tmp_path / "run" / "stages" / "documents").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert step[5][C.TEXT_POSITIONS] == [1, 3] and "jane.doe@example.com" not in step[5][C.TEXTS][1]
+    got = [(r[C.DOCUMENT], r[C.POSITION], r[C.STATUS], r[C.REASON], r[C.CAPTION]) for r in ledger if r[C.DOCUMENT] < 2]
     assert got == [(0, 0, C.KEPT, None, WORDS), (0, 2, C.FAILED, "http_404", WORDS), (0, 3, C.KEPT, None, WORDS),
                    (1, 1, C.KEPT, None, WORDS), (1, 2, C.DROPPED, "exact_duplicate", WORDS),
                    (1, 3, C.DROPPED, "exact_duplicate", WORDS)]
