@@ -16,10 +16,7 @@ import numpy as np
 
 N = 3  # words per shingle
 PERMUTATIONS, BANDS = 32, 16
-_PRIME = np.uint64((1 << 61) - 1)
-_RNG = np.random.default_rng(20261205)
-_A = _RNG.integers(1, 1 << 31, PERMUTATIONS, dtype=np.uint64)
-_B = _RNG.integers(0, 1 << 31, PERMUTATIONS, dtype=np.uint64)
+_SEEDS = np.random.default_rng(20261205).integers(0, 1 << 63, PERMUTATIONS, dtype=np.uint64)
 
 
 def shingles(text: str) -> frozenset[str]:
@@ -36,12 +33,22 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b)
 
 
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a 64-bit value to a well-spread one (uint64 arithmetic wraps)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
 def _minhash(grams: frozenset[str]) -> np.ndarray:
+    """The least of each of PERMUTATIONS hashes over the shingles. (A linear hash a*x+b mod p of
+    small x is no random permutation: its minimum is nearly always the smallest x's, for every a.)"""
     if not grams:
         return np.zeros(PERMUTATIONS, np.uint64)
-    x = np.array([int.from_bytes(hashlib.blake2b(g.encode(), digest_size=4).digest(), "little") for g in grams],
+    x = np.array([int.from_bytes(hashlib.blake2b(g.encode(), digest_size=8).digest(), "little") for g in grams],
                  np.uint64)
-    return ((x[:, None] * _A[None, :] + _B[None, :]) % _PRIME).min(axis=0)
+    with np.errstate(over="ignore"):
+        return _mix(x[:, None] ^ _SEEDS[None, :]).min(axis=0)
 
 
 def first_copies(texts: Sequence[str], threshold: float, kept: Sequence[bool] | None = None
