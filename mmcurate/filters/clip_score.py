@@ -209,10 +209,17 @@ class ClipScorer:
         self._stream.synchronize()  # whole before the towers' stream reads it
         return prepared
 
-    def encode(self, tensors: list, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised image embeddings and per-pair cosine scores for ready tensors."""
+    def _autocast(self):
+        """The towers' precision: autocast on CUDA (bf16 where supported, else fp16), fp32 on CPU."""
         import contextlib
 
+        import torch
+
+        return (torch.autocast("cuda", dtype=self.autocast_dtype) if self.device == "cuda"
+                else contextlib.nullcontext())
+
+    def encode(self, tensors: list, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised image embeddings and per-pair cosine scores for ready tensors."""
         import torch
 
         with torch.inference_mode():
@@ -222,15 +229,29 @@ class ClipScorer:
                     tensor.record_stream(stream)
             x = torch.stack(tensors).to(self.device, non_blocking=True)
             t = self.tokenizer(captions).to(self.device, non_blocking=True)
-            ctx = (torch.autocast("cuda", dtype=self.autocast_dtype) if self.device == "cuda"
-                   else contextlib.nullcontext())
-            with ctx:
+            with self._autocast():
                 img = self.model.encode_image(x)
                 txt = self.model.encode_text(t)
             img = torch.nn.functional.normalize(img.float(), dim=-1)
             txt = torch.nn.functional.normalize(txt.float(), dim=-1)
             scores = (img * txt).sum(-1)
         return img.cpu().numpy(), scores.cpu().numpy()
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Normalised text embeddings, float32 (n, d), in batches of `batch_size` (loading the model
+        first where needed). A text longer than the model's context is cut by its tokenizer."""
+        if self.model is None:
+            self.load()
+        import torch
+
+        out = np.empty((len(texts), self.dim), np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                t = self.tokenizer(texts[start : start + self.batch_size]).to(self.device, non_blocking=True)
+                with self._autocast():
+                    txt = self.model.encode_text(t)
+                out[start : start + len(t)] = torch.nn.functional.normalize(txt.float(), dim=-1).cpu().numpy()
+        return out
 
     def score(self, images: list[bytes], captions: list[str]):
         """(scores float32, image embeddings float32 (n, d) or None rows, errors) for each pair."""
