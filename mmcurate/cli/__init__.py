@@ -99,6 +99,10 @@ def cmd_status(args) -> int:
     if status.get("ledger"):
         led = status["ledger"]
         print(f"ledger: {led['rows']:,} rows = {led['kept']:,} kept + {led['dropped']:,} dropped + {led['failed']:,} failed")
+    if status.get("documents"):
+        docs = status["documents"]
+        print(f"documents: {docs['documents']:,} = {docs['kept']:,} kept + {docs['dropped']:,} dropped + "
+              f"{docs['failed']:,} failed")
     return 0
 
 

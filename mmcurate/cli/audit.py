@@ -31,7 +31,11 @@ def audit(args, run_dir) -> int:
     """Answer one `mmcurate audit` (flags checked by `check_flags`) on an open run dir."""
     if args.dump is not None:
         from mmcurate.jobs.audit import dump
+        from mmcurate.jobs.document_audit import explain_document
 
+        if explain_document(run_dir, args.explain) is not None:
+            raise ConfigError(f"--dump: writes the images behind one image's decision; {args.explain} is a document "
+                              "(--explain it without --dump for its images' uids)")
         found, written = dump(run_dir, args.explain, Path(args.dump), show_nsfw=args.show_nsfw)
         for path in written:
             print(f"wrote {path}")
@@ -41,7 +45,10 @@ def audit(args, run_dir) -> int:
         return 0
     if args.explain:
         from mmcurate.jobs.audit import explain
+        from mmcurate.jobs.document_audit import explain_document
 
+        if (documents := explain_document(run_dir, args.explain)) is not None:
+            return _print_documents(documents, args.format)
         found = explain(run_dir, args.explain)
         if args.format == "json":
             print(json.dumps(found, indent=2, default=str))
@@ -58,7 +65,10 @@ def _query(args, run_dir) -> int:
     import polars as pl
 
     from mmcurate.jobs.audit import query_ledger, sample_ledger, shown
+    from mmcurate.jobs.document_audit import wants_documents
 
+    if args.uid is None and wants_documents(run_dir, args.stage, args.reason):
+        return _query_documents(args, run_dir)
     filters, limit = {"stage": args.stage, "reason": args.reason, "uid": args.uid, "status": args.status}, args.limit or None
     frame = (sample_ledger(run_dir, args.sample, args.seed, **filters) if args.sample is not None
              else query_ledger(run_dir, **filters, limit=limit))
@@ -73,6 +83,79 @@ def _query(args, run_dir) -> int:
     if args.sample is None and (cut := shown(run_dir, frame.height, limit, **filters)):
         print(cut, file=sys.stdout if args.format == "table" else sys.stderr)  # JSON and CSV stay data
     return 0
+
+
+DOCUMENT_COLUMNS = ("document", "document_id", "status", "stage", "reason", "detail", "url")  # the detail has the counts
+
+
+def _query_documents(args, run_dir) -> int:
+    """`--stage/--reason` of a document rule: the documents of documents.parquet it removed."""
+    import polars as pl
+
+    from mmcurate.jobs.document_audit import documents_shown, query_documents, sample_documents
+
+    filters, limit = {"stage": args.stage, "reason": args.reason, "status": args.status}, args.limit or None
+    frame = (sample_documents(run_dir, args.sample, args.seed, **filters) if args.sample is not None
+             else query_documents(run_dir, **filters, limit=limit))
+    if args.format == "json":
+        print(json.dumps(frame.to_dicts(), indent=2, default=str))
+    elif args.format == "csv":
+        sys.stdout.write(ledger_csv(frame))
+    else:
+        columns = [c for c in DOCUMENT_COLUMNS if c in frame.columns]
+        with pl.Config(tbl_rows=-1, fmt_str_lengths=60, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
+            print(frame.select(columns) if frame.height else "no documents match")
+    if args.sample is None and (cut := documents_shown(run_dir, frame.height, limit, **filters)):
+        print(cut, file=sys.stdout if args.format == "table" else sys.stderr)
+    return 0
+
+
+def _print_documents(found: list[dict], fmt: str) -> int:
+    """`--explain` of a document: each document's row, then its images' ledger rows."""
+    if fmt == "json":
+        print(json.dumps(found, indent=2, default=str))
+    elif fmt == "csv":
+        sys.stdout.write(document_csv(found))
+    else:
+        for doc in found:
+            print_document(doc)
+    return 0
+
+
+def print_document(doc: dict) -> None:
+    """One explained document as text: its verdict, where it came from, its counts, then each image."""
+    print(f"document {doc['document']}  id {doc['document_id']}  {doc['status'].upper()}"
+          + (f" by {doc['stage']}: {doc['reason']}" if doc.get("reason") else ""))
+    if doc.get("detail"):
+        print(f"  detail:   {doc['detail']}")
+    print(f"  url:      {doc.get('url')}\n  source:   {doc.get('source')}:{doc.get('source_line')}")
+    shown = {"document", "document_id", "status", "stage", "reason", "detail", "url", "source", "source_line", "images"}
+    for k, v in doc.items():  # images_in, images_kept, words and whatever else the run's documents.parquet holds
+        if k not in shown and v is not None:
+            print(f"  {k + ':':<13} {_text(v)}")
+    for im in doc["images"]:
+        why = f" by {im['stage']}: {im['reason']}" + (f" ({im['detail']})" if im.get("detail") else "") if im["reason"] else ""
+        print(f"  image at position {im['position']}: uid {im['uid']}  row {im['row']}  {im['status']}{why}")
+        print(f"    {im['url']}")
+    if not doc["images"]:
+        print("  no image rows")
+
+
+def document_csv(found: list[dict]) -> str:
+    """Explained documents as CSV: a line per document (`what` document), then one per image (`what`
+    image: its position, uid, row, verdict and url); the document's own counts under `values` as JSON."""
+    buf = io.StringIO()
+    out = csv.DictWriter(buf, ("document", "document_id", "what", "position", "uid", "row", "status", "stage",
+                               "reason", "detail", "url", "values"), lineterminator="\n")
+    out.writeheader()
+    for doc in found:
+        ids = {"document": doc["document"], "document_id": doc["document_id"]}
+        rest = {k: v for k, v in doc.items() if k not in (*ids, "status", "stage", "reason", "detail", "url", "images")}
+        out.writerow({**ids, "what": "document", **{k: doc.get(k) for k in ("status", "stage", "reason", "detail", "url")},
+                      "values": json.dumps(rest, default=str)})
+        for im in doc["images"]:
+            out.writerow({**ids, "what": "image", **im})
+    return buf.getvalue()
 
 
 def ledger_csv(frame) -> str:

@@ -12,6 +12,7 @@ import polars as pl
 from mmcurate.engine import atomic
 from mmcurate.engine.rundir import RunDir
 from mmcurate.filters.base import Histogram
+from mmcurate.jobs.document_report import document_report
 from mmcurate.jobs.evidence import evidence_html, evidence_images, privacy_evidence
 from mmcurate.jobs.examples import (SAMPLE_SEED, SAMPLES_PER_REASON, drop_samples, orphaned_duplicates, pick_pairs,
                                     samples_html, thumbnails)
@@ -52,6 +53,7 @@ def build_report(run_dir: RunDir, run_stages: list[Stage] | None = None) -> dict
     config = manifest.get("config") or {}
     samples = drop_samples(run_dir.ledger_files())
     shard_size = config.get("input", {}).get("shard_size", 1)
+    documents = document_report(run_dir, manifest, order)  # None: a pairs run, whose report is as it was
     return {
         "histograms": _histograms(ledger, config, [h for s in run_stages for h in s.histograms]),
         "samples": samples,
@@ -81,6 +83,7 @@ def build_report(run_dir: RunDir, run_stages: list[Stage] | None = None) -> dict
         "synthesis": manifest.get("instructions"),
         # an interleaved input's documents: in, kept, dropped, failed (a pairs run's report is as it was)
         **({"documents": manifest["documents"]} if manifest.get("documents") else {}),
+        **({"document_report": documents} if documents else {}),
     }
 
 
@@ -160,7 +163,8 @@ def _svg_histogram(h: dict) -> str:
                 f'{html.escape(h["threshold_kind"])} {_num(float(h["threshold"]))}</text>')
     axis = (f'<text x="{pad}" y="{ht - 8}" font-size="11">{_num(float(lo))}</text>'
             f'<text x="{w - pad}" y="{ht - 8}" font-size="11" text-anchor="end">{_num(float(hi))}</text>')
-    return (f'<figure class="hist"><figcaption>{html.escape(h["score"])} ({h["rows"]:,} rows)</figcaption>'
+    return (f'<figure class="hist"><figcaption>{html.escape(h["score"])} ({h["rows"]:,} {h.get("unit", "rows")})'
+            '</figcaption>'
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{ht}" viewBox="0 0 {w} {ht}" role="img">'
             f'{bars}{line}{axis}</svg></figure>')
 
@@ -265,6 +269,34 @@ def _synthesis_html(syn: dict | None) -> str:
     return "".join(parts)
 
 
+def _documents_html(docs: dict | None) -> list[str]:
+    """A documents run's section: its invariant, funnel, reasons, images and words per document, and
+    examples of the documents removed, with their reasons; nothing for a pairs run."""
+    if not docs:
+        return []
+    inv = '<span class="ok">holds</span>' if docs["invariant_holds"] else '<span class="bad">BROKEN</span>'
+    shown = ("document", "document_id", "url", "status", "stage", "detail", "images_in", "images_kept", "words", "dup_of")
+
+    def example(reason: str, rows: list[dict]) -> str:  # a column null in every row of a reason is left out
+        return f"<h3>{html.escape(reason)}</h3>" + _table(rows, [c for c in shown if any(r.get(c) is not None for r in rows)])
+
+    examples = "".join(example(reason, rows) for reason, rows in docs["examples"].items())
+    return [
+        "<h2>Documents</h2>",
+        f"<p>{docs['documents']:,} input documents = {docs['kept']:,} kept + {docs['dropped']:,} dropped + "
+        f"{docs['failed']:,} failed &mdash; documents invariant {inv}</p>",
+        _bars(docs["funnel"], "stage", "documents"),
+        "<p>Why documents were removed</p>",
+        _bars([{"what": f"{r[C.STAGE]}: {r[C.REASON]}", "documents": r["documents"]} for r in docs["reasons"]],
+              "what", "documents"),
+        _table(docs["reasons"], [C.STAGE, C.STATUS, C.REASON, "documents"]),
+        "".join(_svg_histogram(h) for h in docs["histograms"]),
+        f"<p>Documents removed: a reproducible sample (seed {SAMPLE_SEED}) of up to {SAMPLES_PER_REASON} per "
+        "reason (<code>mmcurate audit RUN --explain DOCUMENT_ID</code> lists one with its images)</p>",
+        examples or "<p>no document was removed</p>",
+    ]
+
+
 def render_html(report: dict, thumbs: dict[int, str | None] | None = None, shots: dict[int, tuple] | None = None,
                 show_nsfw: bool = False) -> str:
     """A self-contained page (inline CSS and SVG, images as data URIs, no scripts, no network):
@@ -280,6 +312,7 @@ def render_html(report: dict, thumbs: dict[int, str | None] | None = None, shots
         f"<h1>mmcurate report</h1><p>{html.escape(report['run_dir'])}: status {html.escape(str(report['status']))}</p>",
         f"<p>{report['rows']:,} input rows = {report['kept']:,} kept + {report['dropped']:,} dropped + "
         f"{report['failed']:,} failed &mdash; ledger invariant {inv}</p>",
+        *_documents_html(report.get("document_report")),
         "<h2>Funnel</h2>",
         _bars(report["funnel"], "stage", "rows"),
         "<h2>Why rows were removed</h2>",
