@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 
 def _stats_files(run_dir):
-    return {p: p.stat().st_mtime_ns for p in (run_dir / "stages").rglob("*.stats.json")}
+    """Every stage's stats files, the documents run's (documents/stages/) too."""
+    return {p: p.stat().st_mtime_ns for p in run_dir.rglob("stages/**/*.stats.json")}
 
 
 def _holding(run_dir: Path, secret: str) -> list[str]:
@@ -43,11 +44,14 @@ def test_demo_end_to_end(demo_run):
     assert again.returncode == 0, again.stderr
     assert _stats_files(run_dir) == made
     assert again.stdout.splitlines()[1] == proc.stdout.splitlines()[1]  # the ledger's line
+    assert [x for x in again.stdout.splitlines() if x.startswith("documents:")] == [
+        x for x in proc.stdout.splitlines() if x.startswith("documents:")]
     lines = again.stderr.splitlines()
     # not quiet: mmcurate's own progress lines only (Ray's, datasets' and warnings' are kept out unless -v)
     assert all(re.match(r"\S+ +\d+/\d+ +shards ", line) for line in lines), again.stderr
     assert [line.split()[0] for line in lines if "done in an earlier run" in line][:3] == ["ingest", "download", "quality"]
     assert sum(line.startswith("download ") for line in lines) == 1, again.stderr
+    assert any(re.match(r"docs/download +1/1 +shards +done in an earlier run", line) for line in lines), again.stderr
     assert f"report:  {run_dir / 'report' / 'index.html'}" in proc.stdout
     ledger = pq.read_table(run_dir / "ledger.parquet").to_pylist()
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -91,6 +95,40 @@ def test_demo_end_to_end(demo_run):
     llava = json.loads((run_dir / "instructions" / "llava.json").read_text())
     assert report["synthesis"]["records"] == 3 * len(kept) and len(llava) == report["synthesis"]["llava_records"] > 0
     assert "stand-in teacher" in proc.stdout
+
+
+def test_demo_documents(demo_run):
+    """The demo's MMC4 documents, run after the pairs in RUN/documents/: each shows a rule of the
+    documents ledger, and the run's own exports hold one record per kept document."""
+    import datasets
+    import webdataset as wds
+
+    run_dir, proc = demo_run
+    docs_dir = run_dir / "documents"
+    assert (f"documents: 6 = 3 kept + 2 dropped + 1 failed (MMC4 documents, run in {docs_dir}; "
+            "exported to its shards/mmc4, obelics, webdataset)") in proc.stdout
+    docs = pq.read_table(docs_dir / "documents.parquet").to_pylist()
+    assert [(d["status"], d["reason"], d["images_in"], d["images_kept"]) for d in docs] == [
+        ("kept", None, 3, 2), ("kept", None, 2, 1), ("dropped", "too_few_words", 1, 1),
+        ("dropped", "too_few_images", 1, 0), ("failed", "malformed_row", 0, 0), ("kept", None, 2, 2)]
+    assert docs[0]["detail"] == "1 of 3 images removed (1 http_404)"  # its text stays: in the exports below
+    assert docs[1]["detail"] == "1 of 2 images removed (1 exact_duplicate)"  # the same picture under two URLs
+    manifest = json.loads((docs_dir / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["input"]["rows"] == 9
+    assert {k: manifest["documents"][k] for k in ("documents", "kept", "dropped", "failed")} == {
+        "documents": 6, "kept": 3, "dropped": 2, "failed": 1}
+    assert {f: e["rows"] for f, e in manifest["exports"].items()} == {"mmc4": 3, "obelics": 3, "webdataset": 3}
+    urls = ["https://blog.mmcurate.test/night-sky", "https://blog.mmcurate.test/the-cat-next-door",
+            "https://school.mmcurate.test/shapes"]
+    mmc4 = [json.loads(line) for p in sorted((docs_dir / "shards" / "mmc4").glob("*.jsonl")) for line in p.read_text().splitlines()]
+    assert [d["url"] for d in mmc4] == urls and [len(d["text_list"]) for d in mmc4] == [5, 3, 3]
+    assert all((docs_dir / "shards" / "mmc4" / "images" / i["image_name"]).is_file() for d in mmc4 for i in d["image_info"])
+    obelics = datasets.load_from_disk(str(docs_dir / "shards" / "obelics"))
+    assert [json.loads(m)["url"] for m in obelics["general_metadata"]] == urls
+    tars = sorted(str(p) for p in (docs_dir / "shards" / "webdataset").glob("*.tar"))
+    samples = list(wds.WebDataset(tars, shardshuffle=False))  # one sample per kept document, its images members of it
+    assert [json.loads(s["json"])["url"] for s in samples] == urls
+    assert [sum(n is not None for n in json.loads(s["json"])["images"]) for s in samples] == [2, 1, 2]
 
 
 def test_noise_filter_drops_library_lines_and_keeps_errors():

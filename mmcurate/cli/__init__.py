@@ -61,14 +61,17 @@ def cmd_demo(args) -> int:
     if not (shapes.cache_dir() / "mmcurate_card.json").exists() and not args.quiet:
         print(f"training the demo's offline stand-in CLIP once (about a minute) into {shapes.cache_dir()}", flush=True)
     with progress_of(args) as progress, without_ray_noise(args.verbose):
-        result = run_demo(args.run_dir, progress=progress, force=args.force)
-    led = result.ledger
+        result, interleaved = run_demo(args.run_dir, progress=progress, force=args.force)
+    led, docs = result.ledger, interleaved.documents
     print(f"run dir: {result.run_dir}")
     print(f"ledger:  {led['rows']:,} rows = {led['kept']:,} kept + {led['dropped']:,} dropped + {led['failed']:,} failed")
     print(f"report:  {result.report}")
     print(f"llava:   {result.run_dir / 'instructions' / 'llava.json'} (written by the demo's stand-in teacher, not a model)")
+    print(f"documents: {docs['documents']:,} = {docs['kept']:,} kept + {docs['dropped']:,} dropped + {docs['failed']:,} "
+          f"failed (MMC4 documents, run in {interleaved.run_dir}; exported to its shards/mmc4, obelics, webdataset)")
     print(f"try:     mmcurate audit {result.run_dir} --status failed --limit 10")
     _notes(result)
+    _notes(interleaved)
     return 0
 
 

@@ -192,9 +192,11 @@ def demo_config(input_glob: str, clip_dir: str | Path, clip_threshold: float, te
 
 
 def run_demo(run_dir: str | Path, progress=None, force: bool = False):
-    """Serve the sample on loopback, run the default pipeline on it, return the RunResult."""
-    from mmcurate.demo import shapes
+    """Serve the sample on loopback, run the default pipeline on its pairs, then on its interleaved
+    documents in `run_dir/documents/` (`mmcurate.demo.documents`); return both RunResults."""
+    from mmcurate.demo import documents, shapes
     from mmcurate.demo.teacher import StandInTeacher
+    from mmcurate.engine.executor import start, stop
     from mmcurate.engine.rundir import RunDir
     from mmcurate.jobs.run import run
     from mmcurate.schemas.config import config_from_dict
@@ -208,8 +210,18 @@ def run_demo(run_dir: str | Path, progress=None, force: bool = False):
     # the caption, so the synthesis path can be seen offline; it is not a model
     with ImageServer() as server, StandInTeacher() as teacher:
         rows = build_sample(server)
+        lines = documents.build_documents(server, url)
         input_glob = write_inputs(rows, run_dir / "demo-input")
-        config = config_from_dict(demo_config(input_glob, clip_dir, card["threshold"], teacher.endpoint,
-                                              connect_to(server)), source="demo")
-        # the URLs name no port and a loopback port changes no run: the same command resumes
-        return run(config, run_dir, progress=progress, force=force)
+        data = demo_config(input_glob, clip_dir, card["threshold"], teacher.endpoint, connect_to(server))
+        folder = run_dir / documents.FOLDER
+        docs = config_from_dict(documents.documents_config(data, documents.write_documents(lines, folder / "demo-input")),
+                                source="demo documents")
+        started = start()  # one embedded Ray for both runs: a run leaves running a Ray it did not start
+        try:
+            # the URLs name no port and a loopback port changes no run: the same command resumes
+            pairs = run(config_from_dict(data, source="demo"), run_dir, progress=progress, force=force)
+            interleaved = run(docs, folder, progress=progress and documents.Prefixed(progress), force=force)
+        finally:
+            if started:
+                stop()
+    return pairs, interleaved

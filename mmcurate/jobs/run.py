@@ -16,10 +16,11 @@ from mmcurate.engine.executor import RaySession
 from mmcurate.engine.plan import segments
 from mmcurate.engine.rundir import INGEST, RunDir, RunLock
 from mmcurate.engine.runner import NoProgress, Progress, prepare_stage, run_segment, run_shards
+from mmcurate.jobs import document_export
 from mmcurate.jobs import manifest as M
 from mmcurate.jobs.documents import build_documents, documents_rules, step_fingerprint
 from mmcurate.jobs.export import FORMATS as EXPORT_FORMATS
-from mmcurate.jobs.export import ExportTask, export_hf, write_empty
+from mmcurate.jobs.export import ExportTask, export_hf, kept_samples, write_empty
 from mmcurate.jobs.ingest import FINGERPRINT_VERSION, fingerprint_input, ingest_input
 from mmcurate.jobs.instructions import export_llava, finish
 from mmcurate.jobs.ledger import build_ledger
@@ -69,9 +70,13 @@ class Job:
         self.ray = RaySession(address)
         self.lock = RunLock(self.run_dir)
 
+    def _made_exports(self) -> list[str]:
+        """The formats of export.formats the run writes itself under shards/ (llava is synthesis's)."""
+        made = (*EXPORT_FORMATS, *document_export.INPUT_FORMATS) if self.config.input.documents else EXPORT_FORMATS
+        return [f for f in self.config.export.formats if f in made]
+
     def _stage_order(self) -> list[str]:
-        exports = [f"export-{f}" for f in self.config.export.formats if f in EXPORT_FORMATS]
-        return [INGEST] + [s.name for s in self.stages] + exports
+        return [INGEST] + [s.name for s in self.stages] + [f"export-{f}" for f in self._made_exports()]
 
     # ------------------------------------------------------------------ steps
     def _ingest(self, manifest: dict) -> dict:
@@ -135,6 +140,8 @@ class Job:
     def _export(self, fmt: str, chain: str, shards: int) -> dict:
         """One export format under shards/<fmt>/, resumable like a stage."""
         out = self.run_dir.export_dir(fmt)
+        if self.config.input.documents and fmt in document_export.FORMATS:
+            return self._document_export(fmt, chain, out)
         if fmt == "hf":
             rows = self._one_piece("export-hf", f"{chain}:hf", lambda: export_hf(self.run_dir, self.stages, out), [out])
             return {"status": "done", "rows": rows, "path": str(out)}
@@ -147,6 +154,22 @@ class Job:
         if not info[C.KEPT]:  # nothing kept: one empty file, so that readers find an empty dataset
             write_empty(self.run_dir, self.stages, fmt, out)
         return {"status": "done", "rows": info[C.KEPT], "path": str(out)}
+
+    def _document_export(self, fmt: str, chain: str, out: Path) -> dict:
+        """A documents run's mmc4, obelics or webdataset export: one record per kept document, as
+        `mmcurate export --format <fmt>` writes it, made in one piece (documents.parquet decides
+        across shards); redone whole when documents.parquet is (its fingerprint is the documents step's)."""
+        def make() -> int:
+            atomic.remove(out)  # made again whole: no file of an earlier making stays
+            if not self.run_dir.remote:
+                out.mkdir(parents=True, exist_ok=True)
+            return document_export.export_documents(
+                self.run_dir, self.stages, lambda shard, where: kept_samples(self.run_dir, shard, self.stages, where),
+                fmt, out)
+
+        fingerprint = f"{step_fingerprint(chain, self.config, *self.documents)}:{fmt}"
+        rows = self._one_piece(f"export-{fmt}", fingerprint, make, [out])
+        return {"status": "done", "rows": rows, "path": str(out)}
 
     def _instructions(self, rows: int) -> dict:
         """Run-level checks of the teacher's records, instructions/*.parquet, llava.json, summary."""
@@ -169,7 +192,7 @@ class Job:
                                  "path": str(self.run_dir.llava)}
                                 if self.config.synthesis.enabled else
                                 {"status": "unavailable", "note": "synthesis.enabled is false"})
-            elif fmt not in EXPORT_FORMATS:
+            elif fmt not in self._made_exports():
                 exports[fmt] = {"status": "unavailable", "note": "format not in this version"}
             else:
                 exports[fmt] = self._export(fmt, chain, shards)
@@ -276,8 +299,7 @@ class Job:
                     chain = stage.fingerprint(chain)
                     fingerprints.append(chain)
                 self._retry(manifest, fingerprints)
-                for name, failures in redo_incomplete(self.run_dir, self.stages,
-                                                      [f for f in self.config.export.formats if f in EXPORT_FORMATS]).items():
+                for name, failures in redo_incomplete(self.run_dir, self.stages, self._made_exports()).items():
                     log.warning("%s: asking again the %d teacher requests that failed in an earlier run", name, failures)
                 self._stages(manifest, fingerprints, shards)
                 for section in PLANNED_SECTIONS:

@@ -194,6 +194,15 @@ def _cross_checks(config: Config, source: str) -> None:
         if part.enabled and not part.weights:
             raise ConfigError(f"{source}: quality.{key}.weights: required when quality.{key} is enabled "
                               "(the weights are downloads; give a local path)")
+    documents_only = [f for f in config.export.formats if f in ("mmc4", "obelics")]
+    if documents_only and not config.input.documents:
+        raise ConfigError(f"{source}: export.formats: {' and '.join(documents_only)} "
+                          f"{'writes' if len(documents_only) == 1 else 'write'} interleaved documents, and input.format "
+                          f"{config.input.kind} is image-text pairs (input.format mmc4 or obelics makes a documents run); "
+                          "export pairs as webdataset, parquet or hf")
+    if config.documents.assignment.enabled and not config.clip.enabled:
+        raise ConfigError(f"{source}: documents.assignment.enabled: MMC4's image-text assignment compares the images' "
+                          "CLIP embeddings with the texts': it needs clip.enabled: true")
     nsfw = config.safety.nsfw
     if nsfw.enabled and nsfw.model == "clip_head":
         if not config.clip.enabled:

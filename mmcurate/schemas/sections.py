@@ -329,7 +329,10 @@ class QualityConfig(_Section):
 
 
 class ExportConfig(_Section):
-    formats: list[Literal["webdataset", "parquet", "hf", "llava"]] = Field(
+    # what the run writes under shards/<format>/: webdataset and parquet (per shard), hf (a datasets
+    # folder), llava (synthesis's records); mmc4, obelics: a documents run's kept documents (input.format
+    # mmc4 or obelics, whose webdataset is then one sample per document; parquet and hf stay per image)
+    formats: list[Literal["webdataset", "parquet", "hf", "llava", "mmc4", "obelics"]] = Field(
         default_factory=lambda: ["webdataset", "parquet"]
     )
 
