@@ -13,12 +13,9 @@ from __future__ import annotations
 import math
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from mmcurate.engine.rundir import INGEST, RunDir
-from mmcurate.jobs.examples import SAMPLE_SEED, SAMPLES_PER_REASON
-from mmcurate.jobs.ledger import sample_key
+from mmcurate.jobs.examples import sample_per_reason
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.config import lookup
 from mmcurate.storage import paths
@@ -116,20 +113,10 @@ def _examples(run_dir: RunDir, docs: pl.LazyFrame) -> dict[str, list[dict]]:
     """Up to SAMPLES_PER_REASON documents of each reason (dropped or failed), chosen by a seeded
     key of their numbers (the same run: the same documents), read batch by batch; their plain
     columns (no lists), in document order."""
-    best: dict[str, list[tuple[int, int]]] = {}
-    reader = paths.parquet_file(run_dir.documents_ledger)
-    for batch in reader.iter_batches(batch_size=65_536, columns=[C.DOCUMENT, C.STATUS, C.REASON]):
-        t = pa.Table.from_batches([batch])
-        t = t.filter(pc.not_equal(t[C.STATUS], C.KEPT))
-        if not t.num_rows:
-            continue
-        numbers = t[C.DOCUMENT].to_numpy()
-        keys = sample_key(numbers, SAMPLE_SEED)
-        for reason, n, k in zip(t[C.REASON].to_pylist(), numbers.tolist(), keys.tolist()):
-            picked = best.setdefault(str(reason), [])
-            if len(picked) < SAMPLES_PER_REASON or k < picked[-1][0]:
-                best[str(reason)] = sorted([*picked, (k, n)])[:SAMPLES_PER_REASON]
-    wanted = sorted(n for picked in best.values() for _, n in picked)
+    batches = paths.parquet_file(run_dir.documents_ledger).iter_batches(
+        batch_size=65_536, columns=[C.DOCUMENT, C.STATUS, C.REASON])
+    best = sample_per_reason(batches, C.DOCUMENT, "not_kept")
+    wanted = sorted(n for picked in best.values() for _, n, _ in picked)
     if not wanted:
         return {}
     schema = docs.collect_schema()

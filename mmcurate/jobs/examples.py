@@ -36,27 +36,36 @@ REFERENCE = "near_reference"  # its rows name a reference image's id, not a row'
 MAX_REFERENCE_BYTES = 8 << 20  # a larger reference image is named, not shown
 
 
-def drop_samples(files: list[Path]) -> dict[str, list[dict]]:
-    """A reproducible pseudo-random sample of dropped rows per reason (rows, so repeated uids
-    stay distinct), read batch by batch keeping only the best SAMPLES_PER_REASON of each reason."""
-    best: dict[str, list[tuple[int, int, str]]] = {}
-    batches = (b for path in files for b in paths.parquet_file(path).iter_batches(
-        batch_size=65_536, columns=[C.ROW, C.UID, C.STATUS, C.REASON]))
+def sample_per_reason(batches, number: str, removed: str, carry: str | None = None
+                      ) -> dict[str, list[tuple[int, int, object]]]:
+    """Per reason, the SAMPLES_PER_REASON rows of `batches` with status `removed` (or any but kept,
+    for "not_kept") whose seeded key of their `number` column is least: (key, number, the `carry`
+    column's value). Reproducible (the same run: the same rows) and read batch by batch."""
+    best: dict[str, list[tuple[int, int, object]]] = {}
     for batch in batches:
         t = pa.Table.from_batches([batch])
-        t = t.filter(pc.equal(t[C.STATUS], C.DROPPED))
+        t = t.filter(pc.not_equal(t[C.STATUS], C.KEPT) if removed == "not_kept" else pc.equal(t[C.STATUS], removed))
         if not t.num_rows:
             continue
-        rows = t[C.ROW].to_numpy()
-        keys = sample_key(rows, SAMPLE_SEED)
+        numbers = t[number].to_numpy()
+        keys = sample_key(numbers, SAMPLE_SEED)
         enc = t[C.REASON].combine_chunks().dictionary_encode()
         codes = enc.indices.to_numpy(zero_copy_only=False)
         for code, reason in enumerate(enc.dictionary.to_pylist()):
             idx = np.flatnonzero(codes == code)
             idx = idx[np.argsort(keys[idx], kind="stable")[:SAMPLES_PER_REASON]]
-            uids = t[C.UID].take(pa.array(idx)).to_pylist()
-            found = best.get(str(reason), []) + [(int(keys[i]), int(rows[i]), u) for i, u in zip(idx, uids)]
-            best[str(reason)] = sorted(found)[:SAMPLES_PER_REASON]
+            carried = t[carry].take(pa.array(idx)).to_pylist() if carry else [None] * len(idx)
+            found = best.get(str(reason), []) + [(int(keys[i]), int(numbers[i]), c) for i, c in zip(idx, carried)]
+            best[str(reason)] = sorted(found, key=lambda x: x[:2])[:SAMPLES_PER_REASON]
+    return best
+
+
+def drop_samples(files: list[Path]) -> dict[str, list[dict]]:
+    """A reproducible pseudo-random sample of dropped rows per reason (rows, so repeated uids
+    stay distinct), read batch by batch keeping only the best SAMPLES_PER_REASON of each reason."""
+    batches = (b for path in files for b in paths.parquet_file(path).iter_batches(
+        batch_size=65_536, columns=[C.ROW, C.UID, C.STATUS, C.REASON]))
+    best = sample_per_reason(batches, C.ROW, C.DROPPED, C.UID)
     return {reason: [{"uid": u, "row": r} for _, r, u in sorted(picked, key=lambda x: x[1])]
             for reason, picked in sorted(best.items())}
 
