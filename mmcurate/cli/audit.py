@@ -31,7 +31,7 @@ def audit(args, run_dir) -> int:
     """Answer one `mmcurate audit` (flags checked by `check_flags`) on an open run dir."""
     if args.dump is not None:
         from mmcurate.jobs.audit import dump
-        from mmcurate.jobs.document_audit import explain_document
+        from mmcurate.jobs.document_audit import documents_of_images, explain_document
 
         if explain_document(run_dir, args.explain) is not None:
             raise ConfigError(f"--dump: writes the images behind one image's decision; {args.explain} is a document "
@@ -45,11 +45,12 @@ def audit(args, run_dir) -> int:
         return 0
     if args.explain:
         from mmcurate.jobs.audit import explain
-        from mmcurate.jobs.document_audit import explain_document
+        from mmcurate.jobs.document_audit import documents_of_images, explain_document
 
         if (documents := explain_document(run_dir, args.explain)) is not None:
             return _print_documents(documents, args.format)
         found = explain(run_dir, args.explain)
+        documents_of_images(run_dir, found)
         if args.format == "json":
             print(json.dumps(found, indent=2, default=str))
         elif args.format == "csv":
@@ -192,6 +193,10 @@ def print_explained(row: dict) -> None:
           + (f" by {row['stage']}: {row['reason']}" if row["stage"] else f" ({row['decided_by']})"))
     if row["detail"]:
         print(f"  detail:   {row['detail']}")
+    if row.get("document"):
+        doc = row["document"]
+        print(f"  document: {doc['document']} (id {doc['document_id']}), image at position {doc['position']}: "
+              f"{doc['status']}" + (f" by {doc['stage']}: {doc['reason']} ({doc['detail']})" if doc["reason"] else ""))
     exported = row["exported_caption"]
     print(f"  url:      {row['url']}\n  caption:  {row['caption']}")
     print(f"  exported: {exported if exported is not None else '(none: the sample is not exported)'}")
@@ -236,6 +241,10 @@ def explain_csv(found: list[dict]) -> str:
                    "values": s["values"], "settings": {**s["settings"], **{f"{k} (configured)": v for k, v in
                                                                           s.get("configured", {}).items()}},
                    "model": s.get("model")} for s in row["steps"]]
+        if row.get("document"):  # the document it stands in, and what became of it
+            doc = row["document"]
+            lines.append({"step": "document", "status": doc["status"], "reason": doc["reason"], "detail": doc["detail"],
+                          "values": {k: doc[k] for k in ("document", "document_id", "position")}})
         lines += [{"step": "instruction", "task": r["task"], "status": r["status"], "reason": r["reason"],
                    "values": {k: v for k, v in r.items() if k not in ("task", "status", "reason")}}
                   for r in row.get("instructions", [])]

@@ -219,7 +219,8 @@ def explain(run_dir: RunDir, uid: str) -> list[dict]:
         explained = {C.UID: row[C.UID], C.ROW: row[C.ROW], C.URL: row[C.URL], C.CAPTION: row[C.CAPTION],
                      "exported_caption": row[C.CAPTION] if kept and captions is None else None,
                      **{k: row[k] for k in (C.STATUS, C.STAGE, C.REASON, C.DETAIL)},
-                     "decided_by": row[C.STAGE] or "kept by every stage", "steps": []}
+                     "decided_by": row[C.STAGE] or "kept by every stage", "steps": [],
+                     **{k: row[k] for k in (C.DOCUMENT, C.POSITION) if k in row}}
         for name in (s for s in manifest.get("stage_order", []) if not s.startswith("export-")):
             record = _record(run_dir.shard_file(name, shard), row[C.ROW])
             if record is None:  # an earlier stage had already decided

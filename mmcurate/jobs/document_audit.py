@@ -126,3 +126,18 @@ def sample_documents(run_dir: RunDir, n: int, seed: int, **filters) -> pl.DataFr
         order = np.argsort(keys, kind="stable")[:n]
         best = keys[order], numbers[order]
     return scan_documents(run_dir).filter(pl.col(C.DOCUMENT).is_in(best[1].tolist())).sort(C.DOCUMENT).collect()
+
+
+def documents_of_images(run_dir: RunDir, explained: list[dict]) -> None:
+    """To each explained image row of a documents run, its `document`: the document's number, id,
+    the image's position in it, and the document's verdict (kept by the image stages, an image may
+    still go with its document: nsfw_document, a near-duplicate page)."""
+    numbers = [row[C.DOCUMENT] for row in explained if row.get(C.DOCUMENT) is not None]
+    if not numbers or not is_documents_run(run_dir):
+        return
+    found = {d[C.DOCUMENT]: d for d in scan_documents(run_dir).filter(pl.col(C.DOCUMENT).is_in(numbers)).select(
+        C.DOCUMENT, C.DOCUMENT_ID, C.STATUS, C.STAGE, C.REASON, C.DETAIL).collect().to_dicts()}
+    for row in explained:
+        doc = found.get(row.get(C.DOCUMENT))
+        if doc is not None:
+            row["document"] = {**doc, C.POSITION: row.get(C.POSITION)}

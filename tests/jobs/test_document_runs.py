@@ -80,6 +80,14 @@ def test_a_flagged_image_drops_its_document_whole(nsfw_run):
     counts = {k: manifest["documents"][k] for k in ("documents", *C.STATUSES)}
     assert counts == {"documents": 4, C.KEPT: 2, C.DROPPED: 1, C.FAILED: 1} == {
         "documents": len(docs), **{s: sum(d[C.STATUS] == s for d in docs) for s in C.STATUSES}}
+    # an auditor asking about a kept image of the dropped document is told what became of its document
+    kept_image = next(r for r in ledger if r[C.DOCUMENT] == 1 and r[C.STATUS] == C.KEPT)
+    said = run_cli("audit", str(run_dir), "--explain", kept_image[C.UID])
+    assert said.returncode == 0, said.stderr[-2000:]
+    assert (f"document: 1 (id {docs[1][C.DOCUMENT_ID]}), image at position {kept_image[C.POSITION]}: dropped by "
+            f"documents: nsfw_document") in said.stdout
+    as_csv = run_cli("audit", str(run_dir), "--explain", kept_image[C.UID], "--format", "csv").stdout
+    assert any(line.split(",")[2] == "document" and "nsfw_document" in line for line in as_csv.splitlines())
     # status: the document exports are made whole, once; they are done, not shards pending
     status = {s["stage"]: s for s in run_status(RunDir.at(str(run_dir)))["stages"]}
     assert [(status[f"export-{f}"]["status"], status[f"export-{f}"]["rows_in"]) for f in ("webdataset", "mmc4")] == [
