@@ -80,6 +80,17 @@ def test_paragraph_rules_use_the_runs_text_filters():
     assert describe(a, 3) == "1 of 3 texts removed (1 url_caption); 1 redacted"
     off = config.model_copy(update={"documents": DocumentsConfig(paragraphs={"enabled": False})})
     assert not ParagraphRules(off).active
+    # toxicity (the offline profanity-check model, its own max_score) and the paragraph's language
+    config = config_from_dict({"input": {"path": "x.jsonl", "format": "obelics"}, **SAFETY_OFF,
+                               "safety": {"toxicity": {"enabled": True, "model": "profanity-check"}, "nsfw": {"enabled": False}},
+                               "quality": {"language": {"accuracy": "low"}},
+                               "documents": {"paragraphs": {"languages": ["en"]}}})
+    rules = ParagraphRules(config)
+    rules.prepare()
+    rules.setup()
+    (c,) = rules.apply([[WORDS, "you are a fucking idiot and everyone here hates your stupid shit",
+                         "Dieser Absatz ist auf Deutsch geschrieben und sollte entfernt werden"]])
+    assert c.kept == [0] and c.removed == Counter({"toxic_caption": 1, "wrong_language": 1})
 
 
 def test_near_duplicate_texts():
