@@ -134,7 +134,7 @@ def steps(root: str, n: int, queue) -> None:
     task = DocumentsTask(root, config, ParagraphRules(config))
     for k in range(files):
         task(k)
-    dups = near_duplicates(run_dir, files, 0.8, max(1, n // 4), None)  # four partitions, as a cluster would cut them
+    dups = near_duplicates(run_dir, files, 0.8, n, max(1, n // 4), None)  # four partitions, as a cluster would cut them
     counts = write_ledger(run_dir, files, dups, n)
     seconds = time.perf_counter() - start
     queue.put({"documents": n, "files": files, "seconds": round(seconds, 2), "documents_per_s": round(n / seconds),

@@ -21,6 +21,7 @@ image ledger: three steps, none of which holds every document.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections import Counter
@@ -35,7 +36,7 @@ from mmcurate.algos.near_text import first_copies
 from mmcurate.algos.parallel import Tasks, runner
 from mmcurate.engine import atomic
 from mmcurate.engine.rundir import RunDir
-from mmcurate.engine.shards import utc
+from mmcurate.engine.shards import shard_stats
 from mmcurate.filters.paragraphs import Outcome, ParagraphRules
 from mmcurate.jobs.audit import ledger_rows
 from mmcurate.jobs.document_rules import STAGE, UNASSIGNED, verdict
@@ -68,19 +69,13 @@ class DocumentsTask:
         run_dir = RunDir.at(self.root)
         marker = run_dir.stats_file(STEP, shard)
         if marker.exists():
-            import json
-
             return json.loads(marker.read_text())
         started = time.time()
         self.setup()
         docs = paths.read_table(run_dir.documents_files()[shard])
         table = self.decide(run_dir, docs)
         atomic.write_parquet(run_dir.shard_file(STEP, shard), table)
-        statuses = table[C.STATUS].to_pylist()
-        reasons = Counter(r for r, s in zip(table[C.REASON].to_pylist(), statuses) if s != C.KEPT)
-        stats = {"stage": STEP, "shard": shard, "rows_in": table.num_rows,
-                 **{s: statuses.count(s) for s in C.STATUSES}, "reasons": dict(sorted(reasons.items())),
-                 "seconds": round(time.time() - started, 3), "started": utc(started), "finished": utc(time.time())}
+        stats = shard_stats(STEP, shard, table, time.time() - started, started)
         atomic.write_json(marker, stats)
         return stats
 
@@ -94,8 +89,7 @@ class DocumentsTask:
             raise LedgerError("documents: image rows of the ledger do not follow their documents in order")
         rows = docs.to_pylist()
         texts = [r[C.TEXTS] or [] for r in rows]
-        outcomes = (self.rules.apply(texts) if self.rules.active else
-                    [Outcome(list(range(len(t))), list(t)) for t in texts])
+        outcomes = self.rules.apply(texts)
         starts = np.concatenate([[0], np.cumsum(counts)]).astype(int)
         image = images.to_pylist()
         pairing = self._pairing(run_dir, rows, image, starts, outcomes)
@@ -141,14 +135,15 @@ class DocumentsTask:
         return out
 
 
+_IMAGE_ROWS = pa.schema([(C.ROW, pa.int64()), (C.DOCUMENT, pa.int64()), (C.POSITION, pa.int32()), (C.STATUS, pa.string()),
+                         (C.REASON, pa.string()), (C.URL, pa.string()), (C.SHA256, pa.string())])
+
+
 def _image_rows(run_dir: RunDir, lo: int, n: int) -> pa.Table:
     """The ledger rows lo .. lo + n - 1, in row order: row, document, position, status, reason, url and
     the stored image's sha256 (null where the run has none)."""
     if not n:
-        return pa.table({C.ROW: pa.array([], pa.int64()), C.DOCUMENT: pa.array([], pa.int64()),
-                         C.POSITION: pa.array([], pa.int32()), C.STATUS: pa.array([], pa.string()),
-                         C.REASON: pa.array([], pa.string()), C.URL: pa.array([], pa.string()),
-                         C.SHA256: pa.array([], pa.string())})
+        return _IMAGE_ROWS.empty_table()
     table = ledger_rows(run_dir, list(range(lo, lo + n)))
     table = table.sort_by(C.ROW)
     if table.num_rows != n:
@@ -156,7 +151,7 @@ def _image_rows(run_dir: RunDir, lo: int, n: int) -> pa.Table:
     scores = table[C.SCORES].type if C.SCORES in table.column_names else None
     sha = (pc.struct_field(table[C.SCORES], C.SHA256) if scores is not None and scores.get_field_index(C.SHA256) >= 0
            else pa.nulls(n, pa.string()))
-    return table.select([C.ROW, C.DOCUMENT, C.POSITION, C.STATUS, C.REASON, C.URL]).append_column(C.SHA256, sha)
+    return table.select(_IMAGE_ROWS.names[:-1]).append_column(C.SHA256, sha)
 
 
 def _embeddings(run_dir: RunDir, rows: list[int], shard_size: int) -> dict[int, np.ndarray]:
@@ -223,13 +218,13 @@ def _near_duplicates_in(shared: tuple, part: int) -> list[tuple[int, str, float]
     return out
 
 
-def near_duplicates(run_dir: RunDir, files: int, threshold: float | None, per_partition: int,
+def near_duplicates(run_dir: RunDir, files: int, threshold: float | None, candidates: int, per_partition: int,
                     tasks: Callable[[], Tasks] | None) -> dict[int, tuple[str, float]]:
-    """{document: (document_id of the kept one it nearly repeats, similarity)} over every step file."""
+    """{document: (document_id of the kept one it nearly repeats, similarity)} over every step file;
+    `candidates`: the documents that may be one (those not failed), at most `per_partition` a task."""
     if threshold is None or not files:
         return {}
-    stats = [run_dir.read_stats(STEP, k) for k in range(files)]
-    parts = max(1, math.ceil(sum(s["rows_in"] - s.get(C.FAILED, 0) for s in stats) / per_partition))
+    parts = max(1, math.ceil(candidates / per_partition))
     shared = (str(run_dir.root), files, parts, threshold)
     found = runner(tasks, parts).parallel(_near_duplicates_in, list(range(parts)), shared)
     return {doc: (of, sim) for part in found for doc, of, sim in part}
@@ -249,7 +244,8 @@ def write_ledger(run_dir: RunDir, files: int, dups: dict[int, tuple[str, float]]
                 numbers = table[C.DOCUMENT].to_numpy(zero_copy_only=False)
                 if len(numbers) and not np.array_equal(numbers, np.arange(counts["documents"], counts["documents"] + len(numbers))):
                     raise LedgerError(f"documents ledger: documents are not numbered in order at step file {k}")
-                table = _mark(table, dups) if dups else table
+                if dups and any(int(n) in dups for n in numbers):
+                    table = _mark(table, dups)
                 counts["documents"] += table.num_rows
                 for s, r in zip(table[C.STATUS].to_pylist(), table[C.REASON].to_pylist()):
                     counts[s] += 1
@@ -276,17 +272,17 @@ def _mark(table: pa.Table, dups: dict[int, tuple[str, float]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=table.schema)
 
 
-def build_documents(run_dir: RunDir, config: Config, expected: int, map_files: Callable[[DocumentsTask, list[int]], None],
+def build_documents(run_dir: RunDir, config: Config, expected: int, on_workers: Callable[[DocumentsTask], Callable],
                     progress, fingerprint: str, rules: ParagraphRules, weights=None,
                     tasks: Callable[[], Tasks] | None = None) -> dict:
-    """The three steps; returns the manifest's `documents` entry."""
+    """The three steps; returns the manifest's `documents` entry. `on_workers(task)` is the work that
+    runs `task` on pending files of documents (`engine.runner.run_shards`'s)."""
     from mmcurate.engine.runner import run_shards
 
     files = len(run_dir.documents_files())
-    task = DocumentsTask(str(run_dir.root), config, rules, weights)
-    step = run_shards(run_dir, STEP, lambda pending, on_done: map_files(task, pending, on_done), fingerprint, files,
-                      progress)
-    dups = near_duplicates(run_dir, files, config.documents.near_duplicate_similarity,
+    step = run_shards(run_dir, STEP, on_workers(DocumentsTask(str(run_dir.root), config, rules, weights)), fingerprint,
+                      files, progress)
+    dups = near_duplicates(run_dir, files, config.documents.near_duplicate_similarity, step["rows_in"] - step[C.FAILED],
                            config.engine.rows_per_partition, tasks)
     out = write_ledger(run_dir, files, dups, expected)
     out["seconds"] = step.get("seconds_this_run")
@@ -295,8 +291,6 @@ def build_documents(run_dir: RunDir, config: Config, expected: int, map_files: C
 
 def step_fingerprint(chain: str, config: Config, rules: ParagraphRules, weights) -> str:
     """What the documents step's files depend on: the image stages' chain, the section, the rules."""
-    import json
-
     what = {"chain": chain, "documents": config.documents.model_dump(mode="json"), "rules": rules.fingerprint(),
             "clip": getattr(weights, "sha256", None), "shard_size": config.input.shard_size}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -141,21 +141,25 @@ class Job:
         """One export format under shards/<fmt>/, resumable like a stage."""
         out = self.run_dir.export_dir(fmt)
         if self.config.input.documents and fmt in document_export.FORMATS:
-            return self._document_export(fmt, chain, out)
+            return self._document_export(fmt, out)
         if fmt == "hf":
             rows = self._one_piece("export-hf", f"{chain}:hf", lambda: export_hf(self.run_dir, self.stages, out), [out])
             return {"status": "done", "rows": rows, "path": str(out)}
         task = ExportTask(str(self.run_dir.root), list(self.stages), fmt)
-
-        def work(pending: list[int], on_done) -> None:
-            self.ray.map_shards(task, pending, Resources(num_cpus=1), on_done)
-
-        info = run_shards(self.run_dir, f"export-{fmt}", work, f"{chain}:{fmt}", shards, self.progress, [out])
+        info = run_shards(self.run_dir, f"export-{fmt}", self._on_workers(task), f"{chain}:{fmt}", shards, self.progress,
+                          [out])
         if not info[C.KEPT]:  # nothing kept: one empty file, so that readers find an empty dataset
             write_empty(self.run_dir, self.stages, fmt, out)
         return {"status": "done", "rows": info[C.KEPT], "path": str(out)}
 
-    def _document_export(self, fmt: str, chain: str, out: Path) -> dict:
+    def _on_workers(self, task) -> Callable[[list[int], Callable[[dict], None]], None]:
+        """The work of a task over pending shards (or files of documents): a CPU each, on the cluster."""
+        def work(pending: list[int], on_done: Callable[[dict], None]) -> None:
+            self.ray.map_shards(task, pending, Resources(num_cpus=1), on_done)
+
+        return work
+
+    def _document_export(self, fmt: str, out: Path) -> dict:
         """A documents run's mmc4, obelics or webdataset export: one record per kept document, as
         `mmcurate export --format <fmt>` writes it, made in one piece (documents.parquet decides
         across shards); redone whole when documents.parquet is (its fingerprint is the documents step's)."""
@@ -167,7 +171,7 @@ class Job:
                 self.run_dir, self.stages, lambda shard, where: kept_samples(self.run_dir, shard, self.stages, where),
                 fmt, out)
 
-        fingerprint = f"{step_fingerprint(chain, self.config, *self.documents)}:{fmt}"
+        fingerprint = f"{self.documents_fingerprint}:{fmt}"
         rows = self._one_piece(f"export-{fmt}", fingerprint, make, [out])
         return {"status": "done", "rows": rows, "path": str(out)}
 
@@ -308,10 +312,10 @@ class Job:
                 manifest["ledger"] = ledger
                 if self.config.input.documents:  # documents.parquet, beside the ledger it is decided from
                     rules, weights = self.documents
-                    manifest["documents"] = build_documents(
-                        self.run_dir, self.config, done["documents"],
-                        lambda task, pending, on_done: self.ray.map_shards(task, pending, Resources(num_cpus=1), on_done),
-                        self.progress, step_fingerprint(chain, self.config, rules, weights), rules, weights, self.ray.tasks)
+                    self.documents_fingerprint = step_fingerprint(chain, self.config, rules, weights)
+                    manifest["documents"] = build_documents(self.run_dir, self.config, done["documents"], self._on_workers,
+                                                            self.progress, self.documents_fingerprint, rules, weights,
+                                                            self.ray.tasks)
                 if self.config.synthesis.enabled:
                     manifest["instructions"] = self._instructions(done["rows"])
                 if self.retry is not None:
