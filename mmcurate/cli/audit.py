@@ -31,7 +31,7 @@ def audit(args, run_dir) -> int:
     """Answer one `mmcurate audit` (flags checked by `check_flags`) on an open run dir."""
     if args.dump is not None:
         from mmcurate.jobs.audit import dump
-        from mmcurate.jobs.document_audit import documents_of_images, explain_document
+        from mmcurate.jobs.document_audit import explain_document
 
         if explain_document(run_dir, args.explain) is not None:
             raise ConfigError(f"--dump: writes the images behind one image's decision; {args.explain} is a document "

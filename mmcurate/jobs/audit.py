@@ -100,22 +100,30 @@ def sample_ledger(run_dir: RunDir, n: int, seed: int, **filters) -> pl.DataFrame
     if C.UID in wanted:  # a few rows, found through the index
         frame = query_ledger(run_dir, limit=None, **filters)
         return frame[np.sort(np.argsort(sample_key(frame[C.ROW].to_numpy(), seed), kind="stable")[:n])]
+    batches = (b for path in _files(run_dir)
+               for b in paths.parquet_file(path).iter_batches(batch_size=65_536, columns=[C.ROW, *wanted]))
+    rows = least_keys(batches, C.ROW, n, seed, wanted)
+    return pl.from_arrow(ledger_rows(run_dir, rows.tolist())).sort(C.ROW).unnest(C.SCORES)
+
+
+def least_keys(batches, number: str, n: int, seed: int, wanted: dict) -> np.ndarray:
+    """The `number` column's values of the `n` rows of `batches` matching `wanted` (column: value)
+    whose seeded keys (`ledger.sample_key`) are least: found batch by batch, so memory holds n rows
+    whatever the file's size."""
     best = np.empty(0, np.uint64), np.empty(0, np.int64)
-    columns = [C.ROW, *wanted]
-    for path in _files(run_dir):
-        for batch in paths.parquet_file(path).iter_batches(batch_size=65_536, columns=columns):
-            mask = None
-            for k, v in wanted.items():
-                hit = pc.equal(batch.column(k), v)
-                mask = hit if mask is None else pc.and_(mask, hit)
-            rows = batch.column(0).to_numpy(zero_copy_only=False)
-            if mask is not None:
-                rows = rows[pc.fill_null(mask, False).to_numpy(zero_copy_only=False)]
-            keys = np.concatenate([best[0], sample_key(rows, seed)])
-            rows = np.concatenate([best[1], rows])
-            order = np.argsort(keys, kind="stable")[:n]
-            best = keys[order], rows[order]
-    return pl.from_arrow(ledger_rows(run_dir, best[1].tolist())).sort(C.ROW).unnest(C.SCORES)
+    for batch in batches:
+        mask = None
+        for k, v in wanted.items():
+            hit = pc.equal(batch.column(k), v)
+            mask = hit if mask is None else pc.and_(mask, hit)
+        numbers = batch.column(number).to_numpy(zero_copy_only=False)
+        if mask is not None:
+            numbers = numbers[pc.fill_null(mask, False).to_numpy(zero_copy_only=False)]
+        keys = np.concatenate([best[0], sample_key(numbers, seed)])
+        numbers = np.concatenate([best[1], numbers])
+        order = np.argsort(keys, kind="stable")[:n]
+        best = keys[order], numbers[order]
+    return best[1]
 
 
 def _files(run_dir: RunDir) -> list:

@@ -9,14 +9,11 @@ row groups' statistics skip the others, the documents' images being consecutive 
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
-import pyarrow.compute as pc
 
 from mmcurate.engine.rundir import RunDir
-from mmcurate.jobs.audit import check_filters, query_ledger, resolve_uid, uid_rows
+from mmcurate.jobs.audit import check_filters, least_keys, query_ledger, resolve_uid, uid_rows
 from mmcurate.jobs.document_report import is_documents_run, scan_documents
-from mmcurate.jobs.ledger import sample_key
 from mmcurate.schemas import columns as C
 from mmcurate.schemas.errors import ConfigError
 from mmcurate.storage import paths
@@ -114,18 +111,10 @@ def sample_documents(run_dir: RunDir, n: int, seed: int, **filters) -> pl.DataFr
     """A reproducible random sample of `n` documents matching `filters` (same run, seed: same
     documents): the `n` smallest seeded keys of their numbers, found batch by batch (memory: n)."""
     wanted = {k: v for k, v in filters.items() if v is not None}
-    best = np.empty(0, np.uint64), np.empty(0, np.int64)
-    reader = paths.parquet_file(run_dir.documents_ledger)
-    for batch in reader.iter_batches(batch_size=65_536, columns=[C.DOCUMENT, *wanted]):
-        mask = np.ones(batch.num_rows, bool)
-        for column, value in wanted.items():
-            mask &= pc.fill_null(pc.equal(batch.column(column), value), False).to_numpy(zero_copy_only=False)
-        numbers = batch.column(C.DOCUMENT).to_numpy(zero_copy_only=False)[mask]
-        keys = np.concatenate([best[0], sample_key(numbers, seed)])
-        numbers = np.concatenate([best[1], numbers])
-        order = np.argsort(keys, kind="stable")[:n]
-        best = keys[order], numbers[order]
-    return scan_documents(run_dir).filter(pl.col(C.DOCUMENT).is_in(best[1].tolist())).sort(C.DOCUMENT).collect()
+    batches = paths.parquet_file(run_dir.documents_ledger).iter_batches(batch_size=65_536,
+                                                                        columns=[C.DOCUMENT, *wanted])
+    numbers = least_keys(batches, C.DOCUMENT, n, seed, wanted)
+    return scan_documents(run_dir).filter(pl.col(C.DOCUMENT).is_in(numbers.tolist())).sort(C.DOCUMENT).collect()
 
 
 def documents_of_images(run_dir: RunDir, explained: list[dict]) -> None:
